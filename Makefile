@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Each creates .venv and installs on first use (idempotent:
+# the stamp is rebuilt only when pyproject.toml changes).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.selfsup-installed
+
+.PHONY: install demo test test-slow lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/selfsup demo --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -ra -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,110 @@
+"""The small contract every pretraining method follows, and the registry the tests walk.
+
+A method is a plain ``nn.Module`` that *owns* its backbone, heads, loss state and view recipe. It is
+composed from pure loss functions (``selfsup.losses``), heads (``selfsup.heads``) and view recipes
+(``selfsup.views``); there is no base class. The training loop relies on exactly this:
+
+- ``method.backbone``: the :class:`selfsup.backbones.Encoder` being pretrained (what gets exported);
+- ``method.view_recipe``: a :class:`selfsup.views.ViewRecipe` telling the loop which views to make;
+- ``method(batch, progress) -> StepOutput``: the loss (and scalar logs) for one batch of views;
+- optionally ``method.after_step(progress)``: called after each optimizer step (EMA teachers, queues);
+- optionally ``method.param_groups()``: a list of ``{"params": [...], **overrides}`` for the optimizer
+  (e.g. SimSiam's fixed-LR predictor); default is all trainable parameters in one group.
+
+All state that must survive a resume (EMA teachers, queues, centers, prototypes) lives in parameters or
+registered buffers, so ``state_dict()`` checkpoints it.
+
+Adding a method = one new file under ``methods/``, its test, and one line in ``methods/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Progress:
+    """Where training stands; methods use it for schedules (EMA momentum, DINO teacher temperature)."""
+
+    step: int  # optimizer steps completed before this one
+    total_steps: int
+    epoch: int
+    steps_per_epoch: int
+
+    @property
+    def fraction(self) -> float:
+        """Training progress in [0, 1]."""
+        return min(1.0, self.step / max(1, self.total_steps))
+
+    @property
+    def epoch_float(self) -> float:
+        return self.step / max(1, self.steps_per_epoch)
+
+
+@dataclass
+class Batch:
+    """One training batch after augmentation.
+
+    views:  list of float tensors [B, C, h_v, w_v], normalised; multi-crop views may differ in size.
+    index:  [B] int64 dataset indices of the source images (FAMT weight maps, poison audits).
+    params: per view, the sampled augmentation parameters (``selfsup.views.ViewParams``): crop boxes
+            and flips, so that per-image maps (FAMT) can follow the crop.
+    """
+
+    views: list[torch.Tensor]
+    index: torch.Tensor
+    params: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # scalar, differentiable
+    logs: dict[str, float] = field(default_factory=dict)  # extra scalars for metrics.jsonl
+    embeddings: torch.Tensor | None = None  # [B, D] detached embeddings for the collapse monitor
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The paper's optimisation defaults for a method; the user's config overrides any field."""
+
+    optimizer: str = "sgd"  # sgd | lars | adamw
+    base_lr: float = 0.05  # scaled by batch_size / 256
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 10.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    family: str  # contrastive | self-distillation | redundancy-reduction | clustering | context | masked
+    paper: str  # "Author et al. YEAR, arXiv XXXX.XXXXX"
+    config_cls: type  # dataclass of the method's hyper-parameters (paper defaults written beside them)
+    build: Callable[..., torch.nn.Module]  # build(backbone, cfg, image_size=..., grayscale=...) -> method
+    recipe: Recipe
+    summary: str = ""
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register(
+    name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = ""
+) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
+    """Class/function decorator adding a method to the registry."""
+
+    def deco(build: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary)
+        return build
+
+    return deco
+
+
+def registry() -> dict[str, MethodSpec]:
+    return dict(_REGISTRY)
