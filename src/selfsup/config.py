@@ -60,6 +60,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile the method (slow first step, faster afterwards)
     seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # intra-op threads; None = all cores of this process's share
     log_every: int = 10  # steps between metrics.jsonl rows
     save_every: int = 1  # epochs between checkpoints (also saved at the end, on Ctrl-C and SIGTERM)

@@ -1,0 +1,53 @@
+"""``selfsup methods``, ``selfsup backbones``, ``selfsup datasets``: what is available."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any, formatter: type) -> None:
+    p = sub.add_parser("methods", help="list pretraining methods with family and paper",
+                       epilog="example:\n  selfsup methods --verbose", formatter_class=formatter)
+    p.add_argument("--verbose", action="store_true", help="also show each method's hyper-parameters and recipe")
+    p.set_defaults(func=run_methods)
+    p = sub.add_parser("backbones", help="list encoder architectures",
+                       epilog="example:\n  selfsup backbones", formatter_class=formatter)
+    p.set_defaults(func=run_backbones)
+    p = sub.add_parser("datasets", help="list built-in datasets (shipped inside PyPI packages; no download)",
+                       epilog="example:\n  selfsup datasets", formatter_class=formatter)
+    p.set_defaults(func=run_datasets)
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..methods import registry
+
+    specs = registry()
+    print(f"{'method':<14}{'family':<22}paper")
+    for name, s in sorted(specs.items(), key=lambda kv: (kv[1].family, kv[0])):
+        print(f"{name:<14}{s.family:<22}{s.paper}")
+        if args.verbose:
+            print(f"    {s.summary}")
+            fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(s.config_cls))
+            print(f"    method.*: {fields}")
+            r = s.recipe
+            print(f"    recipe: {r.optimizer}, base_lr {r.base_lr} x B/256, wd {r.weight_decay}, warmup {r.warmup_epochs} ep")
+    print(f"\n{len(specs)} methods")
+    return 0
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    from .. import backbones
+
+    print(backbones.__doc__.split("\n\n", 2)[2] if backbones.__doc__ else "")
+    return 0
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    from ..data import list_builtin
+
+    for name, desc in list_builtin().items():
+        print(f"builtin:{name:<12} {desc}")
+    return 0

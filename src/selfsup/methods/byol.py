@@ -1,0 +1,65 @@
+"""BYOL: bootstrap your own latent (Grill et al. 2020, arXiv 2006.07733)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ema import cosine_momentum, ema_update, make_teacher
+from ..heads import mlp
+from ..losses.distillation import byol_loss
+from ..views import byol_recipe
+from .api import Batch, Progress, Recipe, StepOutput, register
+
+
+@dataclass
+class BYOLConfig:
+    proj_hidden_dim: int = 4096  # paper Sec. 3.3: MLP 4096 -> 256
+    proj_out_dim: int = 256
+    pred_hidden_dim: int = 4096  # predictor has the same architecture as the projector
+    momentum_base: float = 0.996  # tau_base, increased to 1 with a cosine schedule (Sec. 3.2)
+    blur: bool = True  # asymmetric blur p 1.0 / 0.1 and solarize p 0 / 0.2 (Table 6)
+    min_scale: float = 0.08
+
+
+@register(
+    "byol",
+    family="self-distillation",
+    paper="Grill et al. 2020, arXiv 2006.07733",
+    config=BYOLConfig,
+    # Paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warmup epochs (Sec. 3.3).
+    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+    summary="online network predicts an EMA target's projection of the other view",
+)
+class BYOL(nn.Module):
+    def __init__(self, backbone: nn.Module, cfg: BYOLConfig, *, image_size: int, grayscale: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
+        self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
+        self.teacher_backbone = make_teacher(backbone)
+        self.teacher_projector = make_teacher(self.projector)
+        self.view_recipe = byol_recipe(
+            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
+        )
+
+    def forward(self, batch: Batch, progress: Progress) -> StepOutput:
+        x1, x2 = batch.views[0], batch.views[1]
+        b = x1.shape[0]
+        x = torch.cat([x1, x2])
+        h = self.backbone(x)
+        p1, p2 = self.predictor(self.projector(h)).split(b)
+        with torch.no_grad():
+            z1, z2 = self.teacher_projector(self.teacher_backbone(x)).split(b)
+        loss = byol_loss(p1, z2) + byol_loss(p2, z1)  # symmetrised (Sec. 3.1)
+        m = cosine_momentum(self.cfg.momentum_base, progress.fraction)  # the teacher momentum now
+        return StepOutput(loss, logs={"momentum": m}, embeddings=h[:b].detach())
+
+    @torch.no_grad()
+    def after_step(self, progress: Progress) -> None:
+        m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_projector, self.projector, m)

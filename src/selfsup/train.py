@@ -1,0 +1,417 @@
+"""The one training loop.
+
+Read it top to bottom: resolve config -> load data -> build method -> (resume) -> loop over steps ->
+checkpoint. Mixed precision, channels_last, torch.compile and DDP are switches on this loop, not separate
+code paths.
+
+Determinism and exact resume: batch order is a permutation drawn from (seed, epoch), and every step
+re-seeds its own generators from (seed, step, rank). A run resumed at step s therefore sees exactly the
+batches and augmentations an uninterrupted run would, and (with the model, optimizer and method state
+restored from the checkpoint) produces the same losses step for step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import distributed
+from .backbones import build_backbone, resolve_backbone_config
+from .checkpoint import CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint, load_state_strict, save_checkpoint
+from .config import PretrainConfig, dump_yaml, from_dict, to_dict
+from .errors import ConfigError, TrainingDiverged, UserError
+from .methods import Batch, MethodSpec, Progress, registry
+from .optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
+from .runtime import autocast, resolve_device, resolve_precision, set_threads
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM: the run was saved and can be resumed."""
+
+    exit_code = 130
+
+
+# ----------------------------------------------------------------------------------------------------
+# Resolution: everything is validated before the run folder is created (no half-written runs).
+
+
+def get_method_spec(name: str) -> MethodSpec:
+    specs = registry()
+    if name not in specs:
+        raise ConfigError(f"unknown method '{name}'; choose one of: {', '.join(sorted(specs))} (see `selfsup methods`)")
+    return specs[name]
+
+
+def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, Any]:
+    """Fill every automatic field from the method's recipe so the saved config states what ran."""
+    name = cfg.method.get("name")
+    if not name:
+        raise ConfigError("method.name is missing; pass --method NAME (see `selfsup methods`)")
+    spec = get_method_spec(str(name))
+    method_cfg = from_dict(spec.config_cls, {k: v for k, v in cfg.method.items() if k != "name"})
+    cfg.method = {"name": spec.name, **to_dict(method_cfg)}
+    resolve_backbone_config(cfg.backbone, cfg.data.image_size)
+    o, r = cfg.optim, spec.recipe
+    o.name = o.name or r.optimizer
+    if o.base_lr is None:
+        o.base_lr = r.base_lr
+    if o.weight_decay is None:
+        o.weight_decay = r.weight_decay
+    if o.lr is None:
+        # linear scaling rule (Goyal et al. 2017), as in SimCLR/BYOL/MoCo: lr = base_lr * B / 256
+        o.lr = o.base_lr * cfg.train.batch_size / 256
+    if cfg.data.cache_size is None:
+        cfg.data.cache_size = cfg.data.image_size
+    if cfg.data.cache_size < cfg.data.image_size:
+        raise ConfigError(f"data.cache_size {cfg.data.cache_size} is smaller than data.image_size {cfg.data.image_size}")
+    if cfg.train.batch_size < 2:
+        raise ConfigError("--batch-size must be at least 2 (contrastive losses need negatives)")
+    if cfg.train.epochs < 1:
+        raise ConfigError("--epochs must be at least 1")
+    return cfg, spec, method_cfg
+
+
+# ----------------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class EpochSampler:
+    """Shuffled, drop-last batches; each process takes its own slice of every global batch."""
+
+    n: int
+    global_batch: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.world_size:
+            raise ConfigError(
+                f"--batch-size {self.global_batch} (global) is not divisible by {self.world_size} processes"
+            )
+        self.local_batch = self.global_batch // self.world_size
+        self.steps_per_epoch = self.n // self.global_batch
+        self._epoch = -1
+        self._perm = torch.empty(0, dtype=torch.long)
+
+    def indices(self, epoch: int, i: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g), epoch
+        start = i * self.global_batch + self.rank * self.local_batch
+        return self._perm[start : start + self.local_batch]
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    return (seed * 1_000_003 + step) * 1_009 + rank
+
+
+# ----------------------------------------------------------------------------------------------------
+# Logging
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write."""
+
+    def __init__(self, path: Path | None, truncate_after_step: int | None = None) -> None:
+        self.path = path
+        if path is not None and path.exists() and truncate_after_step is not None:
+            # on resume, drop rows logged after the checkpoint so the file shows one trajectory
+            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= truncate_after_step]
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def embedding_stats(emb: torch.Tensor) -> dict[str, float]:
+    """Collapse monitor: std of L2-normalised embeddings (x sqrt(D): ~1 healthy, ~0 collapsed) and RankMe.
+
+    RankMe (Garrido et al. 2023, arXiv 2210.02885, Eq. 1): exp of the entropy of the normalised singular values.
+    """
+    e = torch.nn.functional.normalize(emb.float(), dim=1)
+    std = float(e.std(dim=0).mean() * math.sqrt(e.shape[1]))
+    s = torch.linalg.svdvals(e)
+    p = s / s.sum().clamp_min(1e-12) + 1e-7
+    rankme = float(torch.exp(-(p * p.log()).sum()))
+    return {"emb_std": std, "rankme": rankme}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The run
+
+
+def _load_data(cfg: PretrainConfig) -> tuple[Any, Any]:
+    from .data import open_dataset
+
+    train = open_dataset(cfg.data.path, cfg.data.cache_size or cfg.data.image_size, cache_dir=cfg.data.cache_dir,
+                         strict=cfg.data.strict, progress=distributed.env_info().is_main and cfg.train.progress)
+    val = None
+    if cfg.data.val:
+        val = open_dataset(cfg.data.val, cfg.data.cache_size or cfg.data.image_size, cache_dir=cfg.data.cache_dir,
+                           strict=cfg.data.strict, require_labels=True, min_classes=2,
+                           progress=distributed.env_info().is_main and cfg.train.progress)
+    if cfg.train.batch_size > len(train):
+        raise ConfigError(
+            f"--batch-size {cfg.train.batch_size} is larger than the dataset ({len(train)} images in "
+            f"{cfg.data.path}); use --batch-size {len(train)} or less"
+        )
+    return train, val
+
+
+def _check_resume_compatible(saved: dict[str, Any], cfg: PretrainConfig, path: Path) -> None:
+    s_backbone = saved.get("backbone", {}).get("name")
+    s_method = saved.get("method", {}).get("name")
+    if s_backbone != cfg.backbone.name:
+        raise ConfigError(f"{path} was trained with backbone '{s_backbone}', not '{cfg.backbone.name}'; "
+                          f"resume with --backbone {s_backbone} or start a new --out")
+    if s_method != cfg.method["name"]:
+        raise ConfigError(f"{path} was trained with method '{s_method}', not '{cfg.method['name']}'; "
+                          f"resume with --method {s_method} or start a new --out")
+    if saved.get("train", {}).get("batch_size") != cfg.train.batch_size:
+        raise ConfigError(f"{path} used --batch-size {saved.get('train', {}).get('batch_size')}; resuming with a "
+                          f"different batch size would change the schedule — keep the same --batch-size")
+
+
+class _StopFlag:
+    """First Ctrl-C/SIGTERM asks the loop to save and stop after the current step; a second Ctrl-C aborts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name} received: finishing this step, saving, then exiting "
+              "(press Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
+    """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
+    from .views import make_views
+
+    cfg, spec, method_cfg = resolve_config(cfg)
+    device = resolve_device(cfg.train.device)
+    dinfo = distributed.setup(device)
+    if device.type == "cuda" and dinfo.enabled:
+        device = torch.device("cuda", dinfo.local_rank)
+    main = dinfo.is_main
+    threads = set_threads(cfg.train.threads, dinfo.local_world_size) if device.type == "cpu" else None
+    amp_dtype, precision_note = resolve_precision(cfg.train.precision, device)
+
+    out = Path(cfg.out)
+    ckpt_path = out / CHECKPOINT_NAME
+    if resume and not ckpt_path.is_file():
+        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}; drop --resume to start a new run")
+    if not resume and ckpt_path.exists():
+        raise ConfigError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+
+    train_ds, val_ds = _load_data(cfg)
+    sampler = EpochSampler(len(train_ds), cfg.train.batch_size, cfg.train.seed, dinfo.rank, dinfo.world_size)
+    spe = sampler.steps_per_epoch
+    total_steps = cfg.train.epochs * spe
+    end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
+    warmup_steps = int(round(cfg.optim.warmup_epochs * spe))
+    warmup_steps = min(warmup_steps, total_steps // 2)  # short runs: never warm up for more than half
+
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+    method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
+    method.to(device)
+    if cfg.train.channels_last:
+        method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    optimizer = build_optimizer(cfg.optim, param_groups(method, cfg.optim.weight_decay or 0.0, cfg.optim.exclude_norm_bias))
+
+    step = 0
+    if resume:
+        payload = load_checkpoint(ckpt_path)
+        _check_resume_compatible(payload.get("config", {}), cfg, ckpt_path)
+        load_state_strict(method, payload["method"], f"{cfg.method['name']} method", ckpt_path)
+        optimizer.load_state_dict(payload["optimizer"])
+        step = int(payload["step"])
+
+    model: nn.Module = method
+    if dinfo.enabled:
+        model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+
+    # The run folder is created only now, after every input was validated.
+    metrics: MetricsLog
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        print(f"selfsup pretrain: {spec.name} ({spec.family}) on {cfg.backbone.name}; "
+              f"{len(train_ds)} images, {spe} steps/epoch, {total_steps} steps in total"
+              + (f", stopping at {end_step}" if end_step < total_steps else ""), file=sys.stderr)
+        print(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}",
+              file=sys.stderr)
+        print("resolved config:\n" + dump_yaml(cfg), file=sys.stderr)
+        if resume:
+            print(f"resuming from {ckpt_path} at step {step}", file=sys.stderr)
+    metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step if resume else None)
+
+    def save(at_step: int) -> None:
+        if main:
+            save_checkpoint(ckpt_path, {
+                "config": to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": at_step, "epoch": at_step // max(1, spe),
+            })
+        distributed.barrier()
+
+    def knn_monitor(at_step: int) -> dict[str, float]:
+        from .eval.features import extract_features
+        from .eval.knn import knn_accuracy
+
+        assert val_ds is not None
+        backbone.eval()
+        feats_tr = extract_features(backbone, train_ds.images, image_size=cfg.data.image_size,
+                                    precision=cfg.train.precision)
+        feats_te = extract_features(backbone, val_ds.images, image_size=cfg.data.image_size,
+                                    precision=cfg.train.precision)
+        backbone.train()
+        if train_ds.labels is None:
+            return {}
+        res = knn_accuracy(feats_tr, torch.as_tensor(train_ds.labels), feats_te, torch.as_tensor(val_ds.labels),
+                           k=cfg.train.knn_k, temperature=cfg.train.knn_t, num_classes=max(train_ds.num_classes, val_ds.num_classes))
+        return {"knn_top1": res["top1"]}
+
+    bar = None
+    if main and cfg.train.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=end_step, initial=step, unit="step", dynamic_ncols=True, desc=spec.name)
+
+    recipe = method.view_recipe
+    view_dtype = amp_dtype if amp_dtype is not None else torch.float32
+    last_row: dict[str, Any] = {}
+    knn_history: list[dict[str, Any]] = []
+    t_start = time.perf_counter()
+    t_window, n_window = time.perf_counter(), 0
+    method.train()
+    try:
+        with _StopFlag() as stop:
+            while step < end_step:
+                epoch, i = divmod(step, spe)
+                idx = sampler.indices(epoch, i)
+                # sorted reads are sequential in the memmap; batch order inside a step does not matter
+                idx = idx.sort().values
+                images = torch.from_numpy(np.ascontiguousarray(train_ds.images[idx.numpy()])).to(device, non_blocking=True)
+                seed = step_seed(cfg.train.seed, step, dinfo.rank)
+                torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
+                gen = torch.Generator(device="cpu").manual_seed(seed)
+                views, params = make_views(images, recipe, gen, channels_last=cfg.train.channels_last, dtype=view_dtype)
+                progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
+                lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
+                set_lr(optimizer, lr, cfg.optim.lr or 0.0)
+
+                with autocast(device, amp_dtype):
+                    out_step = model(Batch(views=views, index=idx.to(device), params=params), progress)
+                loss = out_step.loss
+                if not torch.isfinite(loss):
+                    hint = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
+                    raise TrainingDiverged(
+                        f"loss became {float(loss)} at step {step} (epoch {epoch}); {hint}; lower the learning rate "
+                        "(--lr), add --set optim.clip_grad=1.0, or use --precision fp32"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = clip_gradients(method, cfg.optim.clip_grad)
+                optimizer.step()
+                after = getattr(method, "after_step", None)
+                if after is not None:
+                    after(progress)
+                step += 1
+                n_window += images.shape[0] * dinfo.world_size
+
+                log_now = step % cfg.train.log_every == 0 or step == end_step
+                if log_now:
+                    now = time.perf_counter()
+                    ips = n_window / max(1e-9, now - t_window)
+                    t_window, n_window = now, 0
+                    row: dict[str, Any] = {"step": step, "epoch": round(step / spe, 4), "loss": float(loss.detach()),
+                                           "lr": lr, "images_per_s": round(ips, 2), "time_s": round(now - t_start, 2)}
+                    if grad_norm is not None:
+                        row["grad_norm"] = grad_norm
+                    row.update({k: float(v) for k, v in out_step.logs.items()})
+                    if out_step.embeddings is not None and out_step.embeddings.shape[0] > 1:
+                        row.update(embedding_stats(out_step.embeddings))
+                        if row["emb_std"] < 0.05 and main:
+                            print(f"warning: representation collapse at step {step} (normalised embedding std "
+                                  f"{row['emb_std']:.3f} x sqrt(D)); lower the learning rate or check the recipe",
+                                  file=sys.stderr)
+                    metrics.write(row)
+                    last_row = row
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.3g}")
+                if bar is not None:
+                    bar.update(1)
+
+                epoch_end = step % spe == 0
+                if epoch_end:
+                    ep = step // spe
+                    if val_ds is not None and cfg.train.knn_every and (ep % cfg.train.knn_every == 0 or step == total_steps):
+                        res = knn_monitor(step)
+                        if res:
+                            row = {"step": step, "epoch": ep, "eval": "knn", **res}
+                            knn_history.append(row)
+                            metrics.write(row)
+                            if bar is not None:
+                                bar.write(f"epoch {ep}: online kNN top-1 {res['knn_top1']:.2f}%")
+                    if cfg.train.save_every and ep % cfg.train.save_every == 0 and step < end_step:
+                        save(step)
+                if stop.signum is not None:
+                    save(step)
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint saved to {ckpt_path}; "
+                        "continue with the same command plus --resume"
+                    )
+    finally:
+        if bar is not None:
+            bar.close()
+
+    save(step)
+    wall = time.perf_counter() - t_start
+    summary: dict[str, Any] = {
+        "method": spec.name, "backbone": cfg.backbone.name, "steps": step, "total_steps": total_steps,
+        "epochs_completed": round(step / spe, 4), "final_loss": last_row.get("loss"), "wall_time_s": round(wall, 2),
+        "images_per_s": last_row.get("images_per_s"), "skipped_images": len(train_ds.skipped),
+        "checkpoint": str(ckpt_path),
+    }
+    if knn_history:
+        summary["knn_top1"] = knn_history[-1]["knn_top1"]
+    if main:
+        export_encoder(out, backbone, {"backbone": to_dict(cfg.backbone), "image_size": cfg.data.image_size,
+                                       "method": spec.name, "steps": step})
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
