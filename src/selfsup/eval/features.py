@@ -1,0 +1,327 @@
+"""Frozen-feature extraction for evaluation (kNN, linear probe, baselines).
+
+``extract_features`` runs an encoder over uint8 images in batches, in eval mode and under
+``torch.no_grad``, and returns float32 features on the CPU. Mixed precision follows one switch
+(``resolve_precision`` + ``autocast_context``, nanoGPT style): bf16 autocast where the hardware
+supports it (CUDA with bf16, CPUs with AVX512-BF16 or AMX), fp16 only on CUDA, otherwise fp32.
+
+``cached_features`` stores the features of a dataset as ``.safetensors`` (never pickle) under a key
+built from the checkpoint identity, the dataset's file list and the image size, so that re-running an
+evaluation does not recompute them.
+
+``pixel_features`` is the raw-pixel baseline: flattened pixels in [0, 1], mean-centred per feature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import ImageDataset
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+CACHE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------------
+# precision
+# --------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True on x86 CPUs with native bf16 matmul (AVX512-BF16 or AMX-BF16).
+
+    Reads the ``flags`` line of ``/proc/cpuinfo`` (Linux); ``torch.backends.cpu.get_cpu_capability()``
+    is checked too for builds that report AMX. Without native support bf16 autocast is emulated and
+    slower than fp32, so "auto" picks fp32 there.
+    """
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # pragma: no cover - very old torch
+        cap = ""
+    if "AMX" in cap or "BF16" in cap:
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """Map ``auto | bf16 | fp16 | fp32`` to an autocast dtype on ``device`` (None = plain fp32).
+
+    "auto" -> bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32.
+    "fp16" is CUDA only (CPU fp16 autocast is slow and loses accuracy): raises ConfigError elsewhere.
+    """
+    device = torch.device(device)
+    p = str(precision).lower()
+    aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "32": "fp32"}
+    p = aliases.get(p, p)
+    if p not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if p == "fp32":
+        return None
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if p == "auto":
+            return torch.bfloat16 if bf16_ok else None
+        if p == "bf16" and not bf16_ok:
+            raise ConfigError("precision 'bf16' is not supported by this GPU; use --precision fp16 or fp32")
+        return torch.bfloat16 if p == "bf16" else torch.float16
+    if p == "fp16":
+        raise ConfigError(
+            f"precision 'fp16' needs a CUDA GPU (device is {device.type}); use --precision bf16, fp32 or auto"
+        )
+    if device.type == "cpu":
+        if p == "auto":
+            return torch.bfloat16 if cpu_supports_bf16() else None
+        return torch.bfloat16
+    # mps and other backends: fp32 unless bf16 is requested explicitly
+    return torch.bfloat16 if p == "bf16" else None
+
+
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when dtype is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# extraction
+# --------------------------------------------------------------------------------------------------
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _default_transform() -> Callable[..., torch.Tensor]:
+    from ..views import eval_transform
+
+    return eval_transform
+
+
+def _batch(images: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    if isinstance(images, torch.Tensor):
+        return images[start:stop]
+    return torch.from_numpy(np.ascontiguousarray(images[start:stop]))
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    images: np.ndarray | torch.Tensor,
+    *,
+    image_size: int,
+    batch_size: int = 256,
+    precision: str = "auto",
+    channels_last: bool = True,
+    transform: Callable[..., torch.Tensor] | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """Encode ``images`` and return float32 features ``[N, F]`` on the CPU.
+
+    images: uint8 ``[N, H, W, 3]`` or ``[N, 3, H, W]`` (the layout is detected by the transform); numpy
+    (memmaps are read batch by batch) or torch. ``transform(batch, image_size, channels_last=..., dtype=float32)``
+    turns a uint8 batch on the encoder's device into normalised ``[B, 3, image_size, image_size]`` floats;
+    the default is :func:`selfsup.views.eval_transform`. ``channels_last`` asks it for the channels-last
+    memory format (faster convolutions); it does not change the values. The encoder runs in eval mode (BatchNorm uses its
+    running statistics and does not update them); its previous train/eval mode is restored afterwards.
+    """
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    n = int(images.shape[0])
+    if n == 0:
+        raise DataError("no images to encode (empty dataset); check the dataset path or split")
+    tf = transform if transform is not None else _default_transform()
+    device = _module_device(encoder)
+    dtype = resolve_precision(precision, device)
+    was_training = encoder.training
+    encoder.eval()
+    out: torch.Tensor | None = None
+    starts = range(0, n, batch_size)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc=desc, unit="img", leave=False)
+    try:
+        for start in starts:
+            stop = min(start + batch_size, n)
+            x = _batch(images, start, stop)
+            x = x.to(device, non_blocking=True)
+            x = tf(x, image_size, channels_last=channels_last, dtype=torch.float32)
+            with autocast_context(device, dtype):
+                f = encoder(x)
+            if isinstance(f, (tuple, list)):
+                f = f[0]
+            f = f.reshape(f.shape[0], -1).float()
+            if out is None:
+                out = torch.empty(n, f.shape[1], dtype=torch.float32)
+            out[start:stop] = f.cpu()
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+        encoder.train(was_training)
+    assert out is not None
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# raw-pixel baseline
+# --------------------------------------------------------------------------------------------------
+
+
+def raw_pixels(
+    images: np.ndarray | torch.Tensor, size: int | None = None, *, chunk: int = 4096
+) -> torch.Tensor:
+    """Flattened pixels in [0, 1], float32 ``[N, size*size*C]`` (images ``[N, H, W, C]`` uint8)."""
+    n = int(images.shape[0])
+    if n == 0:
+        raise DataError("no images for the pixel baseline (empty dataset)")
+    if images.ndim != 4:
+        raise DataError(f"pixel baseline expects images [N, H, W, C], got shape {tuple(images.shape)}")
+    h, w, c = (int(s) for s in images.shape[1:])
+    s_out = (h, w) if size is None or (size == h and size == w) else (int(size), int(size))
+    out = torch.empty(n, s_out[0] * s_out[1] * c, dtype=torch.float32)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        x = _batch(images, start, stop).float().div_(255.0)
+        if s_out != (h, w):
+            x = x.permute(0, 3, 1, 2)
+            x = F.interpolate(x, size=s_out, mode="bilinear", antialias=True, align_corners=False)
+            x = x.clamp_(0.0, 1.0).permute(0, 2, 3, 1)
+        out[start:stop] = x.reshape(stop - start, -1)
+    return out
+
+
+def pixel_features(
+    images: np.ndarray | torch.Tensor, size: int | None = None, *, mean: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Raw-pixel baseline features: flattened pixels in [0, 1] (resized to ``size`` if given), mean-centred.
+
+    By default each feature is centred by its mean over ``images``; pass ``mean`` (e.g. the training
+    set's ``raw_pixels(...).mean(0)``) to centre a test set with training statistics instead.
+    """
+    x = raw_pixels(images, size)
+    x -= x.mean(0) if mean is None else mean.to(x)
+    return x
+
+
+# --------------------------------------------------------------------------------------------------
+# cache
+# --------------------------------------------------------------------------------------------------
+
+
+def checkpoint_key(path: str | Path) -> str:
+    """An identity string for a checkpoint file: resolved path, size and modification time."""
+    p = Path(path).resolve()
+    if p.is_dir():
+        for name in ("checkpoint.pt", "encoder.safetensors"):
+            if (p / name).is_file():
+                p = p / name
+                break
+    st = p.stat()
+    return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def dataset_fingerprint(dataset: ImageDataset) -> str:
+    """Hash of a dataset's file paths (or of its pixels when it has none) and shape."""
+    h = hashlib.sha256()
+    images = dataset.images
+    h.update(repr(tuple(int(s) for s in images.shape)).encode())
+    paths = getattr(dataset, "paths", None)
+    if paths:
+        for p in paths:
+            h.update(str(p).encode())
+            h.update(b"\0")
+    else:
+        n = int(images.shape[0])
+        step = 4096
+        for start in range(0, n, step):
+            h.update(np.ascontiguousarray(np.asarray(images[start : start + step])).tobytes())
+    return h.hexdigest()
+
+
+def cache_path(cache_dir: str | Path, key: str, dataset: ImageDataset, image_size: int, precision: str) -> Path:
+    ident = json.dumps(
+        {"v": CACHE_VERSION, "key": key, "data": dataset_fingerprint(dataset), "size": int(image_size),
+         "precision": precision},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
+    return Path(cache_dir) / f"features-{digest}.safetensors"
+
+
+def cached_features(
+    encoder: nn.Module,
+    dataset: ImageDataset,
+    *,
+    key: str,
+    cache_dir: str | Path,
+    image_size: int,
+    batch_size: int = 256,
+    precision: str = "auto",
+    channels_last: bool = True,
+    transform: Callable[..., torch.Tensor] | None = None,
+    progress: bool = False,
+    desc: str = "features",
+) -> torch.Tensor:
+    """``extract_features`` on ``dataset.images``, memoised in ``cache_dir`` as a ``.safetensors`` file.
+
+    ``key`` identifies the encoder weights (e.g. :func:`checkpoint_key` of the checkpoint); the file name
+    also hashes the dataset's paths, the image size and the resolved precision. A file that is unreadable
+    or of the wrong length is recomputed. Loading uses safetensors only (no pickle).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from ..checkpoint import atomic_write
+
+    resolved = resolve_precision(precision, _module_device(encoder))
+    prec_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]
+    path = cache_path(cache_dir, key, dataset, image_size, prec_name)
+    n = int(dataset.images.shape[0])
+    if path.is_file():
+        try:
+            feats = load_file(str(path))["features"]
+            if feats.ndim == 2 and feats.shape[0] == n and feats.dtype == torch.float32:
+                return feats
+        except (SafetensorError, KeyError, OSError, ValueError, RuntimeError):
+            pass  # corrupt or foreign file: recompute and overwrite
+    feats = extract_features(
+        encoder, dataset.images, image_size=image_size, batch_size=batch_size, precision=precision,
+        channels_last=channels_last, transform=transform, progress=progress, desc=desc,
+    )
+    meta = {"key": key, "image_size": str(image_size), "precision": prec_name, "n": str(n)}
+    os.makedirs(path.parent, exist_ok=True)
+    atomic_write(path, lambda p: save_file({"features": feats.contiguous()}, p, metadata=meta))
+    return feats

@@ -1,0 +1,195 @@
+"""Linear probe: multinomial logistic regression on frozen features.
+
+The features are computed once by the caller (see ``features.py``); only a ``[F, C]`` weight matrix and
+a bias are trained. Features are standardised with the *training* mean and standard deviation (the test
+set is transformed with the same statistics, never its own).
+
+Objective (convex): ``mean_i CE(W x_i + b, y_i) + (weight_decay / 2) * ||W||_F^2`` (bias not penalised).
+
+Default optimiser: full-batch L-BFGS with strong-Wolfe line search from a zero initialisation, the
+classic solver for this problem (scikit-learn's ``LogisticRegression(solver="lbfgs")``; CLIP's linear
+probes). With an L2 term the optimum is unique, there is no learning rate to tune, and the result does
+not depend on the seed or on the batch size. ``epochs`` is the number of L-BFGS iterations (each one or
+a few full passes). The loss/gradient is accumulated over row chunks, so memory stays at one chunk of
+logits. ``optimizer="adamw"`` gives the mini-batch alternative (AdamW, cosine learning-rate decay,
+``epochs`` passes, shuffled with ``seed``) for problems too large for full-batch passes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError
+from .knn import _as_tensor, topk_accuracy
+
+OPTIMIZERS = ("lbfgs", "adamw")
+_CHUNK = 65536
+
+
+def fit_standardizer(train_features: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation of the training features (std floored at ``eps``)."""
+    x = train_features.double()
+    mean = x.mean(0)
+    std = x.std(0, unbiased=False).clamp_min(eps)
+    return mean.float(), std.float()
+
+
+def standardize_features(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(features - mean) / std`` with statistics from :func:`fit_standardizer` (training set)."""
+    return (features.float() - mean.to(features.device)) / std.to(features.device)
+
+
+def _check(
+    train_features: Any, train_labels: Any, test_features: Any, test_labels: Any, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    xtr = _as_tensor(train_features, "train_features")
+    xte = _as_tensor(test_features, "test_features")
+    ytr = _as_tensor(train_labels, "train_labels").long()
+    yte = _as_tensor(test_labels, "test_labels").long()
+    if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
+        raise DataError(f"features must be [N, F] with the same F; got train {tuple(xtr.shape)}, "
+                        f"test {tuple(xte.shape)}")
+    if ytr.shape != (xtr.shape[0],) or yte.shape != (xte.shape[0],):
+        raise DataError(f"labels must be [N]: train {tuple(ytr.shape)} for {xtr.shape[0]} features, "
+                        f"test {tuple(yte.shape)} for {xte.shape[0]} features")
+    if xtr.shape[0] == 0 or xte.shape[0] == 0:
+        raise DataError("linear probe needs non-empty train and test sets")
+    if num_classes < 2:
+        raise ConfigError(f"linear probe needs num_classes >= 2, got {num_classes}")
+    for name, y in (("train", ytr), ("test", yte)):
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
+            raise DataError(f"{name} labels must lie in [0, {num_classes}); found {int(y.min())}..{int(y.max())}")
+    return xtr, ytr, xte, yte
+
+
+def _fit_lbfgs(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, iters: int, lr: float, wd: float
+) -> float:
+    opt = torch.optim.LBFGS(
+        [w, b], lr=lr, max_iter=iters, max_eval=int(iters * 1.25) + 1, history_size=20,
+        tolerance_grad=1e-7, tolerance_change=1e-10, line_search_fn="strong_wolfe",
+    )
+    n = x.shape[0]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad(set_to_none=False)
+        total = torch.zeros((), device=x.device, dtype=torch.float64)
+        for start in range(0, n, _CHUNK):
+            xb, yb = x[start : start + _CHUNK], y[start : start + _CHUNK]
+            loss = F.cross_entropy(xb @ w + b, yb, reduction="sum") / n
+            loss.backward()
+            total += loss.detach().double()
+        reg = 0.5 * wd * (w * w).sum()
+        reg.backward()
+        return (total + reg.detach().double()).float()
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    with torch.no_grad():  # LBFGS.step returns the loss at its start; report the final objective
+        final = sum(float(F.cross_entropy(x[s : s + _CHUNK] @ w + b, y[s : s + _CHUNK], reduction="sum"))
+                    for s in range(0, n, _CHUNK)) / n
+        return final + 0.5 * wd * float((w * w).sum())
+
+
+def _fit_adamw(
+    x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor, *, epochs: int, lr: float, wd: float,
+    batch_size: int, gen: torch.Generator,
+) -> float:
+    # Decoupled weight decay on W only; the L2 term in the objective is applied through AdamW's decay.
+    opt = torch.optim.AdamW([{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0}], lr=lr)
+    n = x.shape[0]
+    steps_per_epoch = math.ceil(n / batch_size)
+    total_steps = max(1, epochs * steps_per_epoch)
+    step = 0
+    last = float("nan")
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(x.device)
+        running = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            for g in opt.param_groups:
+                g["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+            loss = F.cross_entropy(x[idx] @ w + b, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += float(loss.detach()) * idx.shape[0]
+            step += 1
+        last = running / n
+    return last
+
+
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_classes: int,
+    epochs: int = 100,
+    lr: float | None = None,
+    weight_decay: float = 1e-4,
+    batch_size: int = 1024,
+    seed: int = 0,
+    standardize: bool = True,
+    optimizer: str = "lbfgs",
+) -> dict[str, Any]:
+    """Train a linear classifier on frozen features; top-1/top-5 test accuracy in percent.
+
+    ``lr`` defaults to 1.0 for L-BFGS (the step scale before the line search) and 1e-3 for AdamW;
+    ``batch_size`` is used by AdamW only. Runs on ``train_features.device``. Deterministic for a seed.
+    Returns ``{"top1", "top5", "train_top1", "train_loss", "optimizer", "epochs", "lr", "weight_decay",
+    "batch_size", "standardize", "seed"}``.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"unknown linear-probe optimizer '{optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+    if epochs < 1:
+        raise ConfigError(f"linear probe epochs must be >= 1, got {epochs}")
+    if weight_decay < 0:
+        raise ConfigError(f"linear probe weight_decay must be >= 0, got {weight_decay}")
+    if batch_size < 1:
+        raise ConfigError(f"linear probe batch_size must be >= 1, got {batch_size}")
+    xtr, ytr, xte, yte = _check(train_features, train_labels, test_features, test_labels, int(num_classes))
+    lr = (1.0 if optimizer == "lbfgs" else 1e-3) if lr is None else float(lr)
+    device = xtr.device
+    xtr = xtr.float()
+    xte = xte.to(device).float()
+    ytr, yte = ytr.to(device), yte.to(device)
+    if standardize:
+        mean, std = fit_standardizer(xtr)
+        xtr, xte = standardize_features(xtr, mean, std), standardize_features(xte, mean, std)
+    gen = torch.Generator().manual_seed(int(seed))
+    f = xtr.shape[1]
+    with torch.enable_grad():
+        if optimizer == "lbfgs":
+            w = torch.zeros(f, num_classes, device=device, requires_grad=True)
+            b = torch.zeros(num_classes, device=device, requires_grad=True)
+            train_loss = _fit_lbfgs(xtr, ytr, w, b, iters=int(epochs), lr=lr, wd=float(weight_decay))
+        else:
+            w0 = torch.randn(f, num_classes, generator=gen) * (1.0 / math.sqrt(f))
+            w = w0.to(device).requires_grad_(True)
+            b = torch.zeros(num_classes, device=device, requires_grad=True)
+            train_loss = _fit_adamw(xtr, ytr, w, b, epochs=int(epochs), lr=lr, wd=float(weight_decay),
+                                    batch_size=int(batch_size), gen=gen)
+    if not math.isfinite(train_loss):
+        raise ConfigError(f"linear probe diverged (loss {train_loss}); lower --lr or enable standardisation")
+    with torch.no_grad():
+        w_, b_ = w.detach(), b.detach()
+        test_scores = torch.cat([xte[s : s + _CHUNK] @ w_ + b_ for s in range(0, xte.shape[0], _CHUNK)])
+        train_scores = torch.cat([xtr[s : s + _CHUNK] @ w_ + b_ for s in range(0, xtr.shape[0], _CHUNK)])
+    acc = topk_accuracy(test_scores, yte)
+    return {
+        **acc,
+        "train_top1": topk_accuracy(train_scores, ytr, ks=(1,))["top1"],
+        "train_loss": train_loss,
+        "optimizer": optimizer,
+        "epochs": int(epochs),
+        "lr": lr,
+        "weight_decay": float(weight_decay),
+        "batch_size": int(batch_size),
+        "standardize": bool(standardize),
+        "seed": int(seed),
+    }
