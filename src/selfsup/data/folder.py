@@ -1,0 +1,441 @@
+"""Image folders -> a square ``uint8`` array, decoded once and cached on disk.
+
+Layout rules (``open_dataset(folder, size)``):
+
+- A **class-folder tree** is a folder where *every* image sits exactly one level down, in a sub-folder:
+  ``root/<class>/*.jpg``. Labels come from the sub-folder names, sorted; ``classes[i]`` names label ``i``.
+- Anything else is a **plain folder** of images, searched recursively (nested folders allowed), unlabelled.
+- Accepted extensions: .jpg .jpeg .png .webp .bmp (any case). Hidden files and folders (names starting
+  with ``.``, e.g. macOS ``._x.jpg`` forks) are ignored. Paths are sorted, so row order is deterministic.
+
+Decoding (:func:`decode_image`), identical for every source:
+
+1. EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone photo is upright.
+2. Colour: grayscale ``L``/``1``/palette ``P``/``CMYK``/``YCbCr`` are converted to RGB; 16-bit and 32-bit
+   integer grayscale (``I;16*``, ``I``) is scaled from 0..65535 to 0..255 (divide by 257, round), not
+   clipped; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
+   colour) are **composited on black** (colour premultiplied by alpha), so fully transparent pixels
+   become black whatever colour they happened to store.
+3. The shorter side is resized to ``size`` with antialiased bicubic filtering and the centre
+   ``size x size`` square is cropped. **The cache stores this square**; random-resized crops and other
+   augmentations are applied later, on the fly, to that square. (Large JPEGs are first decoded at a
+   reduced DCT scale that is still >= ``size``, which is much faster and visually equivalent.)
+
+Corrupt, truncated and zero-byte files are skipped and listed in ``ImageDataset.skipped`` with a one-line
+summary on stderr; ``strict=True`` raises :class:`~selfsup.errors.DataError` on the first one instead.
+See :mod:`selfsup.data.cache` for the cache format.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+from tqdm.auto import tqdm
+
+from selfsup.data import cache as _cache
+from selfsup.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
+_LABEL_HINT = "needs class sub-folders root/<class>/*.jpg"
+#: Decode with a process pool from this many images on (pool start-up costs more than it saves below).
+_POOL_MIN_IMAGES = 1024
+
+
+@dataclass(repr=False)
+class ImageDataset:
+    """Decoded square images plus their labels and provenance.
+
+    images:  uint8 [N, S, S, 3]; a read-only ``np.memmap`` over the cache file for folders, a read-only
+             in-memory array for builtin datasets.
+    labels:  int64 [N] class ids, or None for an unlabelled folder.
+    classes: class names (sorted sub-folder names), ``[]`` when unlabelled.
+    paths:   source path of each row (builtin: ``"builtin:mnist/train/00012"``).
+    skipped: ``(path, reason)`` of corrupt/unreadable files that were left out.
+    root:    the spec the user gave.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    classes: list[str]
+    paths: list[str]
+    skipped: list[tuple[str, str]]
+    root: str
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def size(self) -> int:
+        """Side of the stored squares."""
+        return int(self.images.shape[1])
+
+    def __repr__(self) -> str:
+        kind = f"{self.num_classes} classes" if self.labels is not None else "unlabelled"
+        return (
+            f"ImageDataset(root={self.root!r}, n={len(self)}, size={self.size}, {kind}, "
+            f"skipped={len(self.skipped)})"
+        )
+
+
+# ----------------------------------------------------------------------------------------------- decode
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB (see the module docstring for the rules)."""
+    mode = im.mode
+    if mode == "RGB" and "transparency" not in im.info:
+        return im
+    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        a = np.asarray(im).astype(np.float32)
+        g = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(g, "L").convert("RGB")
+    if mode == "F":
+        g = np.clip(np.rint(np.asarray(im, dtype=np.float32)), 0, 255).astype(np.uint8)
+        return Image.fromarray(g, "L").convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
+        rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
+        return Image.fromarray(rgb.astype(np.uint8), "RGB")
+    return im.convert("RGB")
+
+
+def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
+    """Resize the shorter side to ``size`` (antialiased bicubic) and crop the centre ``size x size``."""
+    w, h = im.size
+    if w == size and h == size:
+        return im
+    s = min(w, h)
+    left, top = (w - s) / 2.0, (h - s) / 2.0
+    # Resizing the centre square of side min(w, h) to size x size == resize-shorter-side-then-centre-crop.
+    return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + s, top + s))
+
+
+def decode_image(path: str, size: int) -> np.ndarray:
+    """Decode one image file to ``uint8 [size, size, 3]``; raises on corrupt or truncated files."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode half grey
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            im.draft(None, (size, size))  # DCT-domain downscale, keeps both sides >= size
+        im.load()
+        out = ImageOps.exif_transpose(im)
+        out = _to_rgb(out)
+        out = resize_center_crop(out, size)
+        arr = np.asarray(out, dtype=np.uint8)
+    if arr.shape != (size, size, 3):  # pragma: no cover - defensive
+        raise ValueError(f"decoded to shape {arr.shape}")
+    return arr
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _decode_safe(args: tuple[str, int]) -> tuple[np.ndarray | None, str]:
+    """``(array, "")`` or ``(None, reason)``; never raises for a bad file."""
+    path, size = args
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "zero-byte file"
+        return decode_image(path, size), ""
+    except MemoryError:
+        raise
+    except Exception as e:  # any decoder failure means "this file is unreadable"
+        msg = str(e)
+        if "truncated" in msg:
+            return None, _one_line(f"truncated image ({msg})")
+        return None, _one_line(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+
+
+def _num_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, list[str]]:
+    """Pool task: decode a chunk of files; returns (stacked good rows, reason per file, "" when good).
+
+    Whole chunks (not single images) cross the process boundary: per-image IPC would cost as much as
+    decoding a 32-px JPEG and leave the pool no faster than one process.
+    """
+    paths, size = args
+    rows: list[np.ndarray] = []
+    reasons: list[str] = []
+    for p in paths:
+        arr, reason = _decode_safe((p, size))
+        reasons.append(reason)
+        if arr is not None:
+            rows.append(arr)
+    block = np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)
+    return block, reasons
+
+
+def _decoded(paths: list[str], size: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """Decode in order, in a forked process pool when the set is large and cores are available."""
+    workers = _num_workers()
+    if len(paths) < _POOL_MIN_IMAGES or workers < 2 or sys.platform != "linux":
+        for p in paths:
+            yield _decode_safe((p, size))
+        return
+    import multiprocessing as mp
+
+    chunk = max(32, min(512, len(paths) // (workers * 16)))
+    jobs = [(paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
+    # fork: workers inherit the imported modules instantly (spawn would re-import torch per worker);
+    # they only run PIL/numpy, never torch, so forking a process that has torch loaded is safe.
+    with mp.get_context("fork").Pool(workers) as pool:
+        for block, reasons in pool.imap(_decode_chunk, jobs):
+            j = 0
+            for reason in reasons:
+                if reason:
+                    yield None, reason
+                else:
+                    yield block[j], ""
+                    j += 1
+
+
+# ------------------------------------------------------------------------------------------------- scan
+
+
+@dataclass
+class _Scan:
+    rels: list[str]  # sorted relative posix paths of the images
+    entries: list[tuple[str, int, int]]  # (rel, size, mtime_ns)
+    other_files: int  # non-image files seen
+    other_exts: list[str]  # a few of their extensions, for the error message
+
+
+def _scan(root: Path) -> _Scan:
+    found: list[tuple[tuple[str, ...], int, int]] = []
+    other = 0
+    exts: set[str] = set()
+    seen_dirs: set[tuple[int, int]] = set()
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        folder, parts = stack.pop()
+        try:
+            st = os.stat(folder)
+            if (st.st_dev, st.st_ino) in seen_dirs:  # symlink loop
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            it = list(os.scandir(folder))
+        except OSError as e:
+            raise DataError(
+                f"cannot read folder {folder} ({e.strerror or e}); check its permissions"
+            ) from None
+        for entry in it:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=True):
+                    stack.append((Path(entry.path), (*parts, entry.name)))
+                    continue
+                ext = os.path.splitext(entry.name)[1].lower()
+                if ext not in IMAGE_EXTENSIONS:
+                    other += 1
+                    if ext:
+                        exts.add(ext)
+                    continue
+                st = entry.stat(follow_symlinks=True)
+            except OSError:  # dangling symlink or a file that vanished: nothing to decode
+                continue
+            found.append(((*parts, entry.name), st.st_size, st.st_mtime_ns))
+    found.sort(key=lambda t: t[0])
+    rels = ["/".join(p) for p, _, _ in found]
+    entries = [(r, s, m) for r, (_, s, m) in zip(rels, found)]
+    return _Scan(rels, entries, other, sorted(exts)[:5])
+
+
+def _check_labels(root: str, classes: list[str] | None, require_labels: bool, min_classes: int) -> None:
+    if classes is None:
+        if require_labels or min_classes > 0:
+            raise DataError(f"{root} is a plain folder of images without labels: this {_LABEL_HINT}")
+        return
+    if len(classes) < min_classes:
+        raise DataError(
+            f"needs at least {min_classes} classes, found {len(classes)} in {root}; "
+            "add one sub-folder per class (root/<class>/*.jpg)"
+        )
+
+
+def _warn_skipped(root: str, skipped: list[tuple[str, str]]) -> None:
+    """One line on stderr: the count, the fix, then the first three files and why."""
+    if not skipped:
+        return
+    first = "; ".join(f"{p} ({_one_line(r, 60)})" for p, r in skipped[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    print(
+        f"selfsup: warning: skipped {len(skipped)} unreadable image(s) in {root} "
+        f"(pass --strict to stop on them instead): {first}{more}",
+        file=sys.stderr,
+    )
+
+
+def _strict_error(path: str, reason: str) -> DataError:
+    return DataError(
+        f"unreadable image {path} ({reason}); remove the file, or drop --strict to skip unreadable images"
+    )
+
+
+def _open_folder(
+    spec: str,
+    size: int,
+    cache_dir: str | None,
+    strict: bool,
+    require_labels: bool,
+    min_classes: int,
+    progress: bool,
+) -> ImageDataset:
+    root = Path(os.path.expanduser(spec))
+    if not root.exists():
+        raise DataError(f"data folder {spec} does not exist; check the path (or try builtin:mnist)")
+    if not root.is_dir():
+        raise DataError(
+            f"{spec} is a file, not a folder; pass the folder that contains the images "
+            "(root/<class>/*.jpg or root/*.jpg)"
+        )
+    root_abs = os.path.abspath(root)
+    scan = _scan(root)
+    if not scan.rels:
+        if scan.other_files == 0:
+            raise DataError(
+                f"data folder {spec} is empty; put images in it as root/<class>/*.jpg (labelled) "
+                "or root/*.jpg (unlabelled)"
+            )
+        raise DataError(
+            f"no images found in {spec} ({scan.other_files} other files, e.g. {' '.join(scan.other_exts)}); "
+            f"accepted extensions: {_EXT_TEXT}"
+        )
+
+    labelled = all(r.count("/") == 1 for r in scan.rels)
+    classes = sorted({r.split("/", 1)[0] for r in scan.rels}) if labelled else None
+    _check_labels(spec, classes, require_labels, min_classes)
+
+    cdir = Path(cache_dir).expanduser() if cache_dir else _cache.default_cache_dir()
+    key = _cache.cache_key(size, scan.entries)
+    loaded = _cache.load_cache(cdir, key)
+    if loaded is None:
+        loaded = _build_cache(spec, root_abs, scan.rels, size, cdir, key, classes, strict, progress)
+    images, meta = loaded
+    return _from_meta(spec, root_abs, images, meta, strict)
+
+
+def _build_cache(
+    spec: str,
+    root_abs: str,
+    rels: list[str],
+    size: int,
+    cdir: Path,
+    key: str,
+    classes: list[str] | None,
+    strict: bool,
+    progress: bool,
+) -> tuple[np.memmap, dict[str, Any]]:
+    class_index = {c: i for i, c in enumerate(classes)} if classes is not None else {}
+    kept: list[str] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
+    full = [os.path.join(root_abs, r) for r in rels]
+    with _cache.CacheWriter(cdir, key) as writer:
+        bar = tqdm(
+            total=len(rels), desc=f"decoding {spec} @{size}px", unit="img", disable=not progress,
+            mininterval=0.5, file=sys.stderr,
+        )  # fmt: skip
+        try:
+            for rel, path, (arr, reason) in zip(rels, full, _decoded(full, size)):
+                bar.update(1)
+                if arr is None:
+                    if strict:
+                        raise _strict_error(path, reason)
+                    skipped.append((rel, reason))
+                    continue
+                writer.write(arr)
+                kept.append(rel)
+                if classes is not None:
+                    labels.append(class_index[rel.split("/", 1)[0]])
+        finally:
+            bar.close()
+        if not kept:
+            p, r = skipped[0]
+            raise DataError(
+                f"all {len(skipped)} images in {spec} are unreadable (e.g. {os.path.join(root_abs, p)}: {r}); "
+                "check that the files are real images"
+            )
+        meta: dict[str, Any] = {
+            "shape": [len(kept), size, size, 3],
+            "source": root_abs,
+            "classes": classes,
+            "labels": labels if classes is not None else None,
+            "paths": kept,
+            "skipped": [list(s) for s in skipped],
+        }
+        return writer.commit(meta)
+
+
+def _from_meta(
+    spec: str, root_abs: str, images: np.ndarray, meta: dict[str, Any], strict: bool
+) -> ImageDataset:
+    skipped = [(os.path.join(root_abs, p), str(r)) for p, r in meta["skipped"]]
+    if skipped and strict:
+        raise _strict_error(*skipped[0])
+    _warn_skipped(spec, skipped)
+    classes = meta["classes"]
+    labels = np.asarray(meta["labels"], dtype=np.int64) if classes is not None else None
+    if labels is not None:
+        labels.flags.writeable = False
+    return ImageDataset(
+        images=images,
+        labels=labels,
+        classes=list(classes) if classes is not None else [],
+        paths=[os.path.join(root_abs, p) for p in meta["paths"]],
+        skipped=skipped,
+        root=spec,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public
+
+
+def open_dataset(
+    spec: str,
+    size: int,
+    *,
+    cache_dir: str | None = None,
+    strict: bool = False,
+    require_labels: bool = False,
+    min_classes: int = 0,
+    progress: bool = True,
+) -> ImageDataset:
+    """Open an image folder (class-folder tree or plain folder) or ``builtin:NAME[:SPLIT]``.
+
+    Returns ``size x size`` RGB squares (see the module docstring). Folders are decoded once and cached in
+    ``cache_dir`` (default :func:`~selfsup.data.cache.default_cache_dir`); later opens of the unchanged
+    folder only memory-map the cache. ``require_labels`` / ``min_classes`` raise a
+    :class:`~selfsup.errors.DataError` when the data cannot serve a labelled use (kNN monitor, eval).
+    """
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ConfigError(f"image size must be a positive integer, got {size!r}")
+    size = int(size)
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        from selfsup.data.builtin import open_builtin
+
+        ds = open_builtin(spec, size)
+        _check_labels(spec, ds.classes if ds.labels is not None else None, require_labels, min_classes)
+        return ds
+    return _open_folder(spec, size, cache_dir, strict, require_labels, min_classes, progress)
