@@ -322,6 +322,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         with _StopFlag() as stop:
             while step < end_step:
                 epoch, i = divmod(step, spe)
+                if i == 0 and hasattr(method, "on_epoch_start"):
+                    method.on_epoch_start(epoch, train_ds)  # e.g. FAMT refreshes its per-image weight maps
                 idx = sampler.indices(epoch, i)
                 # sorted reads are sequential in the memmap; batch order inside a step does not matter
                 idx = idx.sort().values
@@ -340,7 +342,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 if not torch.isfinite(loss):
                     hint = f"last good checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
                     raise TrainingDiverged(
-                        f"loss became {float(loss)} at step {step} (epoch {epoch}); {hint}; lower the learning rate "
+                        f"loss became {float(loss.detach())} at step {step} (epoch {epoch}); {hint}; lower the learning rate "
                         "(--lr), add --set optim.clip_grad=1.0, or use --precision fp32"
                     )
                 optimizer.zero_grad(set_to_none=True)

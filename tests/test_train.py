@@ -1,0 +1,138 @@
+"""The training loop: exact resume, checkpoints, schedules, NaN handling, signals."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from selfsup.checkpoint import load_checkpoint
+from selfsup.errors import ConfigError, TrainingDiverged
+from selfsup.optim import lr_at
+from selfsup.train import EpochSampler, pretrain
+
+from .helpers import make_class_folder, tiny_config
+
+
+def _losses(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_resume_reproduces_the_uninterrupted_trajectory(tmp_path, method):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=12)
+    # epochs=3 with batch 8 over 24 images: 3 steps/epoch, 9 steps; stop at 4 (mid-epoch) then resume
+    full = tiny_config(str(data), str(tmp_path / "full"), method=method, epochs=3, max_steps=7)
+    pretrain(full)
+    part = tiny_config(str(data), str(tmp_path / "part"), method=method, epochs=3, max_steps=4)
+    pretrain(part)
+    assert load_checkpoint(tmp_path / "part")["step"] == 4
+    resumed = tiny_config(str(data), str(tmp_path / "part"), method=method, epochs=3, max_steps=7)
+    pretrain(resumed, resume=True)
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "part")
+    assert [s for s, _ in a] == [s for s, _ in b] == list(range(1, 8))
+    for (s, la), (_, lb) in zip(a, b):
+        assert la == pytest.approx(lb, rel=1e-6, abs=1e-7), f"step {s}: {la} vs {lb}"
+    wa = load_checkpoint(tmp_path / "full")["method"]
+    wb = load_checkpoint(tmp_path / "part")["method"]
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6), k
+
+
+@pytest.mark.integration
+def test_run_folder_contents(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=2)
+    cfg.data.val = str(data)
+    cfg.train.knn_every = 1
+    summary = pretrain(cfg)
+    run = tmp_path / "run"
+    for name in ("checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json", "encoder.safetensors", "encoder.json"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    step_rows = [r for r in rows if "loss" in r]
+    assert all({"step", "epoch", "loss", "lr", "images_per_s"} <= set(r) for r in step_rows)
+    knn_rows = [r for r in rows if r.get("eval") == "knn"]
+    assert len(knn_rows) == 2 and 0 <= knn_rows[-1]["knn_top1"] <= 100
+    assert summary["knn_top1"] == knn_rows[-1]["knn_top1"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    with pytest.raises(ConfigError, match="--resume: no checkpoint"):
+        pretrain(tiny_config(str(data), str(tmp_path / "none")), resume=True)
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.integration
+def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
+    import selfsup.methods.simclr as simclr
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
+    monkeypatch.setattr(simclr, "nt_xent_loss", lambda z1, z2, t: (z1.sum() + z2.sum()) * float("nan"))
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 0.*lower the learning rate"):
+        pretrain(tiny_config(str(data), str(tmp_path / "run")))
+
+
+def test_batch_larger_than_dataset_is_a_config_error_and_leaves_no_folder(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), batch_size=64)
+    with pytest.raises(ConfigError, match=r"--batch-size 64 is larger than the dataset \(6 images"):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_method_lists_choices(tmp_path):
+    cfg = tiny_config("x", str(tmp_path / "run"))
+    cfg.method = {"name": "nope"}
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*simclr"):
+        pretrain(cfg)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [lr_at(s, 100, 10, 1.0, 0.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_sampler_is_a_permutation_split_across_ranks():
+    single = EpochSampler(20, 8, seed=3)
+    r0, r1 = EpochSampler(20, 8, seed=3, rank=0, world_size=2), EpochSampler(20, 8, seed=3, rank=1, world_size=2)
+    for i in range(single.steps_per_epoch):
+        both = torch.cat([r0.indices(0, i), r1.indices(0, i)])
+        assert torch.equal(both, single.indices(0, i))
+    seen = torch.cat([single.indices(0, i) for i in range(2)])
+    assert len(set(seen.tolist())) == 16
+    assert not torch.equal(single.indices(1, 0), single.indices(0, 0))  # reshuffled each epoch
+
+
+@pytest.mark.integration
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "selfsup", "pretrain", "--data", str(data), "--method", "simclr",
+           "--backbone", "cnn-compact", "--image-size", "16", "--epochs", "1000", "--batch-size", "8",
+           "--no-progress", "--out", str(run), "--set", "train.threads=1", "--set", "backbone.width=4",
+           "--set", "train.log_every=1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 60
+    while time.time() < deadline and not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "checkpoint saved" in err
+    payload = load_checkpoint(run)
+    assert payload["step"] >= 3
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
