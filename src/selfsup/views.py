@@ -1,0 +1,562 @@
+"""Batched, per-sample image augmentation on tensors (CPU or CUDA): the views every SSL method trains on.
+
+Why our own code: ``torchvision.transforms.v2`` draws ONE set of random parameters per call, i.e. per
+batch when given a batched tensor, so independent per-sample randomness (what every SSL paper assumes)
+needs a Python loop over images (or per-image PIL transforms in DataLoader workers). Here every sample
+of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``, and the
+image work is a handful of batched tensor ops: about 20x cheaper than per-sample PIL on a CPU, and it runs
+unchanged on the GPU.
+
+Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
+al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling via
+``affine_grid``/``grid_sample``) -> colour jitter (brightness, contrast, saturation, hue in a random order
+per sample, like torchvision's ``ColorJitter``) with prob. ``jitter_p`` -> grayscale with prob. ``gray_p``
+-> Gaussian blur with prob. ``blur_p`` -> solarize with prob. ``solarize_p`` -> normalise.
+
+All colour ops work on float images in [0, 1] and clamp like torchvision. Every public op takes per-sample
+parameter tensors of shape [B] and matches its torchvision counterpart for fixed parameters (see
+``tests/test_views.py`` for the tolerances).
+
+Differences from torchvision's ``RandomResizedCrop`` (deliberate):
+- crop boxes are continuous (fractions of the source sides), not rounded to whole pixels;
+- no antialiasing when a crop is shrunk (as torchvision's tensor path with ``antialias=False``). With the
+  default cache size (= view size) crops are only ever enlarged, so nothing aliases; a cache much larger
+  than the views will alias on large crops. ``eval_transform`` (one deterministic resize) does antialias.
+- pixels at the crop border are interpolated with their true neighbours outside the crop (torchvision
+  replicates the crop's edge), so the outermost half-pixel ring differs slightly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError, DataError
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale (and PIL's "L" conversion).
+_GRAY = (0.2989, 0.587, 0.114)
+_N_TRIES = 10  # RandomResizedCrop: candidate boxes per sample before the central-crop fallback
+
+
+# ----------------------------------------------------------------------------------------- specs
+
+
+@dataclass
+class ViewSpec:
+    """One view's augmentation. Defaults are SimCLR's (Chen et al. 2020, arXiv 2002.05709, App. A).
+
+    SimCLR's colour jitter of strength ``s`` is brightness = contrast = saturation = 0.8 s and hue = 0.2 s
+    (applied with p 0.8); the defaults below are s = 0.5, the paper's CIFAR-10 setting (ImageNet: s = 1).
+    Gaussian blur (p 0.5 on ImageNet, off for CIFAR) uses a kernel of 10% of the view side, made odd
+    (at least 3), and sigma uniform in ``blur_sigma``.
+    """
+
+    size: int  # output side (square)
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop: crop area as a fraction of the source
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect ratio (w / h), sampled log-uniformly
+    hflip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4  # factor uniform in [max(0, 1 - b), 1 + b]
+    contrast: float = 0.4  # factor uniform in [max(0, 1 - c), 1 + c]
+    saturation: float = 0.4  # factor uniform in [max(0, 1 - s), 1 + s]
+    hue: float = 0.1  # shift uniform in [-h, h] (fraction of a full turn; h <= 0.5)
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0  # threshold 0.5 (BYOL)
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> ConfigError:
+            return ConfigError(f"ViewSpec: {what}")
+
+        if int(self.size) != self.size or self.size < 1:
+            raise bad(f"size must be a positive integer, got {self.size!r}")
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise bad(f"scale must satisfy 0 < min <= max <= 1, got {self.scale!r}")
+        lo, hi = self.ratio
+        if not 0.0 < lo <= hi:
+            raise bad(f"ratio must satisfy 0 < min <= max, got {self.ratio!r}")
+        for name in ("hflip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise bad(f"{name} must be a probability in [0, 1], got {p!r}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise bad(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise bad(f"hue must be in [0, 0.5], got {self.hue!r}")
+        lo, hi = self.blur_sigma
+        if not 0.0 < lo <= hi:
+            raise bad(f"blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma!r}")
+
+
+@dataclass
+class ViewParams:
+    """What was sampled for one view of B samples (kept for FAMT weight maps and audits)."""
+
+    boxes: torch.Tensor  # [B, 4] float (top, left, height, width) as fractions of the source sides
+    flip: torch.Tensor  # [B] bool, horizontal flip applied after the crop
+
+
+@dataclass
+class ViewRecipe:
+    views: list[ViewSpec]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if not self.views:
+            raise ConfigError("ViewRecipe: needs at least one view")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ConfigError(
+                f"ViewRecipe: mean/std must be 3 values with std > 0, got {self.mean}, {self.std}"
+            )
+
+
+# ----------------------------------------------------------------------------------------- recipes
+
+
+def _no_colour(spec: ViewSpec) -> ViewSpec:
+    return replace(spec, jitter_p=0.0, gray_p=0.0)
+
+
+def simclr_recipe(
+    size: int,
+    *,
+    strength: float = 0.5,
+    blur: bool = False,
+    scale: tuple[float, float] = (0.08, 1.0),
+    grayscale_input: bool = False,
+) -> ViewRecipe:
+    """SimCLR's two identical views (Chen et al. 2020, App. A): jitter 0.8s/0.8s/0.8s/0.2s with p 0.8,
+    grayscale p 0.2, optional blur p 0.5 (ImageNet; off for CIFAR). ``strength`` = s (0.5 CIFAR, 1 ImageNet).
+
+    ``grayscale_input=True`` (MNIST-like data) turns colour jitter and grayscale off: on gray images
+    saturation/hue/grayscale do nothing and the remaining jitter is not part of the recipe we document.
+    """
+    spec = ViewSpec(
+        size=size,
+        scale=scale,
+        brightness=0.8 * strength,
+        contrast=0.8 * strength,
+        saturation=0.8 * strength,
+        hue=min(0.5, 0.2 * strength),
+        blur_p=0.5 if blur else 0.0,
+    )
+    if grayscale_input:
+        spec = _no_colour(spec)
+    return ViewRecipe(views=[spec, replace(spec)])
+
+
+def byol_recipe(
+    size: int,
+    *,
+    blur: bool = True,
+    scale: tuple[float, float] = (0.08, 1.0),
+    grayscale_input: bool = False,
+) -> ViewRecipe:
+    """BYOL's asymmetric views (Grill et al. 2020, arXiv 2006.07733, Table 6): jitter (0.4, 0.4, 0.2, 0.1)
+    with p 0.8, grayscale p 0.2, blur p 1.0 / 0.1, solarize p 0.0 / 0.2. ``blur=False`` drops the blur
+    from both views (common for 32 px data). ``grayscale_input=True`` turns colour jitter/grayscale off."""
+    common = dict(size=size, scale=scale, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)
+    v1 = ViewSpec(**common, blur_p=1.0 if blur else 0.0, solarize_p=0.0)  # type: ignore[arg-type]
+    v2 = ViewSpec(**common, blur_p=0.1 if blur else 0.0, solarize_p=0.2)  # type: ignore[arg-type]
+    if grayscale_input:
+        v1, v2 = _no_colour(v1), _no_colour(v2)
+    return ViewRecipe(views=[v1, v2])
+
+
+def default_local_size(size: int) -> int:
+    """DINO's local/global side ratio 96/224, rounded to a multiple of 4 (at least 8): 32 -> 12, 224 -> 96."""
+    return max(8, 4 * round(size * 96 / 224 / 4))
+
+
+def multicrop_recipe(
+    base: ViewRecipe,
+    n_global: int = 2,
+    n_local: int = 6,
+    local_size: int | None = None,
+    global_scale: tuple[float, float] = (0.4, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.4),
+) -> ViewRecipe:
+    """Multi-crop (Caron et al. 2020 SwAV, arXiv 2006.09882; 2021 DINO, arXiv 2104.14294).
+
+    Global view i copies ``base.views[i % len(base.views)]`` (so asymmetric recipes stay asymmetric) with
+    ``global_scale``; local views copy ``base.views[0]`` with ``local_size`` (default
+    :func:`default_local_size` of the first view's side) and ``local_scale``. Scales are DINO's defaults.
+    Methods needing other per-view settings (e.g. DINO's local blur p 0.5) edit the returned specs with
+    ``dataclasses.replace``. Global views come first in the returned list.
+    """
+    if n_global < 1 or n_local < 0:
+        raise ConfigError(f"multicrop_recipe: need n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
+    first = base.views[0]
+    lsize = default_local_size(first.size) if local_size is None else local_size
+    views = [replace(base.views[i % len(base.views)], scale=global_scale) for i in range(n_global)]
+    views += [replace(first, size=lsize, scale=local_scale) for _ in range(n_local)]
+    return ViewRecipe(views=views, mean=base.mean, std=base.std)
+
+
+# ----------------------------------------------------------------------------------------- batched ops
+
+
+def _per_sample(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+    """[B] (or scalar) parameter -> [B, 1, 1, 1] on x's device and dtype."""
+    t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    return t.reshape(-1, 1, 1, 1) if t.dim() else t
+
+
+def normalize(
+    x01: torch.Tensor, mean: tuple[float, ...] | torch.Tensor, std: tuple[float, ...] | torch.Tensor
+) -> torch.Tensor:
+    """(x - mean) / std per channel; x01 is [B, C, H, W] in [0, 1]."""
+    m = torch.as_tensor(mean, dtype=x01.dtype, device=x01.device).reshape(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x01.dtype, device=x01.device).reshape(1, -1, 1, 1)
+    return (x01 - m) / s
+
+
+def crop_theta(boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """[B, 2, 3] ``affine_grid`` matrices mapping the output square onto the crop boxes (flip = x sign)."""
+    top, left, h, w = boxes.unbind(-1)
+    sx = torch.where(flip, -w, w)
+    zero = torch.zeros_like(w)
+    row0 = torch.stack([sx, zero, 2 * left + w - 1], -1)
+    row1 = torch.stack([zero, h, 2 * top + h - 1], -1)
+    return torch.stack([row0, row1], -2)
+
+
+def resized_crop(
+    x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor | None, size: int | tuple[int, int]
+) -> torch.Tensor:
+    """Per-sample crop + resize (+ horizontal flip) of [B, C, H, W] float images in one bilinear resampling.
+
+    boxes: [B, 4] (top, left, height, width) as fractions of the source sides; flip: [B] bool or None.
+    Bilinear, align_corners=False, no antialiasing (like torchvision's ``resized_crop(antialias=False)``
+    except at the crop border, see the module docstring); the image edge is replicated.
+    """
+    b, c = x.shape[:2]
+    oh, ow = (size, size) if isinstance(size, int) else size
+    boxes = boxes.to(device=x.device, dtype=torch.float32)
+    flip = torch.zeros(b, dtype=torch.bool, device=x.device) if flip is None else flip.to(x.device)
+    # The crop is axis-aligned, so build the affine grid (what F.affine_grid(crop_theta(...)) gives) from
+    # two per-sample 1-D ramps: several times cheaper than affine_grid's batched matmul on CPU.
+    top, left, h, w = boxes.unbind(-1)
+    xs = (torch.arange(ow, device=x.device, dtype=torch.float32) * 2 + 1) / ow - 1  # pixel centres
+    ys = (torch.arange(oh, device=x.device, dtype=torch.float32) * 2 + 1) / oh - 1
+    gx = torch.where(flip, -w, w)[:, None] * xs + (2 * left + w - 1)[:, None]  # [B, ow]
+    gy = h[:, None] * ys + (2 * top + h - 1)[:, None]  # [B, oh]
+    grid = torch.stack([gx[:, None, :].expand(b, oh, ow), gy[:, :, None].expand(b, oh, ow)], -1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(-1)
+
+
+def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 1, H, W] luma (torchvision's weights)."""
+    r, g, b = x.unbind(-3)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(-3)
+
+
+def to_grayscale(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] -> [B, 3, H, W] gray replicated over the channels (RandomGrayscale)."""
+    return rgb_to_grayscale(x).expand_as(x).contiguous()
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor | float, f: torch.Tensor) -> torch.Tensor:
+    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return (x * _per_sample(factor, x)).clamp_(0.0, 1.0)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend with the mean gray level of each image (torchvision)."""
+    mean = rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, _per_sample(factor, x))
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend with the grayscale image (torchvision)."""
+    return _blend(x, rgb_to_grayscale(x), _per_sample(factor, x))
+
+
+def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
+    """Rotate the hue by ``hue_factor`` (fraction of a turn, in [-0.5, 0.5]) keeping saturation and value.
+
+    Our batched RGB -> HSV -> RGB: hue h6 in [0, 6) from the max channel; back-conversion with the closed
+    form c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6, n = 5, 3, 1 for R, G, B, where
+    C = V * S = max - min (the chroma). Equal to torchvision's sector table up to float rounding.
+    """
+    # Elementwise max/min instead of reductions over the channel dim, and floor instead of remainder:
+    # both are several times faster on CPU.
+    r, g, b = x.unbind(-3)
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
+    chroma = maxc - minc
+    inv = 1.0 / chroma.clamp(min=1e-12)  # chroma 0: all channels equal, the hue is irrelevant
+    # select the sector by masks times values (torch.where is several times slower on CPU)
+    is_r = maxc == r
+    is_g = (maxc == g) & ~is_r
+    is_b = ~(is_r | is_g)
+    h6 = is_r * ((g - b) * inv) + is_g * ((b - r) * inv + 2.0) + is_b * ((r - g) * inv + 4.0)
+    h6 = h6.unsqueeze(-3) + 6.0 * _per_sample(hue_factor, x)  # [B, 1, H, W]: hue in sixths, any range
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
+    k = h6 + n
+    k = k - 6.0 * torch.floor(k * (1.0 / 6.0))  # mod 6
+    w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
+    return (maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * w).clamp_(0.0, 1.0)
+
+
+def blur_kernel_size(size: int) -> int:
+    """SimCLR: 10% of the image side, made odd, at least 3 (224 -> 23, 96 -> 9, 32 -> 3)."""
+    k = int(0.1 * size)
+    k = k + 1 if k % 2 == 0 else k
+    return max(3, k)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor | float, kernel_size: int) -> torch.Tensor:
+    """Per-sample Gaussian blur of [B, C, H, W]: separable, reflect padding, kernel as torchvision's."""
+    if kernel_size % 2 == 0 or kernel_size < 1:
+        raise ConfigError(f"gaussian_blur: kernel_size must be odd and positive, got {kernel_size}")
+    b, c, h, w = x.shape
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, dtype=torch.float32, device=x.device)
+    s = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1, 1).expand(b, 1)
+    k1 = torch.exp(-0.5 * (t / s) ** 2)
+    k1 = (k1 / k1.sum(-1, keepdim=True)).to(x.dtype)  # [B, K]
+    kc = k1.repeat_interleave(c, dim=0)  # [B*C, K]
+    pad = kernel_size // 2
+    y = F.pad(x.reshape(1, b * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kc.reshape(b * c, 1, 1, kernel_size), groups=b * c)
+    y = F.conv2d(y, kc.reshape(b * c, 1, kernel_size, 1), groups=b * c)
+    return y.reshape(b, c, h, w)
+
+
+def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """x -> 1 - x where x >= threshold (float images in [0, 1])."""
+    if threshold == 0.5:  # min(x, 1 - x) is the same map and avoids the slow torch.where
+        return torch.minimum(x, 1.0 - x)
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * u
+
+
+def sample_boxes(
+    u: torch.Tensor, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> torch.Tensor:
+    """RandomResizedCrop boxes from uniforms ``u`` [B, 4 * 10] (vectorised torchvision ``get_params``).
+
+    Per sample: 10 candidates (area fraction ~ U(scale), aspect ~ logU(ratio)); the first that fits is used,
+    at a uniform position; if none fits, torchvision's central-crop fallback. Continuous (no pixel rounding).
+    Returns [B, 4] (top, left, height, width) as fractions of the source sides.
+    """
+    b = u.shape[0]
+    u = u.reshape(b, _N_TRIES, 4).double()
+    area = _uniform(u[..., 0], *scale) * (height * width)
+    log_r = _uniform(u[..., 1], math.log(ratio[0]), math.log(ratio[1]))
+    r = torch.exp(log_r)
+    hf = torch.sqrt(area / r) / height
+    wf = torch.sqrt(area * r) / width
+    ok = (hf <= 1.0) & (wf <= 1.0)
+    first = torch.argmax(ok.to(torch.int8), dim=1)  # index of the first valid candidate (0 if none)
+    pick = first.unsqueeze(1)
+    hf, wf = hf.gather(1, pick).squeeze(1), wf.gather(1, pick).squeeze(1)
+    top = (1.0 - hf) * u[..., 2].gather(1, pick).squeeze(1)
+    left = (1.0 - wf) * u[..., 3].gather(1, pick).squeeze(1)
+    # central-crop fallback (torchvision): whole image, trimmed to the allowed aspect-ratio range
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fh, fw = (width / ratio[0]) / height, 1.0
+    elif in_ratio > ratio[1]:
+        fh, fw = 1.0, (height * ratio[1]) / width
+    else:
+        fh, fw = 1.0, 1.0
+    fallback = ~ok.any(dim=1)
+    hf = torch.where(fallback, fh, hf)
+    wf = torch.where(fallback, fw, wf)
+    top = torch.where(fallback, (1.0 - hf) / 2, top)
+    left = torch.where(fallback, (1.0 - wf) / 2, left)
+    return torch.stack([top, left, hf, wf], -1).float()
+
+
+# column layout of the per-view uniform draws
+_C_BOX = 4 * _N_TRIES
+_C_FLIP, _C_JIT, _C_GRAY, _C_BLUR, _C_SIGMA, _C_SOL = range(_C_BOX, _C_BOX + 6)
+_C_FACT = _C_BOX + 6  # 4 jitter factors (brightness, contrast, saturation, hue)
+_C_PERM = _C_FACT + 4  # 4 keys whose argsort is the jitter order
+_N_COLS = _C_PERM + 4
+
+
+def _index(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """CPU bool mask -> index tensor on device; None when no sample is selected."""
+    idx = mask.nonzero().squeeze(1)
+    return idx.to(device, non_blocking=True) if idx.numel() else None
+
+
+def _apply(x: torch.Tensor, idx: torch.Tensor | None, full: bool, fn, *args) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """x with fn applied to the samples idx (in place on x's subset rows)."""
+    if idx is None:
+        return x
+    if full:
+        return fn(x, *args)
+    x.index_copy_(0, idx, fn(x.index_select(0, idx), *(a.index_select(0, idx) for a in args)))
+    return x
+
+
+def _augment_view(
+    src: torch.Tensor, spec: ViewSpec, generator: torch.Generator
+) -> tuple[torch.Tensor, ViewParams]:
+    """One view of float [B, 3, H, W] images in [0, 1] -> augmented [B, 3, size, size] in [0, 1]."""
+    b, _, height, width = src.shape
+    dev = src.device
+    u = torch.rand(b, _N_COLS, generator=generator, device=generator.device).cpu()
+    boxes = sample_boxes(u[:, :_C_BOX], height, width, spec.scale, spec.ratio)
+    flip = u[:, _C_FLIP] < spec.hflip_p
+    x = resized_crop(src, boxes.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
+
+    jit = u[:, _C_JIT] < spec.jitter_p
+    strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
+    if jit.any() and any(s > 0 for s in strengths):
+        f = u[:, _C_FACT : _C_FACT + 4]
+        factors = [
+            _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
+            for i, s in enumerate(strengths)
+        ]
+        fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, B]
+        order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [B, 4] random permutation per sample
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        for pos in range(4):
+            for op_i, op in enumerate(ops):
+                if strengths[op_i] <= 0:
+                    continue
+                sel = jit & (order[:, pos] == op_i)
+                x = _apply(x, _index(sel, dev), bool(sel.all()), op, fdev[op_i])
+
+    gray = u[:, _C_GRAY] < spec.gray_p
+    if gray.any():
+        x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
+
+    blur = u[:, _C_BLUR] < spec.blur_p
+    if blur.any():
+        sigma = _uniform(u[:, _C_SIGMA], *spec.blur_sigma).to(dev, dtype=x.dtype, non_blocking=True)
+        ks = blur_kernel_size(spec.size)
+        x = _apply(x, _index(blur, dev), bool(blur.all()), lambda t, s: gaussian_blur(t, s, ks), sigma)
+
+    sol = u[:, _C_SOL] < spec.solarize_p
+    if sol.any():
+        x = _apply(x, _index(sol, dev), bool(sol.all()), solarize)
+
+    return x, ViewParams(boxes=boxes.to(dev), flip=flip.to(dev))
+
+
+def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> float [B, 3, H, W]."""
+    if images.dim() != 4:
+        raise DataError(
+            f"views: expected a batch of images [B, H, W, 3] or [B, 3, H, W], got {tuple(images.shape)}"
+        )
+    # channels-last (the cache's layout) wins when both readings are possible, e.g. [B, 3, H, 3]
+    if images.shape[-1] == 3 or (images.shape[-1] == 1 and images.shape[1] != 3):
+        x = images.permute(0, 3, 1, 2)
+    elif images.shape[1] in (1, 3):
+        x = images
+    else:
+        raise DataError(f"views: images must have 1 or 3 channels, got shape {tuple(images.shape)}")
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    if images.dtype == torch.uint8:
+        return x.to(dtype).mul_(1.0 / 255.0)
+    if images.dtype.is_floating_point:
+        return x.to(dtype)
+    raise DataError(f"views: images must be uint8 (or float in [0, 1]), got {images.dtype}")
+
+
+def _finish(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    x = normalize(x, mean, std)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+
+
+def make_views(
+    images: torch.Tensor,
+    recipe: ViewRecipe,
+    generator: torch.Generator,
+    *,
+    channels_last: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[list[torch.Tensor], list[ViewParams]]:
+    """Augment a batch into the recipe's views, each sample with independent random parameters.
+
+    images: uint8 [B, H, W, 3] (as stored in the cache) or [B, 3, H, W], on CPU or CUDA; 1-channel images
+    are replicated to 3. All randomness comes from ``generator`` (drawn on its device, then moved to the
+    images' device), so the result is a deterministic function of the generator state.
+    Returns per view a normalised ``dtype`` tensor [B, 3, size, size] (channels_last memory format if
+    requested) and its :class:`ViewParams`.
+    """
+    src = _to_float_nchw(images, dtype)
+    out: list[torch.Tensor] = []
+    params: list[ViewParams] = []
+    for spec in recipe.views:
+        x, p = _augment_view(src, spec, generator)
+        out.append(_finish(x, recipe.mean, recipe.std, channels_last))
+        params.append(p)
+    return out, params
+
+
+def eval_transform(
+    images: torch.Tensor,
+    size: int,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+    *,
+    channels_last: bool = True,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Deterministic: resize the whole image to size x size (bilinear, antialiased) and normalise."""
+    x = _to_float_nchw(images, torch.float32)
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp_(0.0, 1.0)
+    return _finish(x.to(dtype), mean, std, channels_last)
+
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ViewParams",
+    "ViewRecipe",
+    "ViewSpec",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "blur_kernel_size",
+    "byol_recipe",
+    "crop_theta",
+    "default_local_size",
+    "eval_transform",
+    "gaussian_blur",
+    "hflip",
+    "make_views",
+    "multicrop_recipe",
+    "normalize",
+    "resized_crop",
+    "rgb_to_grayscale",
+    "sample_boxes",
+    "solarize",
+    "simclr_recipe",
+    "to_grayscale",
+]

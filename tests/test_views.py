@@ -1,0 +1,357 @@
+"""Batched per-sample views: shapes, randomness, determinism, and every op against torchvision."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from selfsup import views as V
+from selfsup.errors import UserError
+
+MEAN = torch.tensor(V.IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(V.IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def _images(b: int = 8, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (b, h, w, 3), dtype=torch.uint8, generator=g)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _rand01(b: int, h: int = 12, w: int = 14, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, 3, h, w, generator=_gen(seed))
+
+
+# ----------------------------------------------------------------------------------------- make_views
+
+
+def test_shapes_dtype_range_and_layout() -> None:
+    imgs = _images()
+    views, params = V.make_views(imgs, V.simclr_recipe(16, blur=True), _gen())
+    assert len(views) == len(params) == 2
+    for v, p in zip(views, params):
+        assert v.shape == (8, 3, 16, 16) and v.dtype == torch.float32
+        assert v.is_contiguous(memory_format=torch.channels_last)
+        x01 = v * STD + MEAN
+        assert x01.min() >= -1e-5 and x01.max() <= 1 + 1e-5  # un-normalised views stay in [0, 1]
+        assert p.boxes.shape == (8, 4) and p.flip.shape == (8,) and p.flip.dtype == torch.bool
+        top, left, h, w = p.boxes.unbind(-1)
+        assert (
+            (top >= 0).all()
+            and (left >= 0).all()
+            and (top + h <= 1 + 1e-6).all()
+            and (left + w <= 1 + 1e-6).all()
+        )
+    views, _ = V.make_views(imgs, V.simclr_recipe(16), _gen(), channels_last=False)
+    assert views[0].is_contiguous()
+    views, _ = V.make_views(imgs, V.simclr_recipe(16), _gen(), dtype=torch.bfloat16)
+    assert views[0].dtype == torch.bfloat16
+
+
+def test_nchw_input_equals_nhwc_input() -> None:
+    imgs = _images()
+    a, _ = V.make_views(imgs, V.byol_recipe(16), _gen(3))
+    b, _ = V.make_views(imgs.permute(0, 3, 1, 2).contiguous(), V.byol_recipe(16), _gen(3))
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
+
+
+def test_grayscale_single_channel_input_is_replicated() -> None:
+    gray = _images(4, 16, 16)[..., :1]
+    views, _ = V.make_views(gray, V.simclr_recipe(16, grayscale_input=True), _gen())
+    x01 = views[0] * STD + MEAN
+    torch.testing.assert_close(x01[:, 0], x01[:, 1], atol=1e-5, rtol=0)  # still gray after augmentation
+
+
+def test_samples_are_independent() -> None:
+    imgs = _images(1).expand(64, -1, -1, -1)  # 64 identical images
+    views, params = V.make_views(imgs, V.simclr_recipe(16), _gen())
+    boxes = params[0].boxes
+    assert torch.unique(boxes, dim=0).shape[0] == 64
+    flat = views[0].reshape(64, -1)
+    assert torch.cdist(flat, flat).add(torch.eye(64) * 1e3).min() > 1e-3  # no two outputs are equal
+    assert not torch.equal(params[0].boxes, params[1].boxes)  # the two views differ too
+
+
+def test_crop_area_ratio_and_flip_statistics() -> None:
+    n = 4000
+    imgs = _images(n, 8, 8)
+    spec = V.ViewSpec(size=4, scale=(0.2, 0.7), jitter_p=0.0, gray_p=0.0)
+    _, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen())
+    top, left, h, w = params[0].boxes.unbind(-1)
+    area = h * w
+    # square source, this scale/ratio never needs the fallback: area exactly within `scale`
+    assert area.min() >= 0.2 - 1e-6 and area.max() <= 0.7 + 1e-6
+    ratio = w / h
+    assert ratio.min() >= 3 / 4 - 1e-5 and ratio.max() <= 4 / 3 + 1e-5
+    # flip rate 0.5: binomial sd = 0.008 at n = 4000; tolerance 0.04 (5 sd)
+    assert abs(params[0].flip.float().mean().item() - 0.5) < 0.04
+    # positions are uniform over the free range: mean of top / (1 - h) is 0.5 (sd 0.0046), tolerance 0.03
+    assert abs((top / (1 - h)).mean().item() - 0.5) < 0.03
+    assert abs((left / (1 - w)).mean().item() - 0.5) < 0.03
+
+
+def test_box_distribution_matches_torchvision_get_params() -> None:
+    # the default scale (0.08, 1) needs the 10-tries logic; compare mean area and the fallback rate
+    n = 3000
+    torch.manual_seed(0)
+    img = torch.zeros(3, 224, 224)
+    ref = [RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
+    ref_area = torch.tensor([h * w / 224**2 for _, _, h, w in ref])
+    u = torch.rand(n, 4 * 10, generator=_gen())
+    ours = V.sample_boxes(u, 224, 224, (0.08, 1.0), (3 / 4, 4 / 3))
+    ours_area = ours[:, 2] * ours[:, 3]
+    # mean area ~0.54, sd ~0.27; difference of two means of 3000: sd 0.007, tolerance 0.03
+    assert abs(ours_area.mean().item() - ref_area.mean().item()) < 0.03
+    assert abs(ours_area.std().item() - ref_area.std().item()) < 0.03
+
+
+def test_fallback_is_torchvision_central_crop() -> None:
+    # a 10:1 image: no candidate fits, every box is the central crop trimmed to ratio 4/3
+    u = torch.rand(16, 40, generator=_gen())
+    boxes = V.sample_boxes(u, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3))
+    expected = torch.tensor([0.0, (1 - 10 * 4 / 3 / 100) / 2, 1.0, 10 * 4 / 3 / 100])
+    torch.testing.assert_close(boxes, expected.expand(16, 4), atol=1e-6, rtol=0)
+
+
+def test_determinism() -> None:
+    imgs = _images()
+    rec = V.byol_recipe(16)
+    a, pa = V.make_views(imgs, rec, _gen(7))
+    b, pb = V.make_views(imgs, rec, _gen(7))
+    c, _ = V.make_views(imgs, rec, _gen(8))
+    for x, y, z in zip(a, b, c):
+        assert torch.equal(x, y)
+        assert not torch.equal(x, z)
+    assert torch.equal(pa[0].boxes, pb[0].boxes)
+
+
+def test_make_views_matches_per_sample_torchvision_reference() -> None:
+    """Re-draw the same uniforms and replay each sample through torchvision ops, in its jitter order."""
+    b, size = 12, 10
+    imgs = _images(b, 16, 16)
+    spec = V.ViewSpec(size=size, jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
+    views, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen(5), channels_last=False)
+    u = torch.rand(b, V._N_COLS, generator=_gen(5))
+    src = imgs.permute(0, 3, 1, 2).float() / 255
+    crops = V.resized_crop(src, params[0].boxes, params[0].flip, size)  # checked against torchvision below
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    strengths = [spec.brightness, spec.contrast, spec.saturation]
+    for i in range(b):
+        x = crops[i]
+        if u[i, V._C_JIT] < spec.jitter_p:
+            f = u[i, V._C_FACT : V._C_FACT + 4]
+            factors = [1 - s + 2 * s * f[k].item() for k, s in enumerate(strengths)]
+            factors.append(-spec.hue + 2 * spec.hue * f[3].item())
+            for k in torch.argsort(u[i, V._C_PERM : V._C_PERM + 4]).tolist():
+                x = ops[k](x, factors[k])
+        if u[i, V._C_GRAY] < spec.gray_p:
+            x = TF.rgb_to_grayscale(x, num_output_channels=3)
+        if u[i, V._C_BLUR] < spec.blur_p:
+            sigma = 0.1 + 1.9 * u[i, V._C_SIGMA].item()
+            x = TF.gaussian_blur(x, [3, 3], [sigma, sigma])
+        if u[i, V._C_SOL] < spec.solarize_p:
+            x = TF.solarize(x, 0.5)
+        expected = (x - MEAN[0]) / STD[0]
+        # tolerance 1e-4: float32 differences of the hue round trip, amplified by 1/std ~ 4.4
+        torch.testing.assert_close(views[0][i], expected, atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------- single ops
+
+
+def _interior(top: int, left: int, h: int, w: int, size: int) -> torch.Tensor:
+    """Output pixels whose bilinear source point lies within the crop (no crop-border effects)."""
+    c = (torch.arange(size) + 0.5) / size
+    ys, xs = c * h - 0.5, c * w - 0.5
+    my = (ys >= 0) & (ys <= h - 1)
+    mx = (xs >= 0) & (xs <= w - 1)
+    return my[:, None] & mx[None, :]
+
+
+@pytest.mark.parametrize(
+    "box,size",
+    [((3, 5, 10, 14), 16), ((0, 0, 20, 24), 8), ((7, 2, 13, 9), 11), ((4, 4, 5, 5), 5)],
+)
+def test_resized_crop_and_flip_match_torchvision(box: tuple[int, int, int, int], size: int) -> None:
+    img = _rand01(1, 20, 24)
+    top, left, h, w = box
+    frac = torch.tensor([[top / 20, left / 24, h / 20, w / 24]])
+    ref = TF.resized_crop(img[0], top, left, h, w, [size, size], antialias=False)
+    mask = _interior(top, left, h, w, size)
+    assert mask.float().mean() > 0.3
+    for flip in (False, True):
+        ours = V.resized_crop(img, frac, torch.tensor([flip]), size)[0]
+        expected = TF.horizontal_flip(ref) if flip else ref
+        m = mask.flip(-1) if flip else mask
+        # interior (source point inside the crop): identical maths, max abs error 1e-5
+        torch.testing.assert_close(ours[:, m], expected[:, m], atol=1e-5, rtol=0)
+        # crop border: we read the true neighbours instead of replicating the edge; mean abs error < 0.1
+        assert (ours - expected).abs().mean() < 0.1
+    assert torch.equal(V.hflip(img), TF.horizontal_flip(img))
+
+
+def test_crop_theta_equals_affine_grid_path() -> None:
+    img = _rand01(4, 9, 13)
+    boxes = torch.tensor(
+        [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.1, 0.7, 0.4], [0.5, 0.5, 0.5, 0.5]]
+    )
+    flip = torch.tensor([False, True, True, False])
+    grid = torch.nn.functional.affine_grid(V.crop_theta(boxes, flip), [4, 3, 7, 7], align_corners=False)
+    ref = torch.nn.functional.grid_sample(img, grid, padding_mode="border", align_corners=False)
+    torch.testing.assert_close(V.resized_crop(img, boxes, flip, 7), ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "ours,theirs,factors",
+    [
+        (V.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4, 0.0]),
+        (V.adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.4, 0.0]),
+        (V.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4, 0.0]),
+        (V.adjust_hue, TF.adjust_hue, [-0.5, -0.1, 0.0, 0.37]),
+    ],
+)
+def test_colour_ops_match_torchvision(ours, theirs, factors) -> None:  # type: ignore[no-untyped-def]
+    x = _rand01(4)
+    x[3, :, :3] = 0.5  # some gray pixels (zero chroma)
+    x[2, 1, 3:5] = 1.0  # ties in the max channel
+    x[2, 0, 3:5] = 1.0
+    out = ours(x, torch.tensor(factors))
+    for i, f in enumerate(factors):
+        # max abs error 1e-5 (hue: 2e-5, float32 rounding of the HSV round trip)
+        torch.testing.assert_close(out[i], theirs(x[i], f), atol=2e-5, rtol=0)
+
+
+def test_grayscale_matches_torchvision() -> None:
+    x = _rand01(3)
+    torch.testing.assert_close(V.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        V.to_grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0
+    )
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 9])
+def test_gaussian_blur_matches_torchvision(kernel_size: int) -> None:
+    x = _rand01(3, 12, 14)
+    sigma = torch.tensor([0.1, 0.8, 2.0])
+    out = V.gaussian_blur(x, sigma, kernel_size)
+    for i, s in enumerate(sigma.tolist()):
+        ref = TF.gaussian_blur(x[i], [kernel_size, kernel_size], [s, s])
+        # separable vs 2-D kernel: same sums in another order; max abs error 1e-5
+        torch.testing.assert_close(out[i], ref, atol=1e-5, rtol=0)
+
+
+def test_blur_kernel_size_is_simclr_ten_percent_odd() -> None:
+    assert [V.blur_kernel_size(s) for s in (224, 96, 32, 8)] == [23, 9, 3, 3]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.3])
+def test_solarize_matches_torchvision(threshold: float) -> None:
+    x = _rand01(2)
+    x[0, 0, 0, :3] = torch.tensor([0.5, 0.3, 0.0])
+    assert torch.equal(V.solarize(x, threshold), TF.solarize(x, threshold))  # exact
+
+
+def test_normalize() -> None:
+    x = _rand01(2)
+    torch.testing.assert_close(V.normalize(x, V.IMAGENET_MEAN, V.IMAGENET_STD), (x - MEAN) / STD)
+
+
+# ----------------------------------------------------------------------------------------- recipes
+
+
+def test_simclr_recipe_strength_and_grayscale_input() -> None:
+    r = V.simclr_recipe(32, strength=1.0, blur=True)
+    a, b = r.views
+    assert a == b
+    assert (a.brightness, a.contrast, a.saturation, a.hue) == pytest.approx((0.8, 0.8, 0.8, 0.2))
+    assert a.blur_p == 0.5 and a.jitter_p == 0.8 and a.gray_p == 0.2
+    d = V.simclr_recipe(32).views[0]
+    assert (d.brightness, d.hue, d.blur_p) == pytest.approx((0.4, 0.1, 0.0))
+    g = V.simclr_recipe(28, grayscale_input=True).views[0]
+    assert g.jitter_p == 0.0 and g.gray_p == 0.0 and g.hflip_p == 0.5
+
+
+def test_byol_recipe_is_asymmetric() -> None:
+    v1, v2 = V.byol_recipe(32).views
+    assert v1 != v2
+    assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
+    assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.2, 0.1)
+    v1, v2 = V.byol_recipe(32, blur=False, grayscale_input=True).views
+    assert v1.blur_p == v2.blur_p == 0.0 and v1.jitter_p == 0.0 and v2.solarize_p == 0.2
+
+
+def test_multicrop_recipe() -> None:
+    base = V.byol_recipe(32)
+    r = V.multicrop_recipe(base, n_global=2, n_local=6)
+    assert len(r.views) == 8
+    assert [v.size for v in r.views] == [32, 32] + [V.default_local_size(32)] * 6
+    assert V.default_local_size(32) == 12 and V.default_local_size(224) == 96
+    assert r.views[0].solarize_p == 0.0 and r.views[1].solarize_p == 0.2  # asymmetry kept
+    assert all(v.scale == (0.4, 1.0) for v in r.views[:2]) and all(
+        v.scale == (0.05, 0.4) for v in r.views[2:]
+    )
+    r = V.multicrop_recipe(V.simclr_recipe(16), n_global=2, n_local=3, local_size=6)
+    views, params = V.make_views(_images(4), r, _gen())
+    assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 6, 6)] * 3
+    area = torch.cat([p.boxes[:, 2] * p.boxes[:, 3] for p in params[2:]])
+    assert area.max() <= 0.4 + 1e-6
+
+
+# ----------------------------------------------------------------------------------------- eval
+
+
+def test_eval_transform_matches_torchvision_resize() -> None:
+    imgs = _images(3, 40, 30)
+    out = V.eval_transform(imgs, 16)
+    assert out.shape == (3, 3, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, V.eval_transform(imgs, 16))  # deterministic
+    x = imgs.permute(0, 3, 1, 2).float() / 255
+    ref = TF.normalize(TF.resize(x, [16, 16], antialias=True), list(V.IMAGENET_MEAN), list(V.IMAGENET_STD))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)  # same float maths: max abs error 1e-5
+    # torchvision's uint8 path rounds to uint8: within 1/255 (+ rounding) before normalising
+    ref8 = TF.resize(imgs.permute(0, 3, 1, 2), [16, 16], antialias=True).float() / 255
+    assert ((out * STD + MEAN) - ref8).abs().max() <= 1 / 255 + 1e-5
+    same = V.eval_transform(imgs[:, :16, :16], 16, channels_last=False)  # no resize needed
+    torch.testing.assert_close(same, (x[:, :, :16, :16] - MEAN) / STD)
+
+
+# ----------------------------------------------------------------------------------------- errors / devices
+
+
+def test_bad_inputs_raise_user_errors() -> None:
+    with pytest.raises(UserError, match="images"):
+        V.make_views(torch.zeros(4, 8, 8, dtype=torch.uint8), V.simclr_recipe(8), _gen())
+    with pytest.raises(UserError, match="channels"):
+        V.make_views(torch.zeros(4, 8, 8, 5, dtype=torch.uint8), V.simclr_recipe(8), _gen())
+    with pytest.raises(UserError, match="uint8"):
+        V.make_views(torch.zeros(4, 8, 8, 3, dtype=torch.int32), V.simclr_recipe(8), _gen())
+    with pytest.raises(UserError, match="scale"):
+        V.ViewSpec(size=8, scale=(0.5, 0.1))
+    with pytest.raises(UserError, match="gray_p"):
+        replace(V.ViewSpec(size=8), gray_p=1.5)
+    with pytest.raises(UserError, match="at least one view"):
+        V.ViewRecipe([])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu() -> None:
+    imgs = _images(16, 24, 24)
+    rec = V.multicrop_recipe(V.byol_recipe(16), n_local=2)
+    cpu, pc = V.make_views(imgs, rec, _gen(1))
+    gpu, pg = V.make_views(imgs.cuda(), rec, _gen(1))
+    for a, b in zip(cpu, gpu):
+        assert b.device.type == "cuda"
+        torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=0)  # different kernels, same maths
+    assert torch.equal(pc[0].boxes, pg[0].boxes.cpu())
+    ev = V.eval_transform(imgs.cuda(), 12)
+    torch.testing.assert_close(ev.cpu(), V.eval_transform(imgs, 12), atol=1e-4, rtol=0)
+    assert math.isfinite(float(ev.sum()))
