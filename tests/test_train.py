@@ -136,3 +136,27 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     payload = load_checkpoint(run)
     assert payload["step"] >= 3
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_time_budget_fits_steps_to_the_deadline():
+    from selfsup.budget import TimeBudget
+
+    b = TimeBudget(minutes=1.0, t0=0.0, calibration_steps=2, refit_every=10)
+    assert b.observe(1, 1.0) is None and b.observe(2, 2.0) is None  # calibrating, then mark
+    assert b.observe(4, 3.0) is None  # fewer than 3 timed steps
+    total = b.observe(5, 3.5)  # 3 steps in 1.5 s -> 0.5 s/step; 56.5 s left -> 113 more steps
+    assert b.sec_per_step == pytest.approx(0.5) and total == 5 + 113
+    b.reserve_s = 6.5
+    assert b.fit(5, 3.5) == 5 + 100
+
+
+@pytest.mark.integration
+def test_time_budget_run_finishes_on_time(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=1, time_budget=0.25)
+    cfg.data.val = str(data)
+    cfg.train.knn_every = 0
+    summary = pretrain(cfg)
+    assert summary["steps"] > 2 * 4  # ran past the provisional 1 epoch (4 steps)
+    assert 0.85 * 15 <= summary["total_wall_time_s"] <= 1.03 * 15, summary
+    assert "knn_top1" in summary  # the final evaluation ran inside the budget

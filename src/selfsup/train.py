@@ -215,10 +215,24 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _refit_budget(budget: Any, step: int, train_ds: Any, val_ds: Any, local_batch: int, n_views: int) -> int | None:
+    """Re-estimate the steps that fit; reserves time for the final kNN (forward passes only, ~1/3 of a step)."""
+    fitted = budget.observe(step, time.perf_counter())
+    if fitted is not None and budget.sec_per_step is not None and budget.reserve_s == 0.0:
+        # final checkpoint + encoder export + one slow step; fixed costs capped at 1% of the budget
+        budget.reserve_s = min(3.0, 0.6 * budget.minutes) + budget.sec_per_step
+        if val_ds is not None:  # the final kNN: forward passes only, ~1/3 of a training step per image
+            per_image = budget.sec_per_step / max(1, local_batch * n_views) / 3
+            budget.reserve_s += 1.5 * per_image * (len(train_ds) + len(val_ds))
+        fitted = budget.fit(step, time.perf_counter())
+    return fitted
+
+
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
     from .views import make_views
 
+    t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
     device = resolve_device(cfg.train.device)
     dinfo = distributed.setup(device)
@@ -242,6 +256,14 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
     warmup_steps = int(round(cfg.optim.warmup_epochs * spe))
     warmup_steps = min(warmup_steps, total_steps // 2)  # short runs: never warm up for more than half
+    budget = None
+    if cfg.train.time_budget:
+        from .budget import TimeBudget
+
+        # --time-budget: `epochs` is only the provisional schedule until throughput has been measured
+        budget = TimeBudget(cfg.train.time_budget, t0=t_process)
+        total_steps = 10**9  # open-ended until the first fit
+        end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
 
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
@@ -354,6 +376,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     after(progress)
                 step += 1
                 n_window += images.shape[0] * dinfo.world_size
+                if budget is not None:
+                    fitted = _refit_budget(budget, step, train_ds, val_ds, images.shape[0], len(views))
+                    if fitted is not None:
+                        total_steps = fitted
+                        end_step = min(fitted, cfg.train.max_steps) if cfg.train.max_steps else fitted
+                        warmup_steps = min(int(round(cfg.optim.warmup_epochs * spe)), total_steps // 2)
+                        if bar is not None:
+                            bar.total = end_step
+                            bar.refresh()
 
                 log_now = step % cfg.train.log_every == 0 or step == end_step
                 if log_now:
@@ -383,6 +414,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     ep = step // spe
                     if val_ds is not None and cfg.train.knn_every and (ep % cfg.train.knn_every == 0 or step == total_steps):
                         res = knn_monitor(step)
+                        if budget is not None:
+                            budget.restart_timing(step, time.perf_counter())
                         if res:
                             row = {"step": step, "epoch": ep, "eval": "knn", **res}
                             knn_history.append(row)
@@ -401,6 +434,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if bar is not None:
             bar.close()
 
+    if val_ds is not None and (not knn_history or knn_history[-1]["step"] != step):
+        res = knn_monitor(step)  # final evaluation of the finished encoder
+        if res:
+            knn_history.append({"step": step, "epoch": round(step / spe, 4), "eval": "knn", **res})
+            metrics.write(knn_history[-1])
     save(step)
     wall = time.perf_counter() - t_start
     summary: dict[str, Any] = {
@@ -408,7 +446,12 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         "epochs_completed": round(step / spe, 4), "final_loss": last_row.get("loss"), "wall_time_s": round(wall, 2),
         "images_per_s": last_row.get("images_per_s"), "skipped_images": len(train_ds.skipped),
         "checkpoint": str(ckpt_path),
+        "total_wall_time_s": round(time.perf_counter() - t_process, 2),
     }
+    if budget is not None:
+        summary["time_budget_min"] = cfg.train.time_budget
+        summary["budget_sec_per_step"] = budget.sec_per_step
+        summary["budget_reserve_s"] = budget.reserve_s
     if knn_history:
         summary["knn_top1"] = knn_history[-1]["knn_top1"]
     if main:
