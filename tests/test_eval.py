@@ -268,6 +268,20 @@ def test_standardisation_uses_train_statistics_only():
     assert linear_probe(tr, ytr, te, yte, num_classes=2, epochs=30)["top1"] == 100.0
 
 
+def test_linear_auto_weight_decay_uses_train_split_only():
+    tr_x, tr_y = clusters(40, 3, 8, noise=2.0, seed=0)
+    te_x, te_y = clusters(10, 3, 8, noise=2.0, seed=1)
+    grid = (1e-4, 1e-2, 1.0)
+    a = linear_probe(tr_x, tr_y, te_x, te_y, num_classes=3, epochs=20, weight_decay="auto", wd_grid=grid)
+    b = linear_probe(tr_x, tr_y, te_x, (te_y + 1) % 3, num_classes=3, epochs=20, weight_decay="auto", wd_grid=grid)
+    assert set(a["wd_search"]) == {"0.0001", "0.01", "1"}
+    assert a["wd_search"] == b["wd_search"] and a["weight_decay"] == b["weight_decay"]  # test labels unused
+    best = max(a["wd_search"].values())
+    assert a["wd_search"][f"{a['weight_decay']:g}"] == best
+    with pytest.raises(ConfigError):
+        linear_probe(tr_x, tr_y, te_x, te_y, num_classes=3, weight_decay="big")
+
+
 def test_linear_bad_inputs():
     x, y = torch.randn(10, 3), torch.randint(0, 2, (10,))
     with pytest.raises(DataError):

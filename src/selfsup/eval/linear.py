@@ -13,6 +13,9 @@ not depend on the seed or on the batch size. ``epochs`` is the number of L-BFGS 
 a few full passes). The loss/gradient is accumulated over row chunks, so memory stays at one chunk of
 logits. ``optimizer="adamw"`` gives the mini-batch alternative (AdamW, cosine learning-rate decay,
 ``epochs`` passes, shuffled with ``seed``) for problems too large for full-batch passes.
+
+``weight_decay="auto"`` picks the L2 strength from a small grid on a held-out tenth of the training set
+(never the test set), then refits on all training features.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from .knn import _as_tensor, topk_accuracy
 
 OPTIMIZERS = ("lbfgs", "adamw")
 _CHUNK = 65536
+# weight_decay="auto" grid (mean-loss convention; sklearn C = 1 / (weight_decay * N))
+WD_GRID = (1e-5, 1e-4, 1e-3, 1e-2)
 
 
 def fit_standardizer(train_features: torch.Tensor, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +127,30 @@ def _fit_adamw(
     return last
 
 
+def _fit(
+    xtr: torch.Tensor, ytr: torch.Tensor, num_classes: int, *, optimizer: str, epochs: int, lr: float, wd: float,
+    batch_size: int, seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    device = xtr.device
+    f = xtr.shape[1]
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.enable_grad():
+        b = torch.zeros(num_classes, device=device, requires_grad=True)
+        if optimizer == "lbfgs":
+            w = torch.zeros(f, num_classes, device=device, requires_grad=True)
+            loss = _fit_lbfgs(xtr, ytr, w, b, iters=epochs, lr=lr, wd=wd)
+        else:
+            w0 = torch.randn(f, num_classes, generator=gen) * (1.0 / math.sqrt(f))
+            w = w0.to(device).requires_grad_(True)
+            loss = _fit_adamw(xtr, ytr, w, b, epochs=epochs, lr=lr, wd=wd, batch_size=batch_size, gen=gen)
+    return w.detach(), b.detach(), loss
+
+
+def _scores(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([x[s : s + _CHUNK] @ w + b for s in range(0, x.shape[0], _CHUNK)])
+
+
 def linear_probe(
     train_features: torch.Tensor,
     train_labels: torch.Tensor,
@@ -131,24 +160,32 @@ def linear_probe(
     num_classes: int,
     epochs: int = 100,
     lr: float | None = None,
-    weight_decay: float = 1e-4,
+    weight_decay: float | str = 1e-4,
     batch_size: int = 1024,
     seed: int = 0,
     standardize: bool = True,
     optimizer: str = "lbfgs",
+    wd_grid: tuple[float, ...] = WD_GRID,
+    val_fraction: float = 0.1,
 ) -> dict[str, Any]:
     """Train a linear classifier on frozen features; top-1/top-5 test accuracy in percent.
 
     ``lr`` defaults to 1.0 for L-BFGS (the step scale before the line search) and 1e-3 for AdamW;
     ``batch_size`` is used by AdamW only. Runs on ``train_features.device``. Deterministic for a seed.
+    ``weight_decay="auto"`` holds out ``val_fraction`` of the training set (seeded split), fits each value
+    of ``wd_grid``, keeps the best held-out top-1 and refits on the full training set (the test set is never
+    used for the choice); the sweep is reported under ``"wd_search"``.
     Returns ``{"top1", "top5", "train_top1", "train_loss", "optimizer", "epochs", "lr", "weight_decay",
-    "batch_size", "standardize", "seed"}``.
+    "batch_size", "standardize", "seed"}`` (+ ``"wd_search"`` with "auto").
     """
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"unknown linear-probe optimizer '{optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
     if epochs < 1:
         raise ConfigError(f"linear probe epochs must be >= 1, got {epochs}")
-    if weight_decay < 0:
+    auto_wd = isinstance(weight_decay, str)
+    if auto_wd and weight_decay != "auto":
+        raise ConfigError(f"linear probe weight_decay must be a number >= 0 or 'auto', got '{weight_decay}'")
+    if not auto_wd and float(weight_decay) < 0:
         raise ConfigError(f"linear probe weight_decay must be >= 0, got {weight_decay}")
     if batch_size < 1:
         raise ConfigError(f"linear probe batch_size must be >= 1, got {batch_size}")
@@ -158,32 +195,36 @@ def linear_probe(
     xtr = xtr.float()
     xte = xte.to(device).float()
     ytr, yte = ytr.to(device), yte.to(device)
+    fit_kw: dict[str, Any] = {"optimizer": optimizer, "epochs": int(epochs), "lr": lr,
+                              "batch_size": int(batch_size), "seed": int(seed)}
+    search: dict[str, float] = {}
+    if auto_wd:
+        n = xtr.shape[0]
+        n_val = int(round(n * float(val_fraction)))
+        if not wd_grid or n_val < 1 or n - n_val < 1:
+            raise ConfigError(f"weight_decay='auto' needs a non-empty wd_grid and a hold-out of >= 1 of {n} "
+                              f"training features (val_fraction={val_fraction}); pass a number instead")
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed) + 1)).to(device)
+        fit_idx, val_idx = perm[n_val:], perm[:n_val]
+        xf, xv = xtr[fit_idx], xtr[val_idx]
+        if standardize:
+            m, s = fit_standardizer(xf)
+            xf, xv = standardize_features(xf, m, s), standardize_features(xv, m, s)
+        for wd in wd_grid:
+            w, b, _ = _fit(xf, ytr[fit_idx], num_classes, wd=float(wd), **fit_kw)
+            search[f"{float(wd):g}"] = topk_accuracy(_scores(xv, w, b), ytr[val_idx], ks=(1,))["top1"]
+        best = max(search.values())
+        weight_decay = next(float(wd) for wd in wd_grid if search[f"{float(wd):g}"] == best)
     if standardize:
         mean, std = fit_standardizer(xtr)
         xtr, xte = standardize_features(xtr, mean, std), standardize_features(xte, mean, std)
-    gen = torch.Generator().manual_seed(int(seed))
-    f = xtr.shape[1]
-    with torch.enable_grad():
-        if optimizer == "lbfgs":
-            w = torch.zeros(f, num_classes, device=device, requires_grad=True)
-            b = torch.zeros(num_classes, device=device, requires_grad=True)
-            train_loss = _fit_lbfgs(xtr, ytr, w, b, iters=int(epochs), lr=lr, wd=float(weight_decay))
-        else:
-            w0 = torch.randn(f, num_classes, generator=gen) * (1.0 / math.sqrt(f))
-            w = w0.to(device).requires_grad_(True)
-            b = torch.zeros(num_classes, device=device, requires_grad=True)
-            train_loss = _fit_adamw(xtr, ytr, w, b, epochs=int(epochs), lr=lr, wd=float(weight_decay),
-                                    batch_size=int(batch_size), gen=gen)
+    w_, b_, train_loss = _fit(xtr, ytr, num_classes, wd=float(weight_decay), **fit_kw)
     if not math.isfinite(train_loss):
         raise ConfigError(f"linear probe diverged (loss {train_loss}); lower --lr or enable standardisation")
-    with torch.no_grad():
-        w_, b_ = w.detach(), b.detach()
-        test_scores = torch.cat([xte[s : s + _CHUNK] @ w_ + b_ for s in range(0, xte.shape[0], _CHUNK)])
-        train_scores = torch.cat([xtr[s : s + _CHUNK] @ w_ + b_ for s in range(0, xtr.shape[0], _CHUNK)])
-    acc = topk_accuracy(test_scores, yte)
-    return {
+    acc = topk_accuracy(_scores(xte, w_, b_), yte)
+    out = {
         **acc,
-        "train_top1": topk_accuracy(train_scores, ytr, ks=(1,))["top1"],
+        "train_top1": topk_accuracy(_scores(xtr, w_, b_), ytr, ks=(1,))["top1"],
         "train_loss": train_loss,
         "optimizer": optimizer,
         "epochs": int(epochs),
@@ -193,3 +234,6 @@ def linear_probe(
         "standardize": bool(standardize),
         "seed": int(seed),
     }
+    if auto_wd:
+        out["wd_search"] = search
+    return out
