@@ -1,0 +1,83 @@
+"""MoCo v3 (Chen, Xie, He 2021, "An Empirical Study of Training Self-Supervised Vision Transformers",
+arXiv 2104.02057)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..ema import cosine_momentum, ema_update, make_teacher
+from ..heads import mlp
+from ..losses.contrastive import mocov3_loss
+from ..views import byol_recipe
+from .api import Batch, Progress, Recipe, StepOutput, register
+
+
+@dataclass
+class MoCoV3Config:
+    temperature: float = 1.0  # tau: 1.0 for ResNet, 0.2 for ViT (reference main_moco.py --moco-t, README)
+    proj_hidden_dim: int = (
+        4096  # Sec. 3 / App.: projection MLP 4096 hidden, 256 out, BN (last BN affine-free)
+    )
+    proj_out_dim: int = 256
+    proj_layers: int = 2  # 2 for ResNet, 3 for ViT (reference builder)
+    pred_hidden_dim: int = 4096  # 2-layer prediction MLP, 4096 hidden
+    momentum_base: float = 0.99  # m = 0.99 raised to 1 with a half-cycle cosine (--moco-m 0.99 --moco-m-cos)
+    blur: bool = True  # BYOL's augmentation (Sec. 4 "we follow BYOL's augmentation")
+    min_scale: float = 0.08  # --crop-min 0.08
+
+
+@register(
+    "mocov3",
+    family="contrastive",
+    paper="Chen, Xie, He 2021, arXiv 2104.02057",
+    config=MoCoV3Config,
+    # Paper (ResNet-50): LARS, lr 0.6 x B/256 (100 ep; 0.3 for longer), wd 1e-6, 10 warmup epochs.
+    # ViTs use AdamW (lr 1.5e-4 x B/256, wd 0.1): pass --optim adamw for a ViT backbone.
+    recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
+    summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys",
+)
+class MoCoV3(nn.Module):
+    def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, *, image_size: int, grayscale: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = backbone
+        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
+        self.projector = mlp(
+            width,
+            cfg.proj_hidden_dim,
+            cfg.proj_out_dim,
+            cfg.proj_layers,
+            last_batch_norm=True,
+            last_bias=False,
+        )
+        self.predictor = mlp(
+            cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2, last_batch_norm=True, last_bias=False
+        )
+        self.teacher_backbone = make_teacher(backbone)
+        self.teacher_projector = make_teacher(self.projector)
+        self.view_recipe = byol_recipe(
+            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
+        )
+
+    def forward(self, batch: Batch, progress: Progress) -> StepOutput:
+        x1, x2 = batch.views[0], batch.views[1]
+        b = x1.shape[0]
+        # Deviation: both views go through one forward pass (BN statistics over 2B, as SimCLR/BYOL here);
+        # the reference runs the views separately. No queue: keys come from the (global) batch.
+        x = torch.cat([x1, x2])
+        h = self.backbone(x)
+        q1, q2 = self.predictor(self.projector(h)).split(b)
+        with torch.no_grad():
+            k1, k2 = self.teacher_projector(self.teacher_backbone(x)).split(b)
+        loss = mocov3_loss(q1, q2, k1, k2, self.cfg.temperature)
+        m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
+        return StepOutput(loss, logs={"momentum": m}, embeddings=h[:b].detach())
+
+    @torch.no_grad()
+    def after_step(self, progress: Progress) -> None:
+        m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
+        ema_update(self.teacher_backbone, self.backbone, m)
+        ema_update(self.teacher_projector, self.projector, m)
