@@ -1,0 +1,111 @@
+"""``selfsup audit backdoor|adversarial|unlearnable``: security audits on selfsup's own pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _common(p: argparse.ArgumentParser, train_default: str | None = "builtin:synthetic") -> None:
+    p.add_argument("--train", default=train_default, help="labelled pretraining / probe data (class folders or builtin:NAME)")
+    p.add_argument("--test", default=None if train_default is None else "builtin:synthetic:test",
+                   help="labelled test data")
+    p.add_argument("--out", required=True, help="output folder (report.json, runs, poisoned data)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--method", default="simclr", help="pretraining method of the victim (see `selfsup methods`)")
+    p.add_argument("--backbone", default="cnn-compact")
+    p.add_argument("--width", type=int, default=32, help="cnn-compact width")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--cache-dir", default=None)
+
+
+def add_parser(sub: Any, formatter: type) -> None:
+    p = sub.add_parser("audit", help="security audits: backdoor poisoning, adversarial encoders, unlearnable data",
+                       formatter_class=formatter,
+                       epilog="examples:\n  selfsup audit backdoor --attack noisy-alignment --target disc --poison-rate 0.01 "
+                       "--out runs/bd\n  selfsup audit adversarial --checkpoint runs/a --train DIR --test DIR --out runs/adv\n"
+                       "  selfsup audit unlearnable --out runs/ue")
+    s = p.add_subparsers(dest="audit_kind", metavar="KIND")
+    s.required = True
+
+    b = s.add_parser("backdoor", help="poison the pretraining set, pretrain a victim, report ASR/CA vs clean",
+                     formatter_class=formatter)
+    _common(b)
+    b.add_argument("--attack", default="noisy-alignment", choices=["noisy-alignment", "ssl-backdoor", "ctrl"])
+    b.add_argument("--target", default="0", help="target class name (or index)")
+    b.add_argument("--poison-rate", type=float, default=0.01, help="poisons added = round(rate * N_clean); in (0, 1)")
+    b.add_argument("--trigger-size", type=int, default=None, help="patch side in px; default round(S * 50 / 224)")
+    b.add_argument("--alpha", type=float, default=0.2, help="weight of the image under the patch (paper: 0.2)")
+    b.add_argument("--fit", default="square", choices=["square", "native"],
+                   help="noisy-alignment canvas: square fits selfsup's square cache; native is the paper's S x 2S")
+    b.add_argument("--num-references", type=int, default=50)
+    b.add_argument("--defense", action="store_true", help="also run the PatchSearch-style detector and retrain")
+    b.add_argument("--flag-fraction", type=float, default=0.02, help="share of images the detector flags")
+    b.set_defaults(func=run_backdoor)
+
+    a = s.add_parser("adversarial", help="universal perturbation against a frozen encoder; fooling rate, recall@1",
+                     formatter_class=formatter)
+    _common(a, train_default=None)
+    a.add_argument("--checkpoint", default=None, help="encoder to attack (run folder, checkpoint.pt, encoder.safetensors); "
+                   "default: pretrain one on --train")
+    a.add_argument("--attacker-data", default=None, help="images the attacker optimises on (default: --train)")
+    a.add_argument("--other-train", default=None, help="a second, different labelled folder for an unseen head")
+    a.add_argument("--other-test", default=None)
+    a.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget in pixel units (8/255)")
+    a.add_argument("--steps", type=int, default=100)
+    a.set_defaults(func=run_adversarial)
+
+    u = s.add_parser("unlearnable", help="protect data with Unlearnable Clusters; compare encoders trained on it",
+                     formatter_class=formatter)
+    _common(u)
+    u.add_argument("--surrogate", default=None, help="surrogate encoder (default: the clean-data encoder)")
+    u.add_argument("--clusters", type=int, default=10)
+    u.add_argument("--eps", type=float, default=8 / 255)
+    u.add_argument("--steps", type=int, default=30)
+    u.set_defaults(func=run_unlearnable)
+
+
+def _cfg(args: argparse.Namespace) -> Any:
+    from ..security.audit import AuditConfig
+
+    return AuditConfig(train=args.train or "", test=args.test or "", out=args.out, image_size=args.image_size,
+                       method=args.method, backbone=args.backbone, width=args.width, epochs=args.epochs,
+                       batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr, seed=args.seed,
+                       device=args.device, threads=args.threads, cache_dir=args.cache_dir)
+
+
+def _print(report: dict[str, Any]) -> int:
+    print(json.dumps({k: v for k, v in report.items() if k not in ("config", "spec")}, indent=2))
+    return 0
+
+
+def run_backdoor(args: argparse.Namespace) -> int:
+    from ..security.audit import backdoor_audit
+    from ..security.poison import PoisonSpec, check_rate
+
+    check_rate(args.poison_rate)
+    spec = PoisonSpec(attack=args.attack, rate=args.poison_rate, trigger_size=args.trigger_size, alpha=args.alpha,
+                      fit=args.fit, num_references=args.num_references, seed=args.seed)
+    return _print(backdoor_audit(_cfg(args), args.target, spec, defense=args.defense, flag_fraction=args.flag_fraction))
+
+
+def run_adversarial(args: argparse.Namespace) -> int:
+    from ..security.audit import adversarial_audit
+
+    return _print(adversarial_audit(_cfg(args), checkpoint=args.checkpoint, attacker_data=args.attacker_data,
+                                    other_train=args.other_train, other_test=args.other_test, eps=args.eps,
+                                    steps=args.steps))
+
+
+def run_unlearnable(args: argparse.Namespace) -> int:
+    from ..security.audit import unlearnable_audit
+
+    return _print(unlearnable_audit(_cfg(args), surrogate=args.surrogate, clusters=args.clusters, eps=args.eps,
+                                    steps=args.steps))
