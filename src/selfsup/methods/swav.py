@@ -128,7 +128,8 @@ class SwAV(nn.Module):
         if gate:
             w = w.detach() + 0 * w
         z, h0 = self._embed(batch.views)
-        scores = z @ w.float().T  # [V*B, K]
+        with torch.autocast(device_type=z.device.type, enabled=False):  # scores / tau in float32, not bf16
+            scores = z.float() @ w.float().T  # [V*B, K]
         per_view = list(scores.split(b))
         codes: list[torch.Tensor] = []
         use_queue = self._queue_active(progress)
