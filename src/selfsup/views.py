@@ -29,6 +29,7 @@ Differences from torchvision's ``RandomResizedCrop`` (deliberate):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -408,7 +409,13 @@ def _index(mask: torch.Tensor, device: torch.device) -> torch.Tensor | None:
     return idx.to(device, non_blocking=True) if idx.numel() else None
 
 
-def _apply(x: torch.Tensor, idx: torch.Tensor | None, full: bool, fn, *args) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _apply(
+    x: torch.Tensor,
+    idx: torch.Tensor | None,
+    full: bool,
+    fn: Callable[..., torch.Tensor],
+    *args: torch.Tensor,
+) -> torch.Tensor:
     """x with fn applied to the samples idx (in place on x's subset rows)."""
     if idx is None:
         return x
@@ -486,7 +493,9 @@ def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     raise DataError(f"views: images must be uint8 (or float in [0, 1]), got {images.dtype}")
 
 
-def _finish(x: torch.Tensor, mean, std, channels_last: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _finish(
+    x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool
+) -> torch.Tensor:
     x = normalize(x, mean, std)
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
 
