@@ -14,6 +14,10 @@ def add_parser(sub: Any, formatter: type) -> None:
     p = sub.add_parser("backbones", help="list encoder architectures",
                        epilog="example:\n  selfsup backbones", formatter_class=formatter)
     p.set_defaults(func=run_backbones)
+    p = sub.add_parser("presets", help="list packaged CPU presets (use with `pretrain --preset NAME`)",
+                       epilog="example:\n  selfsup presets\n  selfsup pretrain --preset cpu-32px --data DIR --out runs/a",
+                       formatter_class=formatter)
+    p.set_defaults(func=run_presets)
     p = sub.add_parser("datasets", help="list built-in datasets (shipped inside PyPI packages; no download)",
                        epilog="example:\n  selfsup datasets", formatter_class=formatter)
     p.set_defaults(func=run_datasets)
@@ -50,4 +54,12 @@ def run_datasets(args: argparse.Namespace) -> int:
 
     for name, desc in list_builtin().items():
         print(f"builtin:{name:<12} {desc}")
+    return 0
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from ..presets import list_presets
+
+    for name, desc in list_presets().items():
+        print(f"{name:<16} {desc}")
     return 0

@@ -40,6 +40,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--strict", action="store_true", default=None, help="fail on the first corrupt image")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--preset", help="a packaged CPU recipe (see `selfsup presets`); --config and flags override it")
     p.add_argument("--config", help="YAML file with any PretrainConfig fields; flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field, e.g. optim.clip_grad=1.0")
     p.add_argument("--out", help="run folder (checkpoint, metrics.jsonl, config.yaml, summary.json)")
@@ -56,6 +57,10 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         saved = Path(args.out) / "config.yaml"
         if saved.is_file():
             apply_overrides(cfg, load_yaml(saved), str(saved))
+    if getattr(args, "preset", None):
+        from ..presets import preset_path
+
+        apply_overrides(cfg, load_yaml(preset_path(args.preset)), f"preset {args.preset}")
     if args.config:
         apply_overrides(cfg, load_yaml(args.config), args.config)
     flags: dict[str, dict[str, Any]] = {
