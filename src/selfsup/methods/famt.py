@@ -147,7 +147,7 @@ class FAMTWeights(nn.Module):
         try:
             for i in range(0, n, batch_size):
                 chunk = images[i : i + batch_size]
-                t = torch.from_numpy(np.ascontiguousarray(chunk)) if isinstance(chunk, np.ndarray) else chunk
+                t = torch.from_numpy(np.array(chunk)) if isinstance(chunk, np.ndarray) else chunk  # copy: memmaps are read-only
                 x = eval_transform(t.to(dev), image_size, mean, std, channels_last=False)
                 with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                     attn, tokens = vit_attention_and_tokens(backbone.net, x)
