@@ -46,7 +46,7 @@ def pretrain(
             apply_overrides(cfg, load_yaml(config), config)
         elif isinstance(config, dict):
             apply_overrides(cfg, config, "config")
-    flags = {
+    flags: dict[str, dict[str, Any]] = {
         "data": {"path": data, "val": val},
         "backbone": {"name": backbone},
         "train": {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps},

@@ -113,7 +113,7 @@ class ViTEncoder(nn.Module):
             global_pool="token",
             dynamic_img_size=True,  # multi-crop feeds smaller local views
         )
-        self.num_features = int(self.net.num_features)
+        self.num_features = int(getattr(self.net, "num_features"))
         self.patch_size = patch_size
         self.image_size = image_size
 
@@ -122,7 +122,8 @@ class ViTEncoder(nn.Module):
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1 + L, D] normalised tokens (CLS first)."""
-        return self.net.forward_features(x)
+        out: torch.Tensor = self.net.forward_features(x)  # type: ignore[operator]
+        return out
 
 
 BACKBONES: dict[str, tuple[str, Callable[[BackboneConfig, int], nn.Module]]] = {
@@ -132,6 +133,11 @@ BACKBONES: dict[str, tuple[str, Callable[[BackboneConfig, int], nn.Module]]] = {
     "vit-tiny": ("timm", lambda c, s: ViTEncoder("tiny", s, c.patch_size or max(1, s // 8))),
     "vit-small": ("timm", lambda c, s: ViTEncoder("small", s, c.patch_size or max(1, s // 8))),
 }
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    """``backbone.num_features`` as an int (typed accessor for the shared encoder interface)."""
+    return int(getattr(backbone, "num_features"))
 
 
 def _small_stem(cfg: BackboneConfig, image_size: int) -> bool:

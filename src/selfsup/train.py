@@ -27,7 +27,14 @@ from torch import nn
 
 from . import distributed
 from .backbones import build_backbone, resolve_backbone_config
-from .checkpoint import CHECKPOINT_NAME, atomic_write_text, export_encoder, load_checkpoint, load_state_strict, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_text,
+    export_encoder,
+    load_checkpoint,
+    load_state_strict,
+    save_checkpoint,
+)
 from .config import PretrainConfig, dump_yaml, from_dict, to_dict
 from .errors import ConfigError, TrainingDiverged, UserError
 from .methods import Batch, MethodSpec, Progress, registry
@@ -39,6 +46,12 @@ class Interrupted(UserError):
     """Ctrl-C or SIGTERM: the run was saved and can be resumed."""
 
     exit_code = 130
+
+
+class PeerLost(UserError):
+    """Another process of a distributed run died or its connection broke; resume from the last checkpoint."""
+
+    exit_code = 3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -158,8 +171,14 @@ def embedding_stats(emb: torch.Tensor) -> dict[str, float]:
 
 def _load_data(cfg: PretrainConfig) -> tuple[Any, Any]:
     from .data import open_dataset
+    from .data.stream import is_stream_spec, open_stream
 
-    train = open_dataset(cfg.data.path, cfg.data.cache_size or cfg.data.image_size, cache_dir=cfg.data.cache_dir,
+    if is_stream_spec(cfg.data.path):  # WebDataset tar shards: streamed, no memmap cache (docs/scaling.md)
+        info = distributed.env_info()
+        train: Any = open_stream(cfg.data.path, cfg.data.cache_size or cfg.data.image_size, cfg.train.batch_size,
+                                 seed=cfg.train.seed, rank=info.rank, world_size=info.world_size)
+    else:
+        train = open_dataset(cfg.data.path, cfg.data.cache_size or cfg.data.image_size, cache_dir=cfg.data.cache_dir,
                          strict=cfg.data.strict, progress=distributed.env_info().is_main and cfg.train.progress)
     val = None
     if cfg.data.val:
@@ -194,6 +213,7 @@ class _StopFlag:
     def __init__(self) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._t_first = 0.0
 
     def __enter__(self) -> _StopFlag:
         for s in (signal.SIGINT, signal.SIGTERM):
@@ -204,9 +224,13 @@ class _StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is not None:
+            # under torchrun a terminal Ctrl-C reaches a worker twice (from the tty, then forwarded by the
+            # launcher): only a second Ctrl-C a moment later means "abort"
+            if signum == signal.SIGINT and time.monotonic() - self._t_first > 1.0:
+                raise KeyboardInterrupt
+            return
+        self.signum, self._t_first = signum, time.monotonic()
         print(f"\n{signal.Signals(signum).name} received: finishing this step, saving, then exiting "
               "(press Ctrl-C again to abort without saving)", file=sys.stderr)
 
@@ -268,6 +292,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
+    if cfg.train.sync_bn and dinfo.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); "
+                              "drop --set train.sync_bn=true")
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # BN statistics over the global batch
     method.to(device)
     if cfg.train.channels_last:
         method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -298,15 +327,23 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         print(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}",
               file=sys.stderr)
         print("resolved config:\n" + dump_yaml(cfg), file=sys.stderr)
+        for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
         if resume:
             print(f"resuming from {ckpt_path} at step {step}", file=sys.stderr)
+            saved_world = int(payload.get("world_size", 1))
+            if saved_world != dinfo.world_size:
+                print(f"note: the checkpoint was written by {saved_world} process(es), now {dinfo.world_size}; the "
+                      f"global batch ({cfg.train.batch_size}) and so the schedule are unchanged, but augmentation "
+                      "draws and BatchNorm statistics are per process, so losses will not match bit for bit",
+                      file=sys.stderr)
     metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step if resume else None)
 
     def save(at_step: int) -> None:
         if main:
             save_checkpoint(ckpt_path, {
                 "config": to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": at_step, "epoch": at_step // max(1, spe),
+                "step": at_step, "epoch": at_step // max(1, spe), "world_size": dinfo.world_size,
             })
         distributed.barrier()
 
@@ -315,6 +352,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         from .eval.knn import knn_accuracy
 
         assert val_ds is not None
+        if not hasattr(train_ds, "images"):  # streamed training data: no random access for a kNN bank
+            return {}
         backbone.eval()
         feats_tr = extract_features(backbone, train_ds.images, image_size=cfg.data.image_size,
                                     precision=cfg.train.precision)
@@ -333,7 +372,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
         bar = tqdm(total=end_step, initial=step, unit="step", dynamic_ncols=True, desc=spec.name)
 
-    recipe = method.view_recipe
+    recipe: Any = method.view_recipe
     view_dtype = amp_dtype if amp_dtype is not None else torch.float32
     last_row: dict[str, Any] = {}
     knn_history: list[dict[str, Any]] = []
@@ -344,12 +383,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         with _StopFlag() as stop:
             while step < end_step:
                 epoch, i = divmod(step, spe)
-                if i == 0 and hasattr(method, "on_epoch_start"):
-                    method.on_epoch_start(epoch, train_ds)  # e.g. FAMT refreshes its per-image weight maps
-                idx = sampler.indices(epoch, i)
-                # sorted reads are sequential in the memmap; batch order inside a step does not matter
-                idx = idx.sort().values
-                images = torch.from_numpy(np.ascontiguousarray(train_ds.images[idx.numpy()])).to(device, non_blocking=True)
+                on_epoch_start = getattr(method, "on_epoch_start", None)
+                if i == 0 and on_epoch_start is not None:
+                    on_epoch_start(epoch, train_ds)  # e.g. FAMT refreshes its per-image weight maps
+                if hasattr(train_ds, "batch"):  # a stream: (uint8 [B, H, W, 3], index [B]) for (epoch, i)
+                    images, idx = train_ds.batch(epoch, i)
+                    images = images.to(device, non_blocking=True)
+                else:
+                    idx = sampler.indices(epoch, i)
+                    # sorted reads are sequential in the memmap; batch order inside a step does not matter
+                    idx = idx.sort().values
+                    images = torch.from_numpy(np.ascontiguousarray(train_ds.images[idx.numpy()])).to(device, non_blocking=True)
                 seed = step_seed(cfg.train.seed, step, dinfo.rank)
                 torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
                 gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -391,7 +435,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     now = time.perf_counter()
                     ips = n_window / max(1e-9, now - t_window)
                     t_window, n_window = now, 0
-                    row: dict[str, Any] = {"step": step, "epoch": round(step / spe, 4), "loss": float(loss.detach()),
+                    global_loss = float(distributed.all_reduce_mean(loss.detach().float()))  # mean over processes
+                    row: dict[str, Any] = {"step": step, "epoch": round(step / spe, 4), "loss": global_loss,
                                            "lr": lr, "images_per_s": round(ips, 2), "time_s": round(now - t_start, 2)}
                     if grad_norm is not None:
                         row["grad_norm"] = grad_norm
@@ -424,12 +469,19 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                                 bar.write(f"epoch {ep}: online kNN top-1 {res['knn_top1']:.2f}%")
                     if cfg.train.save_every and ep % cfg.train.save_every == 0 and step < end_step:
                         save(step)
-                if stop.signum is not None:
+                if distributed.any_true(stop.signum is not None):  # all ranks stop at the same step
                     save(step)
                     raise Interrupted(
-                        f"stopped by {signal.Signals(stop.signum).name} at step {step}; checkpoint saved to {ckpt_path}; "
+                        f"stopped by {signal.Signals(stop.signum or signal.SIGTERM).name} at step {step}; checkpoint saved to {ckpt_path}; "
                         "continue with the same command plus --resume"
                     )
+    except RuntimeError as exc:
+        if not (dinfo.enabled and distributed.is_comm_error(exc)):
+            raise
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        hint = f"last checkpoint: {ckpt_path}" if ckpt_path.exists() else "no checkpoint was saved yet"
+        raise PeerLost(f"rank {dinfo.rank} lost contact with the other processes at step {step} ({first}); "
+                       f"{hint}; rerun the same command with --resume") from None
     finally:
         if bar is not None:
             bar.close()

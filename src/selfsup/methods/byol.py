@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backbones import feature_dim
 from ..ema import cosine_momentum, ema_update, make_teacher
 from ..heads import mlp
 from ..losses.distillation import byol_loss
@@ -38,7 +39,7 @@ class BYOL(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         self.teacher_backbone = make_teacher(backbone)
         self.teacher_projector = make_teacher(self.projector)

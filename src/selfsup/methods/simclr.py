@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backbones import feature_dim
 from ..heads import mlp
 from ..losses.contrastive import nt_xent_loss
 from ..views import simclr_recipe
@@ -38,7 +39,7 @@ class SimCLR(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        self.projector = mlp(backbone.num_features, cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.view_recipe = simclr_recipe(
             image_size,
             strength=cfg.jitter_strength,
