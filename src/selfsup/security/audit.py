@@ -50,6 +50,7 @@ class AuditConfig:
     threads: int | None = None
     cache_dir: str | None = None
     progress: bool = False
+    time_budget: float | None = None  # minutes per pretraining run (selfsup's --time-budget)
 
 
 def _log(msg: str) -> None:
@@ -77,6 +78,7 @@ def run_pretrain(cfg: AuditConfig, data: str, out: Path) -> tuple[torch.nn.Modul
     t = pc.train
     t.epochs, t.batch_size, t.max_steps, t.seed = cfg.epochs, cfg.batch_size, cfg.max_steps, cfg.seed
     t.device, t.threads, t.progress, t.knn_every, t.log_every = cfg.device, cfg.threads, cfg.progress, 0, 50
+    t.time_budget = cfg.time_budget
     summary = pretrain(pc)
     enc, _ = load_encoder(out)
     return enc, summary
@@ -116,7 +118,9 @@ def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig:
 
 
 def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, defense: bool = False,
-                   flag_fraction: float = 0.02, defense_tests: int = 32) -> dict[str, Any]:
+                   flag_fraction: float = 0.02, defense_tests: int = 32,
+                   clean_run: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``clean_run``: an (encoder, summary) already pretrained on ``cfg.train`` with the same settings (reused)."""
     from .poison import check_rate
 
     check_rate(spec.rate)
@@ -135,8 +139,10 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
     trig = triggered_test(manifest, folder, np.asarray(test.images)[keep], spec, cfg.seed + 1)
     _log("pretraining the victim on the poisoned folder")
     victim, vsum = run_pretrain(cfg, str(folder / "images"), out / "victim")
-    _log("pretraining the reference encoder on the clean data")
-    clean, csum = run_pretrain(cfg, cfg.train, out / "clean")
+    if clean_run is None:
+        _log("pretraining the reference encoder on the clean data")
+        clean_run = run_pretrain(cfg, cfg.train, out / "clean")
+    clean, csum = clean_run
     report: dict[str, Any] = {
         "kind": "backdoor", "attack": spec.attack, "target": train.classes[tid], "config": asdict(cfg),
         "spec": asdict(spec), "n_clean": manifest["n_clean"], "n_poison": manifest["n_poison"],
@@ -170,7 +176,7 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
 
 def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attacker_data: str | None = None,
                       other_train: str | None = None, other_test: str | None = None, eps: float = 8 / 255,
-                      steps: int = 100) -> dict[str, Any]:
+                      steps: int = 100, encoder: torch.nn.Module | None = None) -> dict[str, Any]:
     """Universal perturbation on ``attacker_data`` (default: the train split, unlabelled use) against the encoder."""
     from ..checkpoint import load_encoder
     from .adversarial import evaluate_perturbation, universal_perturbation
@@ -181,7 +187,9 @@ def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attack
         raise ConfigError("pass both --other-train and --other-test (a second labelled dataset) or neither")
     out = Path(cfg.out)
     train, test = _open(cfg.train, cfg), _open(cfg.test, cfg)
-    if checkpoint:
+    if encoder is not None:
+        enc = encoder
+    elif checkpoint:
         enc, info = load_encoder(checkpoint)
         if int(info.get("image_size", cfg.image_size)) != cfg.image_size:
             _log(f"using the checkpoint's image size {info['image_size']}")
@@ -210,15 +218,18 @@ def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attack
 
 
 def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, clusters: int = 10, eps: float = 8 / 255,
-                      steps: int = 30, knn_k: int = 20) -> dict[str, Any]:
+                      steps: int = 30, knn_k: int = 20,
+                      clean_run: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
     from ..checkpoint import load_encoder
     from ..eval.knn import knn_accuracy
     from .unlearnable import unlearnable_clusters
 
     out = Path(cfg.out)
     train, test = _open(cfg.train, cfg), _open(cfg.test, cfg)
-    _log("pretraining on the clean data")
-    clean_enc, _ = run_pretrain(cfg, cfg.train, out / "clean")
+    if clean_run is None:
+        _log("pretraining on the clean data")
+        clean_run = run_pretrain(cfg, cfg.train, out / "clean")
+    clean_enc = clean_run[0]
     sur = load_encoder(surrogate)[0] if surrogate else clean_enc
     prot = unlearnable_clusters(sur, np.asarray(train.images), image_size=cfg.image_size, clusters=clusters,
                                 eps=eps, steps=steps, seed=cfg.seed)
@@ -228,7 +239,7 @@ def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, cluster
 
     def score(enc: torch.nn.Module) -> dict[str, float]:
         ftr, fte = _features(enc, train.images, cfg), _features(enc, test.images, cfg)
-        ytr, yte = torch.as_tensor(train.labels), torch.as_tensor(test.labels)
+        ytr, yte = torch.tensor(np.array(train.labels)), torch.tensor(np.array(test.labels))
         nc = max(train.num_classes, test.num_classes)
         knn = knn_accuracy(ftr, ytr, fte, yte, k=min(knn_k, len(ftr)), temperature=0.1, num_classes=nc)["top1"]
         lin = clean_accuracy(fit_linear_head(ftr, ytr, nc).predict(fte), yte)
