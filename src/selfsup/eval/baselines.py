@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -80,7 +81,7 @@ def _labels(ds: ImageDataset, which: str) -> torch.Tensor:
     if ds.labels is None:
         raise DataError(f"the {which} set has no labels; kNN/linear evaluation needs a labelled dataset "
                         "(an image folder with one sub-folder per class, or a built-in dataset)")
-    return torch.as_tensor(ds.labels).long()
+    return torch.tensor(np.asarray(ds.labels), dtype=torch.long)
 
 
 def _run(protocol: str, tr: torch.Tensor, ytr: torch.Tensor, te: torch.Tensor, yte: torch.Tensor,

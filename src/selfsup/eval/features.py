@@ -129,7 +129,10 @@ def _default_transform() -> Callable[..., torch.Tensor]:
 def _batch(images: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images[start:stop]
-    return torch.from_numpy(np.ascontiguousarray(images[start:stop]))
+    arr = np.ascontiguousarray(images[start:stop])
+    if not arr.flags.writeable:  # read-only memmap cache: copy the batch (torch wants writable memory)
+        arr = arr.copy()
+    return torch.from_numpy(arr)
 
 
 @torch.no_grad()

@@ -44,7 +44,7 @@ def faiss_available() -> bool:
 
 def _as_tensor(x: Any, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
     if not isinstance(x, torch.Tensor):
         raise DataError(f"{name} must be a tensor or numpy array, got {type(x).__name__}")
     return x
