@@ -69,6 +69,7 @@ class TrainConfig:
     knn_t: float = 0.1
     time_budget: float | None = None  # minutes for the whole run; fits the schedule to what fits
     progress: bool = True  # show a progress bar
+    sync_bn: bool = False  # distributed on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -63,13 +64,60 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
+class _AllGather(torch.autograd.Function):
+    """All-gather along dim 0 whose backward *sums* every process's gradient onto the owner's slice.
+
+    Summing is what makes DDP's gradient averaging exact (lightly issue #1920: a backward that only
+    keeps the local gradient is off by 1/world_size); tests/test_distributed.py checks it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.b = dist.get_rank(), x.shape[0]
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        if dist.get_backend() == "nccl":
+            out = torch.empty((ctx.b, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(out, grad)
+            return out
+        grad = grad.clone()
+        dist.all_reduce(grad)  # gloo: no reduce-scatter, so reduce everything and keep this slice
+        return grad[ctx.rank * ctx.b : (ctx.rank + 1) * ctx.b]
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [B, ...] from every process along dim 0, with gradients; identity if single."""
+    """Concatenate ``x`` [B, ...] from every process along dim 0, with gradients; identity if single.
+
+    Every process must pass the same B (the loop's per-process batch is global batch / world size).
+    """
     if not is_initialized() or dist.get_world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
+    return _AllGather.apply(x.contiguous())
 
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+def any_true(flag: bool) -> bool:
+    """``flag`` OR-ed over all processes (a signal that reached only some ranks stops all of them together)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return flag
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([int(flag)], device=dev)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def is_comm_error(exc: BaseException) -> bool:
+    """True for errors of the collective layer (a peer died, a connection broke, a collective timed out)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe", "timed out")
+    )
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
