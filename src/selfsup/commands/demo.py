@@ -20,7 +20,8 @@ DEMO_CONFIG: dict[str, Any] = {
     "backbone": {"name": "cnn-compact", "width": 32},
     "method": {"name": "simclr", "temperature": 0.2, "min_scale": 0.3},
     "optim": {"name": "lars", "base_lr": 0.6, "weight_decay": 1e-5, "warmup_epochs": 2},
-    "train": {"epochs": 15, "batch_size": 256, "knn_every": 5, "seed": 0},
+    # --time-budget fits the LR schedule to what this machine can do in the time (epochs is provisional)
+    "train": {"epochs": 15, "batch_size": 256, "knn_every": 5, "seed": 0, "time_budget": 4.0},
 }
 
 
@@ -28,7 +29,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p = sub.add_parser("demo", help="pretrain + evaluate on a built-in dataset (no download)", epilog=EXAMPLE,
                        formatter_class=formatter)
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--epochs", type=int, help=f"pretraining epochs (default {DEMO_CONFIG['train']['epochs']})")
+    p.add_argument("--minutes", type=float, help=f"pretraining budget (default {DEMO_CONFIG['train']['time_budget']})")
     p.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     p.set_defaults(func=run)
 
@@ -46,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(out)  # the demo's own folder: restart an unfinished demo from scratch
     cfg = apply_overrides(PretrainConfig(), DEMO_CONFIG, "demo")
     cfg.out = str(out)
-    if args.epochs:
-        cfg.train.epochs = args.epochs
+    if args.minutes:
+        cfg.train.time_budget = args.minutes
     t0 = time.perf_counter()
     if not (out / "summary.json").exists():
         pretrain(cfg)
