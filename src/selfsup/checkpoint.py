@@ -133,14 +133,22 @@ def export_encoder(run_dir: str | Path, encoder: nn.Module, info: dict[str, Any]
 
 
 def load_encoder(path: str | Path, expect_backbone: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the pretrained encoder from a run folder, ``checkpoint.pt`` or ``encoder.safetensors``.
+    """Rebuild the pretrained encoder from a run folder, ``checkpoint.pt`` or ``encoder.safetensors``,
+    or build a torchvision/timm model with local weights from ``torchvision:NAME:WEIGHTS`` /
+    ``timm:NAME:WEIGHTS`` (see :mod:`selfsup.external`; info then also has ``external``).
 
     Returns ``(encoder in eval mode, info)`` where info holds ``backbone`` (a BackboneConfig dict),
     ``image_size`` and ``source``. Raises :class:`CheckpointError` with a one-line message otherwise.
     """
     from .backbones import build_backbone
     from .config import BackboneConfig, from_dict
+    from .external import is_external, load_external
 
+    if is_external(str(path)) and not Path(path).exists():  # torchvision:NAME:WEIGHTS / timm:NAME:WEIGHTS
+        net, ext_info = load_external(str(path))
+        if expect_backbone and ext_info["backbone"]["name"] != expect_backbone:
+            raise CheckpointError(f"{path} is a '{ext_info['backbone']['name']}' encoder, not '{expect_backbone}'")
+        return net, ext_info
     p = Path(path)
     if p.suffix == ".safetensors" or (p.is_dir() and not (p / CHECKPOINT_NAME).exists()
                                        and (p / "encoder.safetensors").exists()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,6 +14,18 @@ def load_labelled(spec: str, size: int, *, strict: bool = False, what: str = "ev
     from ..data import open_dataset
 
     return open_dataset(spec, size, strict=strict, require_labels=True, min_classes=2)
+
+
+def encoder_factory(info: dict[str, Any]) -> Callable[[], torch.nn.Module]:
+    """A builder of the same (randomly initialised) architecture as the encoder ``info`` describes."""
+    from ..backbones import build_backbone
+    from ..config import BackboneConfig, from_dict
+
+    if "external" in info:
+        from ..external import build_external
+
+        return lambda: build_external(dict(info["external"]))
+    return lambda: build_backbone(from_dict(BackboneConfig, info["backbone"]), int(info["image_size"]))
 
 
 def evaluate(
@@ -34,9 +47,7 @@ def evaluate(
     Returns ``{"encoder": result, "pixels": result, "random": result, "settings": {...}}`` (baselines
     omitted when ``baselines=False``); each result has ``top1`` and ``top5`` in percent.
     """
-    from ..backbones import build_backbone
     from ..checkpoint import load_encoder
-    from ..config import BackboneConfig, from_dict
     from .baselines import evaluate_with_baselines
 
     if protocol not in ("knn", "linear"):
@@ -50,10 +61,7 @@ def evaluate(
             f"class folders differ between --train {train} ({len(train_ds.classes)} classes) and --test {test} "
             f"({len(test_ds.classes)} classes); both need the same class sub-folders"
         )
-    bcfg = from_dict(BackboneConfig, info["backbone"])
-
-    def factory() -> torch.nn.Module:
-        return build_backbone(from_dict(BackboneConfig, info["backbone"]), image_size)
+    factory = encoder_factory(info)
 
     results: dict[str, Any] = evaluate_with_baselines(
         protocol,
@@ -69,7 +77,7 @@ def evaluate(
         **protocol_kwargs,
     )
     results["settings"] = {
-        "protocol": protocol, "checkpoint": info["source"], "backbone": bcfg.name, "image_size": image_size,
+        "protocol": protocol, "checkpoint": info["source"], "backbone": info["backbone"]["name"], "image_size": image_size,
         "train": train, "test": test, "n_train": len(train_ds), "n_test": len(test_ds), **protocol_kwargs,
     }
     return results
