@@ -2,8 +2,8 @@
 
 MAE masks 75% (16 of 64 patches visible; decoder sees all 64). FAMT-MAE masks 45% and throws 40%
 (9 visible; decoder sees 9 + 29 = 38), so both the encoder and the decoder process fewer tokens.
-A step = views already made -> forward -> backward -> AdamW step. FAMT weights are refreshed once before
-timing (the refresh cost, one forward pass over the data every K epochs, is reported separately).
+A step = views already made -> forward -> backward -> AdamW step. Steps of the two methods are interleaved
+and the median is reported. FAMT weights are refreshed once before timing (the refresh cost, one forward pass over the data every K epochs, is reported separately).
 
     .venv/bin/python benchmarks/bench_famt_step.py [--batch 128] [--steps 10] [--device cpu]
 """
@@ -11,7 +11,9 @@ timing (the refresh cost, one forward pass over the data every K epochs, is repo
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -21,7 +23,7 @@ from selfsup.methods import Batch, Progress, registry
 from selfsup.views import make_views
 
 
-def bench(name: str, imgs: torch.Tensor, steps: int, device: torch.device) -> tuple[float, float]:
+def setup(name: str, imgs: torch.Tensor, device: torch.device) -> tuple[Callable[[], None], float]:
     spec = registry()[name]
     torch.manual_seed(0)
     bb = build_backbone(BackboneConfig(name="vit-tiny", patch_size=4), 32)
@@ -42,16 +44,17 @@ def bench(name: str, imgs: torch.Tensor, steps: int, device: torch.device) -> tu
         out.loss.backward()
         opt.step()
 
-    for _ in range(2):  # warm-up
-        step()
+    return step, refresh_s
+
+
+def timed(step: Callable[[], None], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
+    step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps, refresh_s
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -64,8 +67,17 @@ def main() -> None:
     imgs = torch.randint(0, 256, (args.batch, 32, 32, 3), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(0)).to(device)
     print(f"device {device}, threads {torch.get_num_threads()}, batch {args.batch}, {args.steps} timed steps")
-    t_mae, _ = bench("mae", imgs, args.steps, device)
-    t_famt, refresh = bench("famt-mae", imgs, args.steps, device)
+    step_mae, _ = setup("mae", imgs, device)
+    step_famt, refresh = setup("famt-mae", imgs, device)
+    for _ in range(2):  # warm-up
+        step_mae()
+        step_famt()
+    # interleaved, median: both methods see the same machine load (shared CPUs are noisy)
+    times: dict[str, list[float]] = {"mae": [], "famt": []}
+    for _ in range(args.steps):
+        times["mae"].append(timed(step_mae, device))
+        times["famt"].append(timed(step_famt, device))
+    t_mae, t_famt = statistics.median(times["mae"]), statistics.median(times["famt"])
     print(f"{'method':<10}{'s/step':>10}{'img/s':>10}")
     print(f"{'mae':<10}{t_mae:>10.4f}{args.batch / t_mae:>10.1f}")
     print(f"{'famt-mae':<10}{t_famt:>10.4f}{args.batch / t_famt:>10.1f}")
