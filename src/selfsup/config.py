@@ -44,8 +44,8 @@ class OptimConfig:
     base_lr: float | None = None  # None = the method's recipe
     weight_decay: float | None = None  # None = the method's recipe
     momentum: float = 0.9  # SGD and LARS
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
-    warmup_epochs: float = 10.0  # linear warmup, then cosine decay to min_lr
+    betas: tuple[float, float] | None = None  # AdamW; None = the method's recipe (MAE: 0.9, 0.95)
+    warmup_epochs: float | None = None  # linear warmup, then cosine to min_lr; None = the method's recipe
     min_lr: float = 0.0
     clip_grad: float | None = None  # max global gradient norm; None = no clipping
     exclude_norm_bias: bool = True  # no weight decay (and no LARS adaptation) on norms and biases

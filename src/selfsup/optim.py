@@ -51,7 +51,7 @@ def build_optimizer(cfg: OptimConfig, groups: list[dict[str, Any]]) -> torch.opt
     if name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.betas or (0.9, 0.999))[:2], weight_decay=cfg.weight_decay)
     if name == "lars":
         from timm.optim import Lars
 

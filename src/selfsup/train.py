@@ -80,6 +80,10 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, Any
         o.base_lr = r.base_lr
     if o.weight_decay is None:
         o.weight_decay = r.weight_decay
+    if o.betas is None:
+        o.betas = r.betas
+    if o.warmup_epochs is None:
+        o.warmup_epochs = r.warmup_epochs
     if o.lr is None:
         # linear scaling rule (Goyal et al. 2017), as in SimCLR/BYOL/MoCo: lr = base_lr * B / 256
         o.lr = o.base_lr * cfg.train.batch_size / 256
@@ -278,7 +282,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     spe = sampler.steps_per_epoch
     total_steps = cfg.train.epochs * spe
     end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
-    warmup_steps = int(round(cfg.optim.warmup_epochs * spe))
+    warmup_steps = int(round((cfg.optim.warmup_epochs or 0.0) * spe))
     warmup_steps = min(warmup_steps, total_steps // 2)  # short runs: never warm up for more than half
     budget = None
     if cfg.train.time_budget:
@@ -289,6 +293,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         total_steps = 10**9  # open-ended until the first fit
         end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
 
+    if getattr(method_cfg, "num_images", None) == 0:
+        # per-image state (FAMT weight maps) is sized now so that it is checkpointed and resumes exactly
+        method_cfg.num_images = len(train_ds)
+        cfg.method["num_images"] = len(train_ds)
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
@@ -312,7 +320,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     model: nn.Module = method
     if dinfo.enabled:
-        model = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+        # broadcast_buffers=False: per-rank state (queues, FAMT maps) must not be overwritten by rank 0's copy
+        model = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
 
@@ -425,7 +436,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     if fitted is not None:
                         total_steps = fitted
                         end_step = min(fitted, cfg.train.max_steps) if cfg.train.max_steps else fitted
-                        warmup_steps = min(int(round(cfg.optim.warmup_epochs * spe)), total_steps // 2)
+                        warmup_steps = min(int(round((cfg.optim.warmup_epochs or 0.0) * spe)), total_steps // 2)
                         if bar is not None:
                             bar.total = end_step
                             bar.refresh()
