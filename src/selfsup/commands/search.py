@@ -1,0 +1,119 @@
+"""``selfsup search``: nearest neighbours of query images in an embeddings file from ``selfsup embed``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EXAMPLE = """example:
+  selfsup embed --checkpoint runs/a --data ~/photos --out photos.safetensors
+  selfsup search --index photos.safetensors --query ~/query.jpg -k 10
+  selfsup search --index photos.safetensors --query ~/queries/ -k 5 --json
+
+The query images are embedded with the encoder that wrote the index (its path is stored in the
+.safetensors metadata; pass --checkpoint for .npz indexes or to override). Scores are cosine similarities."""
+
+
+def add_parser(sub: Any, formatter: type) -> None:
+    p = sub.add_parser("search", help="nearest neighbours of images in an embeddings index", epilog=EXAMPLE,
+                       formatter_class=formatter)
+    p.add_argument("--index", required=True, help="embeddings file written by `selfsup embed` (.safetensors/.npz)")
+    p.add_argument("--query", required=True, help="an image file or a folder of images")
+    p.add_argument("-k", type=int, default=10, help="neighbours per query")
+    p.add_argument("--checkpoint", help="encoder to embed the queries (default: the one recorded in the index)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def index_checkpoint(path: str | Path) -> str | None:
+    """The checkpoint recorded in a .safetensors embeddings file's metadata (None if absent)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="np") as f:
+        meta = f.metadata() or {}
+    return meta.get("checkpoint") or None
+
+
+def search(index: str, query: str, *, k: int = 10, checkpoint: str | None = None, batch_size: int = 256,
+           precision: str = "auto", progress: bool = False) -> list[dict[str, Any]]:
+    """``[{"query": path, "neighbours": [{"rank", "score", "path", "class"?}]}]`` for each query image."""
+    import torch
+
+    from ..checkpoint import load_encoder
+    from ..data import IMAGE_EXTENSIONS, decode_image, open_dataset
+    from ..embed import read_embeddings
+    from ..errors import ConfigError, DataError
+    from ..eval.features import extract_features
+    from ..eval.knn import FAISS_AUTO_PAIRS, _neighbours_faiss, _neighbours_torch, faiss_available
+
+    if k < 1:
+        raise ConfigError(f"-k must be >= 1, got {k}")
+    emb = read_embeddings(index)
+    ckpt = checkpoint or index_checkpoint(index)
+    if not ckpt:
+        raise ConfigError(f"{index} does not record its encoder; pass --checkpoint (the one used by `selfsup embed`)")
+    encoder, info = load_encoder(ckpt)
+    size = int(info["image_size"])
+    q = Path(query)
+    if q.is_file():
+        if q.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise DataError(f"--query {q}: not an image ({', '.join(IMAGE_EXTENSIONS)})")
+        try:
+            images = decode_image(str(q), size)[None]
+        except Exception as exc:
+            raise DataError(f"--query {q}: cannot decode the image ({exc})") from None
+        qpaths = [str(q)]
+    elif q.is_dir():
+        ds = open_dataset(str(q), size, progress=progress)
+        images, qpaths = ds.images, list(ds.paths)
+    else:
+        raise DataError(f"--query {q}: no such file or folder")
+    fq = extract_features(encoder, images, image_size=size, batch_size=batch_size, precision=precision)
+    gallery = torch.as_tensor(np.asarray(emb["features"], dtype=np.float32))
+    if gallery.shape[1] != fq.shape[1]:
+        raise ConfigError(f"{index} holds {gallery.shape[1]}-d features but {ckpt} gives {fq.shape[1]}-d; pass the "
+                          "--checkpoint that wrote the index")
+    gallery = torch.nn.functional.normalize(gallery, dim=1)
+    fq = torch.nn.functional.normalize(fq, dim=1)
+    kk = min(int(k), gallery.shape[0])
+    if gallery.shape[0] * fq.shape[0] > FAISS_AUTO_PAIRS and faiss_available():
+        sims, idx = _neighbours_faiss(gallery, fq, kk)
+    else:
+        sims, idx = _neighbours_torch(gallery, fq, kk, 1024)
+    labels = emb.get("labels")
+    classes = emb.get("classes") or []
+    out = []
+    for i, qp in enumerate(qpaths):
+        nbrs = []
+        for r in range(kk):
+            j = int(idx[i, r])
+            row: dict[str, Any] = {"rank": r + 1, "score": round(float(sims[i, r]), 6), "path": emb["paths"][j]}
+            if labels is not None and len(classes) > int(labels[j]) >= 0:
+                row["class"] = classes[int(labels[j])]
+            nbrs.append(row)
+        out.append({"query": qp, "neighbours": nbrs})
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    res = search(args.index, args.query, k=args.k, checkpoint=args.checkpoint, batch_size=args.batch_size,
+                 precision=args.precision)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    for item in res:
+        print(f"query: {item['query']}")
+        print(f"  {'rank':>4}  {'score':>7}  path")
+        for n in item["neighbours"]:
+            cls = f"  [{n['class']}]" if "class" in n else ""
+            print(f"  {n['rank']:>4}  {n['score']:>7.4f}  {n['path']}{cls}")
+    return 0

@@ -1,0 +1,135 @@
+"""`selfsup report`: a self-contained HTML file, checked in real headless Chromium when available."""
+
+import base64
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from .helpers import make_class_folder
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
+                  "--disable-default-apps", "--enable-logging=stderr", "--v=0"]
+
+
+def find_chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium; installed with apt (time-bounded) when missing and we are root, else skip."""
+    path = find_chromium()
+    if path:
+        return path
+    reason = "chromium is not installed"
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        try:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], env=env, timeout=600,
+                           capture_output=True, check=False)
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            reason += f"; `apt-get install -y chromium` failed ({type(exc).__name__})"
+        path = find_chromium()
+        if path:
+            return path
+        reason += "; `apt-get install -y chromium` did not provide it"
+    else:
+        reason += " and cannot be installed here (needs root and apt-get)"
+    print(f"SKIP report browser test: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def run_with_eval(tmp_path_factory):
+    from selfsup.cli import main
+
+    root = tmp_path_factory.mktemp("report")
+    data = make_class_folder(root / "data", classes=3, per_class=10)
+    run = root / "run"
+    tiny = ["--image-size", "16", "--backbone", "cnn-compact", "--set", "backbone.width=4", "--set",
+            "train.threads=1", "--no-progress", "--set", f"data.val={data}"]
+    assert main(["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "10",
+                 "--out", str(run), *tiny]) == 0
+    assert main(["eval", "all", "--checkpoint", str(run), "--train", str(data), "--test", str(data),
+                 "--skip", "finetune,diagnostics", "--episodes", "20", "--n-query", "4"]) == 0
+    # a stand-in for `selfsup masks`: any PNG at RUN/masks.png is embedded
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.imshow([[0, 1], [1, 0]])
+    fig.savefig(run / "masks.png")
+    plt.close(fig)
+    return data, run
+
+
+def report_cli(argv):
+    """`selfsup report ...` through the command's own parser (independent of cli.COMMANDS)."""
+    import argparse
+
+    from selfsup.commands import report
+
+    parser = argparse.ArgumentParser(prog="selfsup")
+    report.add_parser(parser.add_subparsers(dest="command"), argparse.HelpFormatter)
+    args = parser.parse_args(["report", *argv])
+    return args.func(args)
+
+
+@pytest.mark.integration
+def test_report_html_is_self_contained(run_with_eval, capsys):
+    data, run = run_with_eval
+    capsys.readouterr()
+    assert report_cli([str(run)]) == 0
+    html = (run / "report.html").read_text()
+    assert "wrote" in capsys.readouterr().out
+    for section in ("Configuration", "Training curves", "Online kNN", "Evaluation", "Test embeddings",
+                    "Nearest neighbours", "FAMT masks", "retrieval", "clustering"):
+        assert section in html, section
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, re.I), "external resource"
+    assert "<link" not in html and "@import" not in html and "url(" not in html
+    imgs = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(imgs) == html.count("<img") == 5  # curves, kNN, map, grid, masks
+    for b in imgs:
+        assert base64.b64decode(b)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.integration
+def test_report_renders_in_headless_chromium(run_with_eval, chromium, tmp_path):
+    from selfsup.report import write_report
+
+    _, run = run_with_eval
+    page = write_report(run, tmp_path / "report.html")
+    n_imgs = page.read_text().count("<img")
+
+    def browse(target, *extra):
+        cmd = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000",
+               *extra, target.as_uri()]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    dom = browse(page, "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f"<title>ok:{n_imgs}</title>" in dom.stdout, re.findall(r"<title>.*?</title>", dom.stdout)
+    console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln]
+    assert not console, console
+    network = [ln for ln in dom.stderr.splitlines() if re.search(r"https?://", ln) and "devtools" not in ln]
+    assert not network, network
+    shot = tmp_path / "shot.png"
+    res = browse(page, f"--screenshot={shot}", "--window-size=1200,2400")
+    assert res.returncode == 0 and shot.is_file() and shot.stat().st_size > 10_000
+    # negative control: a broken image and a console error are detected by the same checks
+    bad = tmp_path / "bad.html"
+    bad.write_text(page.read_text().replace("data:image/png;base64,", "data:image/png;base64,AAAA", 1)
+                   .replace("</body>", "<script>console.error('boom')</script></body>"))
+    dom_bad = browse(bad, "--dump-dom")
+    assert f"<title>broken:{n_imgs - 1}:1</title>" in dom_bad.stdout
+    assert any("CONSOLE" in ln and "boom" in ln for ln in dom_bad.stderr.splitlines()), dom_bad.stderr[-1500:]
