@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from ..config import PretrainConfig, apply_overrides
-    from ..eval.api import evaluate
+    from ..eval.suite import evaluate_suite
+    from ..report import write_report
     from ..train import pretrain
     from .eval import format_table
 
@@ -55,15 +55,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{out} already holds a finished demo run; evaluating it (use --fresh to retrain)")
     t_pre = time.perf_counter() - t0
-    results = {}
-    for proto in ("knn", "linear"):
-        results[proto] = evaluate(proto, checkpoint=str(out), train="builtin:mnist:train", test="builtin:mnist:test")
-    (out / "eval.json").write_text(json.dumps(results, indent=2))
+    # features are extracted once for the encoder, raw pixels and the random encoder; both protocols reuse them
+    results = evaluate_suite(str(out), "builtin:mnist:train", "builtin:mnist:test", protocols=("knn", "linear"),
+                             out=out / "eval.json")
     print()
     for proto in ("knn", "linear"):
         print(format_table(proto, results[proto]))
         print()
     wins = all(results[p]["encoder"]["top1"] > max(results[p]["pixels"]["top1"], results[p]["random"]["top1"])
-               for p in results)
+               for p in ("knn", "linear"))
     print(f"pretraining took {t_pre:.0f}s; the pretrained encoder {'beats' if wins else 'does NOT beat'} both baselines")
-    return 0
+    print(f"report: {write_report(out, test='builtin:mnist:test')}")
+    return 0 if wins else 1
