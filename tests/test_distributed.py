@@ -365,3 +365,24 @@ def test_pretrain_from_shards_one_and_two_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert [x["step"] for x in _rows(run) if "loss" in x] == list(range(1, 9))
     assert all(math.isfinite(x["loss"]) for x in _rows(run) if "loss" in x)
+
+
+@pytest.mark.integration
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
+    run = tmp_path / "run"
+    proc = subprocess.Popen(_pretrain_cmd(str(data), run, 2, "--epochs", "1000"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not ((run / "metrics.jsonl").exists() and len(_rows(run)) >= 6):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # torchrun forwards it to both workers
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stops = [ln for ln in err.splitlines() if ln.startswith("selfsup: error: stopped by SIGTERM at step")]
+    assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, the same step
+    step = int(stops[0].split("at step ")[1].split(";")[0])
+    assert load_checkpoint(run)["step"] == step and _rows(run)[-1]["step"] == step and _no_tmp(run)

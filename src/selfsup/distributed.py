@@ -2,8 +2,9 @@
 
 Under ``torchrun`` the environment variables RANK / WORLD_SIZE / LOCAL_RANK are set; ``setup()`` then
 initialises the default process group (gloo on CPU, NCCL on CUDA). Losses that need the global batch
-call :func:`gather` which is autograd-aware (``torch.distributed.nn.functional.all_gather``): gradients
-flow back to the rank that produced each sample. There is no switch to turn this off.
+call :func:`gather` which is autograd-aware (:class:`_AllGather`; its backward sums every process's
+gradient onto the rank that produced each sample, so DDP's averaging gives the single-process gradient of
+the global batch). There is no switch to turn this off. See docs/scaling.md.
 """
 
 from __future__ import annotations

@@ -371,6 +371,7 @@ def write_shards(dataset: Any, out_dir: str | Path, shard_size: int, *, prefix: 
                         tf.addfile(info, io.BytesIO(data))
 
         atomic_write(out / name, write)
+        os.chmod(out / name, 0o644)  # shards are data to share (the atomic writer creates 0600 files)
         counts[name] = len(chunk)
     atomic_write_text(out / MANIFEST, json.dumps({"total": n, "classes": classes, "shards": counts}, indent=1))
     last = len(counts) - 1
