@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfsup-installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,stream]"
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -111,6 +111,16 @@ def any_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+def broadcast_int(value: int, src: int = 0) -> int:
+    """Rank ``src``'s integer on every process (e.g. the step count fitted to a --time-budget)."""
+    if not is_initialized() or dist.get_world_size() == 1:
+        return value
+    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([value], dtype=torch.long, device=dev)
+    dist.broadcast(t, src=src)
+    return int(t.item())
+
+
 def is_comm_error(exc: BaseException) -> bool:
     """True for errors of the collective layer (a peer died, a connection broke, a collective timed out)."""
     if isinstance(exc, dist.DistError):

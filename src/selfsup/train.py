@@ -433,6 +433,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 n_window += images.shape[0] * dinfo.world_size
                 if budget is not None:
                     fitted = _refit_budget(budget, step, train_ds, val_ds, images.shape[0], len(views))
+                    if dinfo.enabled:  # every rank must stop at rank 0's step, or a collective would hang
+                        fitted = distributed.broadcast_int(-1 if fitted is None else fitted)
+                        fitted = None if fitted < 0 else fitted
                     if fitted is not None:
                         total_steps = fitted
                         end_step = min(fitted, cfg.train.max_steps) if cfg.train.max_steps else fitted

@@ -95,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
     summary = pretrain(cfg, resume=args.resume)
+    from .. import distributed
+
+    if not distributed.env_info().is_main:
+        return 0
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s; checkpoint {summary['checkpoint']}")
     if "knn_top1" in summary:
         print(f"online kNN top-1: {summary['knn_top1']:.2f}%")
