@@ -1,0 +1,130 @@
+"""Augmentation cost of 2 SimCLR views at 32 px, µs per image, side by side in one run.
+
+Contenders (same SimCLR CIFAR recipe: random resized crop 0.08-1, flip, colour jitter s=0.5 p 0.8,
+grayscale p 0.2, no blur, normalise):
+- selfsup: ``selfsup.views.make_views`` on uint8 batches from the cache (bf16 and fp32 output, channels_last);
+  every sample gets its own parameters (checked below);
+- lightly: ``SimCLRTransform`` on PIL images in a DataLoader with 2 workers (its documented CPU setup),
+  and the same transform in the main process (per-core cost);
+- torchvision v2 per sample: a Python loop calling a v2 pipeline on each uint8 tensor image.
+
+    .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from selfsup.views import make_views, simclr_recipe  # noqa: E402
+
+
+def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype) -> tuple[list[float], bool]:
+    recipe = simclr_recipe(32, strength=0.5)
+    gen = torch.Generator().manual_seed(0)
+    n = images.shape[0]
+    rng = np.random.default_rng(0)
+
+    def one() -> None:
+        idx = np.sort(rng.choice(n, batch, replace=False))  # what the loop does: a sorted memmap gather
+        x = torch.from_numpy(np.ascontiguousarray(images[idx]))
+        make_views(x, recipe, gen, channels_last=True, dtype=dtype)
+
+    times = common.timed(one, repeats, warmup=2)
+    x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
+    _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype)
+    per_sample = all(torch.unique(p.boxes, dim=0).shape[0] == batch for p in params)
+    return [t / batch * 1e6 for t in times], per_sample
+
+
+def bench_lightly(images: np.ndarray, workers: int, repeats: int) -> list[float]:
+    ds = common.PILDataset(images, common.lightly_transform(32))
+    if workers == 0:
+        def one() -> None:
+            for i in range(len(ds)):
+                ds[i]
+        return [t / len(ds) * 1e6 for t in common.timed(one, repeats, warmup=0)]
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers,
+                                         persistent_workers=True, drop_last=True)
+    out = []
+    for r in range(repeats + 1):  # the first epoch pays for starting the workers
+        t0 = time.perf_counter()
+        n = 0
+        for (v0, _v1), _ in loader:
+            n += v0.shape[0]
+        if r:
+            out.append((time.perf_counter() - t0) / n * 1e6)
+    return out
+
+
+def bench_tv2(images: np.ndarray, repeats: int) -> list[float]:
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([
+        v2.RandomResizedCrop(32, scale=(0.08, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    ])
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+
+    def one() -> None:
+        for img in x:
+            tf(img)
+            tf(img)
+
+    return [t / x.shape[0] * 1e6 for t in common.timed(one, repeats, warmup=0)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=256, help="selfsup batch (the CPU preset's)")
+    ap.add_argument("--images", type=int, default=2048, help="images per lightly/torchvision epoch")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    args = ap.parse_args()
+    common.set_threads()
+    images, _, source = common.cifar_uint8("train")
+    sub = np.ascontiguousarray(images[: args.images])
+    rows = []
+
+    def add(name: str, us: list[float], extra: str = "") -> None:
+        best, med = common.summary(us)
+        rows.append({"pipeline": name, "best µs/img": best, "median µs/img": med, "notes": extra,
+                     "load": common.load()})
+        print(f"{name:55s} best {best:8.1f}  median {med:8.1f} µs/image (2 views)  load {common.load()}", flush=True)
+
+    for dtype in (torch.bfloat16, torch.float32):
+        us, ps = bench_ours(images, args.batch, args.repeats, dtype)
+        add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last", us,
+            f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
+    add("lightly SimCLRTransform + DataLoader(2 workers), PIL", bench_lightly(sub, 2, max(2, args.repeats // 2)),
+        "2 worker processes, batch 128")
+    add("lightly SimCLRTransform, main process (1 core)", bench_lightly(sub[:1024], 0, 2), "per-core cost")
+    add("torchvision v2 per sample (loop), uint8 tensors", bench_tv2(sub[:1024], 2), "1 process")
+
+    ours = rows[0]["best µs/img"]
+    for r in rows:
+        r["vs selfsup bf16"] = f"{r['best µs/img'] / ours:.1f}x"
+    cols = ["pipeline", "best µs/img", "median µs/img", "vs selfsup bf16", "load", "notes"]
+    tab = common.table(rows, cols)
+    print(tab)
+    if not args.no_write:
+        body = common.header({"data": source, "target": "selfsup >= 20x cheaper than lightly's DataLoader path"})
+        body += ("\n\nµs per image for BOTH views (lower is better); best and median of the repeats. "
+                 "'load' is the 1/5/15-min load average when the row finished.\n\n" + tab)
+        common.update_section("Augmentation: 2 SimCLR views at 32 px (bench_augment.py)", body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""SimCLR training throughput on ResNet-18 (CIFAR stem, 32 px): selfsup's whole step vs lightly's recipe vs the roofline.
+
+selfsup: an exact replica of one iteration of ``selfsup.train.pretrain`` with the ``cpu-32px`` preset
+(sampler indices -> sorted uint8 memmap gather -> ``make_views`` -> autocast forward -> loss ->
+zero_grad/backward -> optimizer step), data from the CIFAR-10 uint8 cache. ``--real-loop`` also runs the
+real ``selfsup.pretrain`` for a few steps and reports its logged images/s.
+lightly: its documented CIFAR-10 recipe (benchmarks/common.py): LightlyDataset over the JPEG folder +
+SimCLRTransform(32, cj 0.5, no blur) + DataLoader(2 workers, batch 128), ResNetGenerator('resnet-18'),
+SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD, fp32.
+roofline: FLOPs per pair (FlopCounterMode over one selfsup forward + backward) against a bf16 matmul
+peak measured in the same run.
+
+Throughput is in pairs/s (source images/s; each pair = 2 views = 2 image-steps). Wall time AND process CPU
+time are recorded: on a shared machine the wall time is inflated by other processes.
+
+    .venv/bin/python benchmarks/bench_step.py [--steps 4] [--batch 256] [--compile] [--real-loop] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from selfsup.config import PretrainConfig, apply_overrides, load_yaml  # noqa: E402
+from selfsup.methods import Batch, Progress  # noqa: E402
+from selfsup.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
+from selfsup.presets import preset_path  # noqa: E402
+from selfsup.runtime import autocast, resolve_precision  # noqa: E402
+from selfsup.train import EpochSampler, resolve_config, step_seed  # noqa: E402
+from selfsup.views import make_views  # noqa: E402
+
+
+class OurStep:
+    """One iteration of selfsup.train.pretrain's loop (same calls, same order), minus logging/checkpoints."""
+
+    def __init__(self, images: np.ndarray, batch: int, precision: str, compile: bool = False) -> None:
+        from selfsup.backbones import build_backbone
+
+        cfg = PretrainConfig()
+        apply_overrides(cfg, load_yaml(preset_path("cpu-32px")), "preset")
+        cfg.train.batch_size, cfg.train.precision, cfg.train.compile = batch, precision, compile
+        cfg, spec, mcfg = resolve_config(cfg)
+        self.cfg, self.images = cfg, images
+        self.device = torch.device("cpu")
+        self.amp, _ = resolve_precision(precision, self.device)
+        torch.manual_seed(0)
+        self.method = spec.build(build_backbone(cfg.backbone, 32), mcfg, image_size=32)
+        if cfg.train.channels_last:
+            self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.opt = build_optimizer(cfg.optim, param_groups(self.method, cfg.optim.weight_decay or 0.0,
+                                                           cfg.optim.exclude_norm_bias))
+        self.model: Any = torch.compile(self.method) if compile else self.method
+        self.sampler = EpochSampler(len(images), batch, 0)
+        self.spe = self.sampler.steps_per_epoch
+        self.step = 0
+        self.method.train()
+
+    def views(self) -> tuple[list[torch.Tensor], Any, torch.Tensor]:
+        epoch, i = divmod(self.step, self.spe)
+        idx = self.sampler.indices(epoch, i).sort().values
+        images = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
+        gen = torch.Generator().manual_seed(step_seed(0, self.step, 0))
+        dtype = self.amp if self.amp is not None else torch.float32
+        views, params = make_views(images, self.method.view_recipe, gen, channels_last=self.cfg.train.channels_last,
+                                   dtype=dtype)
+        return views, params, idx
+
+    def train_on(self, views: list[torch.Tensor], params: Any, idx: torch.Tensor) -> float:
+        epoch = self.step // self.spe
+        prog = Progress(step=self.step, total_steps=100 * self.spe, epoch=epoch, steps_per_epoch=self.spe)
+        set_lr(self.opt, lr_at(self.step, 100 * self.spe, self.spe, self.cfg.optim.lr or 0.0), self.cfg.optim.lr or 0.0)
+        with autocast(self.device, self.amp):
+            out = self.model(Batch(views=views, index=idx, params=params), prog)
+        self.opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.opt.step()
+        self.step += 1
+        return float(out.loss.detach())
+
+    def __call__(self) -> None:
+        self.train_on(*self.views())
+
+
+def run_steps(step: Any, n: int, warmup: int) -> tuple[list[float], list[float]]:
+    """(wall s, process CPU s) per step."""
+    for _ in range(warmup):
+        step()
+    wall, cpu = [], []
+    for _ in range(n):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
+class LightlyStep:
+    def __init__(self, root: Path | None, images: np.ndarray, batch: int = 128) -> None:
+        torch.manual_seed(0)
+        self.model = common.LightlySimCLR()
+        self.opt = common.lightly_optimizer(self.model, batch)
+        if root is not None:
+            self.loader = common.lightly_folder_loader(root / "train", batch)
+            self.source = "LightlyDataset(JPEG folder)"
+        else:
+            ds = common.PILDataset(images, common.lightly_transform(32))
+            self.loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True,
+                                                      num_workers=2, persistent_workers=True)
+            self.source = "PIL images in memory"
+        self.it = iter(self.loader)
+        self.model.train()
+
+    def __call__(self) -> None:
+        batch = next(self.it)
+        (x0, x1) = batch[0]
+        loss = self.model(x0, x1)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+
+
+def profile_ours(step: OurStep, n: int = 2) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(n):
+            step()
+    ka = prof.key_averages()
+    top = ka.table(sort_by="self_cpu_time_total", row_limit=18)
+    total = sum(e.self_cpu_time_total for e in ka)
+    views_us = sum(e.cpu_time_total for e in ka if e.key in ("aten::grid_sampler_2d",))
+    conv = [e for e in prof.events() if e.name in ("aten::mkldnn_convolution", "aten::convolution")
+            and e.input_shapes and e.input_shapes[0]]
+    bn = [e for e in prof.events() if e.name in ("aten::native_batch_norm", "aten::_native_batch_norm_legit",
+                                                 "aten::_batch_norm_impl_index")]
+    lines = [f"profiled {n} steps, total self CPU {total / 1e6:.1f} s; grid_sample {views_us / 1e6:.2f} s",
+             f"conv calls: {len(conv)}; BN calls: {len(bn)}"]
+    return "\n".join(lines) + "\n" + top
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--compile", action="store_true", help="also measure torch.compile of the method")
+    ap.add_argument("--fp32", action="store_true", help="also measure selfsup in fp32")
+    ap.add_argument("--real-loop", action="store_true", help="also run selfsup.pretrain for a few steps")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of selfsup's step")
+    ap.add_argument("--skip-lightly", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    threads = common.set_threads()
+    images, _, source = common.cifar_uint8("train")
+    root = common.ensure_cifar()
+    rows: list[dict[str, Any]] = []
+
+    with common.note("bf16 / fp32 matmul peak"):
+        peak_bf16 = common.matmul_peak(torch.bfloat16)
+        peak_fp32 = common.matmul_peak(torch.float32)
+    print(f"matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s")
+
+    ours = OurStep(images, args.batch, "auto")
+    views, params, idx = ours.views()
+    flops = common.count_flops(lambda: ours.train_on(views, params, idx))
+    flops_pair = flops / args.batch
+    roof_pairs = peak_bf16 * 1e9 / flops_pair
+    print(f"FLOPs per step {flops / 1e9:.1f} G = {flops_pair / 1e9:.2f} GFLOP per pair "
+          f"({flops_pair / 2e9:.2f} per image-step); bf16 roofline {roof_pairs:.1f} pairs/s")
+
+    def add(name: str, wall: list[float], cpu: list[float], pairs: int, notes: str = "") -> None:
+        best, med = common.summary(wall)
+        r = {"contender": name, "pairs/s (best)": pairs / best, "pairs/s (median)": pairs / med,
+             "pairs/s (CPU time)": pairs * threads / float(np.median(cpu)) if cpu else float("nan"),
+             "% bf16 roofline": 100 * pairs / best / roof_pairs, "load": common.load(), "notes": notes}
+        rows.append(r)
+        print(f"{name:48s} {r['pairs/s (best)']:6.1f} pairs/s best, {r['pairs/s (median)']:6.1f} median, "
+              f"{r['pairs/s (CPU time)']:6.1f} by CPU time; load {r['load']}", flush=True)
+
+    with common.note("selfsup step (cpu-32px preset)"):
+        add(f"selfsup whole step, bf16, batch {args.batch}", *run_steps(ours, args.steps, args.warmup), args.batch,
+            "uint8 cache + views + fwd/bwd + LARS")
+    with common.note("selfsup model only (views made once)"):
+        add(f"selfsup model only, bf16, batch {args.batch}",
+            *run_steps(lambda: ours.train_on(views, params, idx), args.steps, 0), args.batch,
+            "fwd/bwd + LARS, no data/views")
+    if args.fp32:
+        with common.note("selfsup fp32"):
+            o32 = OurStep(images, args.batch, "fp32")
+            add(f"selfsup whole step, fp32, batch {args.batch}", *run_steps(o32, args.steps, args.warmup), args.batch)
+            del o32
+    if args.compile:
+        with common.note("selfsup torch.compile"):
+            oc = OurStep(images, args.batch, "auto", compile=True)
+            add(f"selfsup whole step, bf16, compile, batch {args.batch}",
+                *run_steps(oc, args.steps, args.warmup + 1), args.batch, "2 warm-up steps (compilation)")
+            del oc
+    if not args.skip_lightly:
+        with common.note("lightly recipe (fp32, 2 workers, batch 128)"):
+            ls = LightlyStep(root, images)
+            add("lightly recipe, fp32, batch 128", *run_steps(ls, args.steps, args.warmup + 1), 128,
+                f"{ls.source} + SimCLRTransform, 2 workers; CPU time excludes workers")
+            del ls
+    if args.real_loop:
+        with common.note("real selfsup.pretrain loop"):
+            import selfsup
+
+            with tempfile.TemporaryDirectory() as tmp:
+                n = args.warmup + args.steps
+                summ = selfsup.pretrain(str(root / "train") if root else None, config=str(preset_path("cpu-32px")),
+                                        out=f"{tmp}/run", max_steps=n, batch_size=args.batch,
+                                        set=[f"train.log_every={n}", "train.progress=false"])
+                ips = float(summ["images_per_s"] or 0.0)
+            rows.append({"contender": f"selfsup.pretrain (real loop), {n} steps", "pairs/s (best)": ips,
+                         "pairs/s (median)": ips, "% bf16 roofline": 100 * ips / roof_pairs, "load": common.load(),
+                         "notes": "images_per_s over all steps incl. the first"})
+    if args.profile:
+        print(profile_ours(ours))
+
+    ref = next(r["pairs/s (best)"] for r in rows if r["contender"].startswith("lightly")) if not args.skip_lightly else None
+    for r in rows:
+        r["vs lightly"] = f"{r['pairs/s (best)'] / ref:.2f}x" if ref else ""
+    cols = ["contender", "pairs/s (best)", "pairs/s (median)", "pairs/s (CPU time)", "vs lightly", "% bf16 roofline",
+            "load", "notes"]
+    tab = common.table(rows, cols)
+    print(tab)
+    if not args.no_write:
+        body = common.header({
+            "data": source,
+            "bf16 matmul peak (measured now)": f"{peak_bf16:.0f} GFLOP/s (fp32 {peak_fp32:.0f})",
+            "FLOPs (FlopCounterMode, fwd+bwd)": f"{flops_pair / 1e9:.2f} GFLOP per pair -> bf16 roofline "
+                                                 f"{roof_pairs:.1f} pairs/s",
+            "targets": ">= 2.5x lightly, >= 80% of the bf16 roofline",
+        })
+        body += ("\n\npairs/s = source images per second (2 views each). 'CPU time' = pairs x threads / process CPU "
+                 "seconds: an estimate for an idle machine when the wall clock is inflated by load.\n\n" + tab)
+        common.update_section("Training step: SimCLR ResNet-18 32 px (bench_step.py)", body)
+
+
+if __name__ == "__main__":
+    main()
