@@ -141,13 +141,17 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_time_budget_fits_steps_to_the_deadline():
     from selfsup.budget import TimeBudget
 
-    b = TimeBudget(minutes=1.0, t0=0.0, calibration_steps=2, refit_every=10)
+    b = TimeBudget(minutes=1.0, t0=0.0, calibration_steps=2, window=4)
     assert b.observe(1, 1.0) is None and b.observe(2, 2.0) is None  # calibrating, then mark
     assert b.observe(4, 3.0) is None  # fewer than 3 timed steps
     total = b.observe(5, 3.5)  # 3 steps in 1.5 s -> 0.5 s/step; 56.5 s left -> 113 more steps
     assert b.sec_per_step == pytest.approx(0.5) and total == 5 + 113
     b.reserve_s = 6.5
     assert b.fit(5, 3.5) == 5 + 100
+    # throughput doubles: the sliding window (4 steps) forgets the slow start
+    for s in range(6, 12):
+        total = b.observe(s, 3.5 + 0.25 * (s - 5))
+    assert b.sec_per_step == pytest.approx(0.25) and total == 11 + math.floor((60 - 5.0 - 6.5) / 0.25)
 
 
 @pytest.mark.integration
