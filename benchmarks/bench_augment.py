@@ -17,6 +17,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def main() -> None:
     common.set_threads()
     images, _, source = common.cifar_uint8("train")
     sub = np.ascontiguousarray(images[: args.images])
-    rows = []
+    rows: list[dict[str, Any]] = []
 
     def add(name: str, us: list[float], extra: str = "") -> None:
         best, med = common.summary(us)
@@ -113,9 +114,9 @@ def main() -> None:
     add("lightly SimCLRTransform, main process (1 core)", bench_lightly(sub[:1024], 0, 2), "per-core cost")
     add("torchvision v2 per sample (loop), uint8 tensors", bench_tv2(sub[:1024], 2), "1 process")
 
-    ours = rows[0]["best µs/img"]
+    ours = float(rows[0]["best µs/img"])
     for r in rows:
-        r["vs selfsup bf16"] = f"{r['best µs/img'] / ours:.1f}x"
+        r["vs selfsup bf16"] = f"{float(r['best µs/img']) / ours:.1f}x"
     cols = ["pipeline", "best µs/img", "median µs/img", "vs selfsup bf16", "load", "notes"]
     tab = common.table(rows, cols)
     print(tab)

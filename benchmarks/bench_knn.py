@@ -48,8 +48,10 @@ def main() -> None:
     paths = [("torch", False)] + ([("faiss", True)] if faiss_available() else [])
     for name, use_faiss in paths:
         with common.note(f"kNN {name}"):
-            ts = common.timed(lambda uf=use_faiss: knn_predict(tr, y, te, k=200, temperature=0.1, num_classes=10,
-                                                               use_faiss=uf), args.repeats, warmup=0)
+            def run_knn(uf: bool = use_faiss) -> None:
+                knn_predict(tr, y, te, k=200, temperature=0.1, num_classes=10, use_faiss=uf)
+
+            ts = common.timed(run_knn, args.repeats, warmup=0)
         best, med = common.summary(ts)
         rows.append({"task": f"kNN {args.train:,}x{args.dim} vs {args.test:,} test, k=200, {name}",
                      "best": f"{best:.2f} s", "median": f"{med:.2f} s", "vs target": f"{'OK' if best < 5 else 'MISS'} (< 5 s)",
@@ -67,8 +69,10 @@ def main() -> None:
     for precision in ("auto", "fp32"):
         with common.note(f"extract_features {precision}"):
             extract_features(enc, images[:256], image_size=32, precision=precision)  # warm-up
-            ts = common.timed(lambda p=precision: extract_features(enc, images, image_size=32, precision=p),
-                              max(1, args.repeats - 1), warmup=0)
+            def run_embed(p: str = precision) -> None:
+                extract_features(enc, images, image_size=32, precision=p)
+
+            ts = common.timed(run_embed, max(1, args.repeats - 1), warmup=0)
         best, med = common.summary(ts)
         ips = len(images) / best
         rows.append({"task": f"extract_features ResNet-18 32 px, {precision} ({'bf16' if precision == 'auto' else 'fp32'})",

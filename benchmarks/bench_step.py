@@ -224,8 +224,11 @@ def main() -> None:
             rows.append({"contender": f"selfsup.pretrain (real loop), {n} steps", "pairs/s (best)": ips,
                          "pairs/s (median)": ips, "% bf16 roofline": 100 * ips / roof_pairs, "load": common.load(),
                          "notes": "images_per_s over all steps incl. the first"})
+    prof = ""
     if args.profile:
-        print(profile_ours(ours))
+        with common.note("torch.profiler over 2 selfsup steps"):
+            prof = profile_ours(ours)
+        print(prof)
 
     ref = next(r["pairs/s (best)"] for r in rows if r["contender"].startswith("lightly")) if not args.skip_lightly else None
     for r in rows:
@@ -244,6 +247,8 @@ def main() -> None:
         })
         body += ("\n\npairs/s = source images per second (2 views each). 'CPU time' = pairs x threads / process CPU "
                  "seconds: an estimate for an idle machine when the wall clock is inflated by load.\n\n" + tab)
+        if prof:
+            body += "\n\nProfile of the selfsup step (top ops by self CPU time):\n\n```\n" + prof.strip() + "\n```"
         common.update_section("Training step: SimCLR ResNet-18 32 px (bench_step.py)", body)
 
 
