@@ -109,6 +109,10 @@ def main() -> None:
         us, ps = bench_ours(images, args.batch, args.repeats, dtype)
         add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last", us,
             f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
+    torch.set_num_threads(1)  # per-core cost, comparable with lightly's main-process row; robust to load
+    us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16)
+    add(f"selfsup make_views, batch {args.batch}, bfloat16, 1 thread", us, "per-core cost")
+    common.set_threads()
     add("lightly SimCLRTransform + DataLoader(2 workers), PIL", bench_lightly(sub, 2, max(2, args.repeats // 2)),
         "2 worker processes, batch 128")
     add("lightly SimCLRTransform, main process (1 core)", bench_lightly(sub[:1024], 0, 2), "per-core cost")
