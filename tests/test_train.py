@@ -164,3 +164,14 @@ def test_time_budget_run_finishes_on_time(tmp_path):
     assert summary["steps"] > 2 * 4  # ran past the provisional 1 epoch (4 steps)
     assert 0.85 * 15 <= summary["total_wall_time_s"] <= 1.03 * 15, summary
     assert "knn_top1" in summary  # the final evaluation ran inside the budget
+
+
+def test_overrides_parse_by_declared_type():
+    from selfsup.config import PretrainConfig, apply_overrides, parse_set
+
+    cfg = apply_overrides(PretrainConfig(), parse_set(["optim.weight_decay=1e-6", "optim.lr=2", "data.val=123",
+                                                       "train.max_steps=7", "train.precision=bf16"]))
+    assert cfg.optim.weight_decay == 1e-6 and isinstance(cfg.optim.lr, float) and cfg.optim.lr == 2.0
+    assert cfg.data.val == "123" and cfg.train.max_steps == 7 and cfg.train.precision == "bf16"
+    with pytest.raises(ConfigError, match="optim.lr"):
+        apply_overrides(PretrainConfig(), parse_set(["optim.lr=fast"]))

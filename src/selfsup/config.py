@@ -113,6 +113,33 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     return value
 
 
+def _coerce_by_annotation(value: Any, annotation: str, where: str) -> Any:
+    """For fields that default to None (``float | None`` ...): parse by the declared type, not by YAML's guess
+    (YAML 1.1 reads ``1e-6`` as a string)."""
+    kinds = {k.strip() for k in annotation.split("|")}
+    if "str" in kinds:
+        return value
+    if isinstance(value, str) and not ({"float", "int", "bool"} & kinds):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: cannot parse {value!r}: {exc}") from None
+    if isinstance(value, list) and annotation.startswith("tuple"):
+        return tuple(value)
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return value
+    try:
+        if "float" in kinds:
+            return float(value)
+        if "int" in kinds and not isinstance(value, float):
+            return int(value)
+        if "bool" in kinds and isinstance(value, str):
+            return {"true": True, "false": False}[value.lower()]
+    except (ValueError, KeyError):
+        raise ConfigError(f"{where}: expected {annotation}, got {value!r}") from None
+    return value
+
+
 def apply_overrides(cfg: Any, data: dict[str, Any], where: str = "config") -> Any:
     """Recursively merge ``data`` (from YAML or ``--set``) into the dataclass ``cfg`` in place."""
     if not isinstance(data, dict):
@@ -131,7 +158,11 @@ def apply_overrides(cfg: Any, data: dict[str, Any], where: str = "config") -> An
         if is_dataclass(current) or isinstance(current, dict):
             apply_overrides(current, value, f"{where}.{key}")
         else:
-            setattr(cfg, key, _coerce(value, current, f"{where}.{key}"))
+            if current is None and value is not None:
+                value = _coerce_by_annotation(value, str(cfg.__dataclass_fields__[key].type), f"{where}.{key}")
+            else:
+                value = _coerce(value, current, f"{where}.{key}")
+            setattr(cfg, key, value)
     return cfg
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,7 @@ class SimCLRConfig:
     jitter_strength: float = 0.5  # paper: s=1.0 on ImageNet, s=0.5 on CIFAR (Appendix B.9)
     blur: bool = False  # paper: blur on ImageNet only (Appendix A, B.9)
     min_scale: float = 0.08  # RandomResizedCrop area lower bound
+    hflip: bool = True  # paper: random horizontal flip p 0.5; turn off where mirror images differ (digits, text)
 
 
 @register(
@@ -47,6 +49,8 @@ class SimCLR(nn.Module):
             scale=(cfg.min_scale, 1.0),
             grayscale_input=grayscale,
         )
+        if not cfg.hflip:
+            self.view_recipe.views = [dataclasses.replace(v, hflip_p=0.0) for v in self.view_recipe.views]
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
         x1, x2 = batch.views[0], batch.views[1]
