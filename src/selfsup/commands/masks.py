@@ -12,7 +12,7 @@ import argparse
 from typing import Any
 
 EXAMPLE = """example:
-  selfsup masks --checkpoint runs/famt --data builtin:cifar10 --out masks.png --num 8"""
+  selfsup masks --checkpoint runs/famt --data data/cifar10/test --out masks.png --num 8"""
 
 
 def add_parser(sub: Any, formatter: type) -> None:
