@@ -9,8 +9,8 @@ STAMP := $(VENV)/.selfsup-installed
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,stream]"
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -e ".[dev,stream]"  # -qq: hides the local index's "is ignored" warnings
 	@touch $(STAMP)
 
 install: $(STAMP)
