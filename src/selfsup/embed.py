@@ -38,7 +38,7 @@ def write_embeddings(path: Path, features: np.ndarray, paths: list[str], labels:
 
         tensors = {"features": torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))}
         if labels is not None:
-            tensors["labels"] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+            tensors["labels"] = torch.from_numpy(np.array(labels, dtype=np.int64))
         meta = {"paths": json.dumps(paths), "classes": json.dumps(classes), "checkpoint": source}
         atomic_write(path, lambda p: save_file(tensors, p, metadata=meta))
     else:

@@ -373,7 +373,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         backbone.train()
         if train_ds.labels is None:
             return {}
-        res = knn_accuracy(feats_tr, torch.as_tensor(train_ds.labels), feats_te, torch.as_tensor(val_ds.labels),
+        res = knn_accuracy(feats_tr, torch.tensor(train_ds.labels), feats_te, torch.tensor(val_ds.labels),
                            k=cfg.train.knn_k, temperature=cfg.train.knn_t, num_classes=max(train_ds.num_classes, val_ds.num_classes))
         return {"knn_top1": res["top1"]}
 

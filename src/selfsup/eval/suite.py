@@ -148,8 +148,8 @@ def evaluate_suite(
     if train_ds.classes and test_ds.classes and train_ds.classes != test_ds.classes:
         raise ConfigError(f"class folders differ between --train {train} and --test {test}; both need the same "
                           "class sub-folders")
-    ytr = torch.as_tensor(train_ds.labels).long()
-    yte = torch.as_tensor(test_ds.labels).long()
+    ytr = torch.tensor(train_ds.labels).long()
+    yte = torch.tensor(test_ds.labels).long()
     num_classes = int(max(train_ds.num_classes, int(ytr.max()) + 1, int(yte.max()) + 1))
     fx: dict[str, Any] = {"image_size": size, "batch_size": batch_size, "precision": precision, "progress": progress}
 
