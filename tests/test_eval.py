@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval import features as feat_mod
 from selfsup.eval import knn as knn_mod
 from selfsup.eval.baselines import evaluate_with_baselines, random_encoder_like, reinitialized_copy
 from selfsup.eval.features import (
@@ -301,9 +300,11 @@ def test_resolve_precision(monkeypatch):
         resolve_precision("int8", cpu)
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
-    monkeypatch.setattr(feat_mod, "cpu_supports_bf16", lambda: True)
+    import selfsup.runtime as runtime  # the one implementation, shared with the training loop
+
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: True)
     assert resolve_precision("auto", cpu) is torch.bfloat16
-    monkeypatch.setattr(feat_mod, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: False)
     assert resolve_precision("auto", "cpu") is None
 
 

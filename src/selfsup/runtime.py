@@ -5,21 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from functools import lru_cache
+from typing import Any
 
 import torch
 
 from .errors import ConfigError
 
-
-@lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU has native bf16 instructions (AVX512-BF16 or AMX); otherwise bf16 is emulated and slow."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -31,28 +23,82 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """Return (autocast dtype or None for fp32, a note for the log)."""
-    p = precision.lower()
-    if p not in ("auto", "bf16", "fp16", "fp32"):
-        raise ConfigError(f"--precision {precision}: choose auto, bf16, fp16 or fp32")
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """True on x86 CPUs with native bf16 matmul (AVX512-BF16 or AMX-BF16).
+
+    Reads the ``flags`` line of ``/proc/cpuinfo`` (Linux); ``torch.backends.cpu.get_cpu_capability()``
+    is checked too for builds that report AMX. Without native support bf16 autocast is emulated and
+    slower than fp32, so "auto" picks fp32 there.
+    """
+    try:
+        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
+    except Exception:  # pragma: no cover - very old torch
+        cap = ""
+    if "AMX" in cap or "BF16" in cap:
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def precision_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """Map ``auto | bf16 | fp16 | fp32`` to an autocast dtype on ``device`` (None = plain fp32).
+
+    "auto" -> bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32.
+    "fp16" is CUDA only (CPU fp16 autocast is slow and loses accuracy): raises ConfigError elsewhere.
+    """
+    device = torch.device(device)
+    p = str(precision).lower()
+    aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "32": "fp32"}
+    p = aliases.get(p, p)
+    if p not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if p == "fp32":
+        return None
     if device.type == "cuda":
+        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if p == "auto":
-            p = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[p], p
+            return torch.bfloat16 if bf16_ok else None
+        if p == "bf16" and not bf16_ok:
+            raise ConfigError("precision 'bf16' is not supported by this GPU; use --precision fp16 or fp32")
+        return torch.bfloat16 if p == "bf16" else torch.float16
     if p == "fp16":
-        raise ConfigError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on the CPU")
-    if p == "auto":
-        if cpu_has_bf16():
-            return torch.bfloat16, "bf16 (CPU has native bf16)"
-        return None, "fp32 (this CPU has no native bf16; bf16 would be emulated and slower)"
-    return (torch.bfloat16, "bf16") if p == "bf16" else (None, "fp32")
+        raise ConfigError(
+            f"precision 'fp16' needs a CUDA GPU (device is {device.type}); use --precision bf16, fp32 or auto"
+        )
+    if device.type == "cpu":
+        if p == "auto":
+            return torch.bfloat16 if cpu_supports_bf16() else None
+        return torch.bfloat16
+    # mps and other backends: fp32 unless bf16 is requested explicitly
+    return torch.bfloat16 if p == "bf16" else None
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when dtype is None."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, a note for the run log)."""
+    dtype = precision_dtype(precision, device)
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[dtype]
+    if device.type == "cpu" and str(precision).lower() == "auto":
+        why = "CPU has native bf16" if dtype is not None else "this CPU has no native bf16; emulated bf16 is slower"
+        return dtype, f"{name} ({why})"
+    return dtype, name
+
+
+autocast = autocast_context  # the training loop's name for it
 
 
 def set_threads(threads: int | None, local_world_size: int = 1) -> int:

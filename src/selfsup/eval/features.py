@@ -14,14 +14,12 @@ evaluation does not recompute them.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,7 +31,6 @@ from ..errors import ConfigError, DataError
 if TYPE_CHECKING:  # pragma: no cover
     from ..data import ImageDataset
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 CACHE_VERSION = 1
 
 
@@ -42,70 +39,9 @@ CACHE_VERSION = 1
 # --------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True on x86 CPUs with native bf16 matmul (AVX512-BF16 or AMX-BF16).
-
-    Reads the ``flags`` line of ``/proc/cpuinfo`` (Linux); ``torch.backends.cpu.get_cpu_capability()``
-    is checked too for builds that report AMX. Without native support bf16 autocast is emulated and
-    slower than fp32, so "auto" picks fp32 there.
-    """
-    try:
-        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
-    except Exception:  # pragma: no cover - very old torch
-        cap = ""
-    if "AMX" in cap or "BF16" in cap:
-        return True
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
-def resolve_precision(precision: str, device: torch.device | str) -> torch.dtype | None:
-    """Map ``auto | bf16 | fp16 | fp32`` to an autocast dtype on ``device`` (None = plain fp32).
-
-    "auto" -> bf16 on CUDA GPUs that support it and on CPUs with native bf16, else fp32.
-    "fp16" is CUDA only (CPU fp16 autocast is slow and loses accuracy): raises ConfigError elsewhere.
-    """
-    device = torch.device(device)
-    p = str(precision).lower()
-    aliases = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "32": "fp32"}
-    p = aliases.get(p, p)
-    if p not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-    if p == "fp32":
-        return None
-    if device.type == "cuda":
-        bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        if p == "auto":
-            return torch.bfloat16 if bf16_ok else None
-        if p == "bf16" and not bf16_ok:
-            raise ConfigError("precision 'bf16' is not supported by this GPU; use --precision fp16 or fp32")
-        return torch.bfloat16 if p == "bf16" else torch.float16
-    if p == "fp16":
-        raise ConfigError(
-            f"precision 'fp16' needs a CUDA GPU (device is {device.type}); use --precision bf16, fp32 or auto"
-        )
-    if device.type == "cpu":
-        if p == "auto":
-            return torch.bfloat16 if cpu_supports_bf16() else None
-        return torch.bfloat16
-    # mps and other backends: fp32 unless bf16 is requested explicitly
-    return torch.bfloat16 if p == "bf16" else None
-
-
-def autocast_context(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op context when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
+# One implementation for training and evaluation lives in selfsup.runtime; re-exported here.
+from ..runtime import PRECISIONS, autocast_context, cpu_supports_bf16  # noqa: E402,F401
+from ..runtime import precision_dtype as resolve_precision  # noqa: E402  (dtype only; see runtime)
 
 # --------------------------------------------------------------------------------------------------
 # extraction
