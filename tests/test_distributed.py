@@ -20,6 +20,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -382,7 +383,8 @@ def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_saves(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
-    stops = [ln for ln in err.splitlines() if ln.startswith("selfsup: error: stopped by SIGTERM at step")]
+    # parse the whole stream: the ranks share one stderr pipe
+    stops = re.findall(r"selfsup: error: stopped by SIGTERM at step (\d+);", err)
     assert len(stops) == 2 and stops[0] == stops[1], err[-3000:]  # both ranks, the same step
-    step = int(stops[0].split("at step ")[1].split(";")[0])
+    step = int(stops[0])
     assert load_checkpoint(run)["step"] == step and _rows(run)[-1]["step"] == step and _no_tmp(run)

@@ -45,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         if debug:
             raise
-        print(f"selfsup: error: {exc}", file=sys.stderr)
+        # one write() per line: under torchrun several ranks share stderr, and print() writes the text and
+        # the newline separately, so two ranks' lines could run together
+        sys.stderr.write(f"selfsup: error: {exc}\n")
+        sys.stderr.flush()
         return exc.exit_code
     except KeyboardInterrupt:
         print("selfsup: interrupted", file=sys.stderr)
