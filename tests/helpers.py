@@ -59,3 +59,18 @@ def tiny_method_overrides(method: str) -> dict:
         elif "prototypes" in name:
             out[name] = 8
     return out
+
+
+def tiny_cli_run(root: Path, *, val: bool = False) -> tuple[Path, Path]:
+    """Pretrain SimCLR for 2 epochs through the real CLI on a 3-class x 10-image folder; returns (data, run)."""
+    from selfsup.cli import main
+
+    data = make_class_folder(root / "data", classes=3, per_class=10)
+    run = root / "run"
+    args = ["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "10",
+            "--out", str(run), "--image-size", "16", "--backbone", "cnn-compact", "--set", "backbone.width=4",
+            "--set", "train.threads=1", "--no-progress"]
+    if val:
+        args += ["--set", f"data.val={data}"]
+    assert main(args) == 0
+    return data, run

@@ -8,7 +8,7 @@ import torch
 
 from selfsup.cli import build_parser, main
 
-from .helpers import make_class_folder
+from .helpers import make_class_folder, tiny_cli_run
 
 TINY = ["--image-size", "16", "--backbone", "cnn-compact", "--set", "backbone.width=4", "--set", "train.threads=1",
         "--no-progress"]
@@ -31,13 +31,7 @@ def _assert_one_line_error(code, err, *needles):
 
 @pytest.fixture
 def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    data = make_class_folder(root / "data", classes=3, per_class=10)
-    run = root / "run"
-    code = main(["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "10",
-                 "--out", str(run), *TINY])
-    assert code == 0
-    return data, run
+    return tiny_cli_run(tmp_path_factory.mktemp("cli"))
 
 
 @pytest.mark.integration

@@ -16,7 +16,7 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
 from selfsup.eval.retrieval import average_precision, retrieval_metrics
 
-from .helpers import make_class_folder
+from .helpers import tiny_cli_run
 
 
 def separable(n_per=20, classes=4, dim=16, seed=0):
@@ -187,16 +187,7 @@ def test_encoder_blocks_follow_forward_order():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    from selfsup.cli import main
-
-    root = tmp_path_factory.mktemp("suite")
-    data = make_class_folder(root / "data", classes=3, per_class=10)
-    run = root / "run"
-    tiny = ["--image-size", "16", "--backbone", "cnn-compact", "--set", "backbone.width=4", "--set",
-            "train.threads=1", "--no-progress", "--set", f"data.val={data}"]
-    assert main(["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "10",
-                 "--out", str(run), *tiny]) == 0
-    return data, run
+    return tiny_cli_run(tmp_path_factory.mktemp("suite"), val=True)
 
 
 @pytest.mark.integration

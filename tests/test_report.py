@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from .helpers import make_class_folder
+from .helpers import tiny_cli_run
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
@@ -51,13 +51,7 @@ def chromium():
 def run_with_eval(tmp_path_factory):
     from selfsup.cli import main
 
-    root = tmp_path_factory.mktemp("report")
-    data = make_class_folder(root / "data", classes=3, per_class=10)
-    run = root / "run"
-    tiny = ["--image-size", "16", "--backbone", "cnn-compact", "--set", "backbone.width=4", "--set",
-            "train.threads=1", "--no-progress", "--set", f"data.val={data}"]
-    assert main(["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "2", "--batch-size", "10",
-                 "--out", str(run), *tiny]) == 0
+    data, run = tiny_cli_run(tmp_path_factory.mktemp("report"), val=True)
     assert main(["eval", "all", "--checkpoint", str(run), "--train", str(data), "--test", str(data),
                  "--skip", "finetune,diagnostics", "--episodes", "20", "--n-query", "4"]) == 0
     # a stand-in for `selfsup masks`: any PNG at RUN/masks.png is embedded

@@ -206,7 +206,8 @@ def famt_weights(attn: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- ViT helpers
 
 
-def require_vit(backbone: nn.Module, method: str) -> None:
+def require_vit(backbone: nn.Module, method: str, image_size: int) -> tuple[int, int]:
+    """Check that ``backbone`` is a ViT and return its (patch size, patches per side) at ``image_size``."""
     from .backbones import ViTEncoder
 
     if not isinstance(backbone, ViTEncoder):
@@ -214,6 +215,7 @@ def require_vit(backbone: nn.Module, method: str) -> None:
             f"method '{method}' needs a ViT backbone (masked image modelling works on patch tokens), got "
             f"{type(backbone).__name__}; use --backbone vit-tiny or vit-small (patch 4 for 32 px, 16 for 224 px)"
         )
+    return backbone.patch_size, image_size // backbone.patch_size
 
 
 def vit_patch_embed(net: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones import feature_dim
 from ..errors import ConfigError
 from ..masking import (
     MaskSplit,
@@ -86,15 +87,12 @@ class MAE(nn.Module):
 
     def __init__(self, backbone: nn.Module, cfg: MAEConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        require_vit(backbone, self.method_name)
+        self.patch, self.grid = require_vit(backbone, self.method_name, image_size)
         self.cfg = cfg
         self.backbone = backbone
         self.image_size = image_size
-        bb: Any = backbone
-        self.patch = int(bb.patch_size)
-        self.grid = image_size // self.patch
         self.num_patches = self.grid * self.grid
-        dim = int(bb.num_features)
+        dim = feature_dim(backbone)
         d_dim, d_depth, d_heads = _decoder_defaults(image_size)
         d_dim = cfg.decoder_dim or d_dim
         d_depth = cfg.decoder_depth or d_depth

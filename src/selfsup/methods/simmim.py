@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..backbones import feature_dim
 from ..errors import ConfigError
 from ..masking import (
     MASKED,
@@ -76,13 +77,10 @@ class SimMIM(nn.Module):
 
     def __init__(self, backbone: nn.Module, cfg: SimMIMConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        require_vit(backbone, self.method_name)
+        self.patch, self.grid = require_vit(backbone, self.method_name, image_size)
         self.cfg = cfg
         self.backbone = backbone
         self.image_size = image_size
-        bb: Any = backbone
-        self.patch = int(bb.patch_size)
-        self.grid = image_size // self.patch
         self.num_patches = self.grid * self.grid
         mps = cfg.mask_patch_size or 2 * self.patch
         if mps % self.patch or image_size % mps:
@@ -93,7 +91,7 @@ class SimMIM(nn.Module):
         self.mask_patch_size = mps
         self.cell = mps // self.patch  # ViT patches per mask-cell side
         self.num_cells = (self.grid // self.cell) ** 2
-        dim = int(bb.num_features)
+        dim = feature_dim(backbone)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = nn.Linear(dim, self.patch * self.patch * 3)
