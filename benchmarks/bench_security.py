@@ -8,9 +8,9 @@ victim per attack, one retrained after the defense, one on the protected data: `
     .venv/bin/python benchmarks/bench_security.py --minutes 120               # the full table
     .venv/bin/python benchmarks/bench_security.py --minutes 5 --per-class 100 # a smoke-sized version
 
-Data: ``../shared/data/cifar10-jpg.tar.gz`` is unpacked once into ``--work/cifar10``; ``--per-class N``
-uses the first N training images per class (symlinks) for a smaller run. Writes ``--work/table.json`` and
-prints a Markdown table.
+Data: CIFAR-10 from ``common.ensure_cifar`` (``../shared/data`` unpacked once to /tmp/cifar); ``--per-class N``
+uses the first N training images per class (symlinks) for a smaller run. Writes ``--work/table.json`` and its
+own section of RESULTS.md (``--render`` rebuilds that section from the JSON).
 """
 
 from __future__ import annotations
@@ -18,22 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tarfile
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def unpack(work: Path) -> Path:
-    data = work / "cifar10"
-    if not (data / "train").is_dir():
-        archive = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
-        if not archive.is_file():
-            raise SystemExit(f"{archive} not found; this benchmark needs the CIFAR-10 archive from ../shared/data")
-        with tarfile.open(archive) as t:
-            t.extractall(work, filter="data")
-    return data
+    """CIFAR-10 from the benchmarks' shared location (``common.ensure_cifar``: $SELFSUP_CIFAR or /tmp/cifar)."""
+    root = common.ensure_cifar()
+    if root is None:
+        raise SystemExit(f"{common.CIFAR_TAR} not found; this benchmark needs the CIFAR-10 archive from ../shared/data")
+    return root
 
 
 def subset(data: Path, work: Path, per_class: int | None, split: str) -> str:
@@ -64,7 +63,17 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--attacks", default="noisy-alignment,ssl-backdoor,ctrl")
     ap.add_argument("--preset", default="cpu-32px", help="CPU preset under every pretraining run ('' for none)")
+    ap.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from --work/table.json")
+    ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
+    attacks = [a for a in args.attacks.split(",") if a]
+    if args.render:
+        rows = json.loads((Path(args.work) / "table.json").read_text())
+        text = render(rows, attacks, args.target, args.poison_rate)
+        print(text)
+        if not args.no_write:
+            common.update_section(f"Security audit: CIFAR-10, {rows['method']} victim (bench_security.py)", text)
+        return
 
     from selfsup.security.audit import (
         AuditConfig,
@@ -81,7 +90,6 @@ def main() -> None:
     data = unpack(work)
     train = subset(data, work, args.per_class, "train")
     test = subset(data, work, args.test_per_class, "test")
-    attacks = [a for a in args.attacks.split(",") if a]
     n_runs = 3 + len(attacks)
     per_run = args.minutes * args.pretrain_share / n_runs
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -106,28 +114,44 @@ def main() -> None:
     rows["wall_minutes"] = (time.time() - t0) / 60
     (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
 
-    print(f"\n| attack | poisons | victim CA | victim ASR | clean CA | clean ASR |  ({rows['wall_minutes']:.1f} min)")
-    print("|---|---|---|---|---|---|")
+    text = render(rows, attacks, args.target, args.poison_rate)
+    print(text)
+    if not args.no_write:
+        common.update_section(f"Security audit: CIFAR-10, {rows['method']} victim (bench_security.py)", text)
+
+
+def render(rows: dict[str, Any], attacks: list[str], target: str, rate: float) -> str:
+    """The RESULTS.md section: backdoor rows (victim vs the clean run), the defense, the UAP, unlearnable."""
+    out = [common.header({
+        "budget": f"{rows['minutes']:g} min in all; each of the pretraining runs gets "
+                  f"{rows['per_run_minutes']:.2f} min of `--time-budget` ({rows['method']}, {rows['backbone']}, "
+                  f"--preset cpu-32px); the clean run took {rows['clean_steps']} steps",
+        "data": f"train {rows['train']}, test {rows['test']}; target class {target}, poison rate {rate:g}",
+        "wall time": f"{rows['wall_minutes']:.1f} min",
+        "ASR": "share of triggered non-target test images classified as the target by a linear probe "
+               "fitted on clean labels; CA = clean test accuracy of that probe",
+    }), "", "| attack | poisons | victim CA % | victim ASR % | clean-run CA % | clean-run ASR % |",
+        "|---|---|---|---|---|---|"]
     for attack in attacks:
         r = rows[attack]
-        assert isinstance(r, dict)
-        print(f"| {attack} | {r['n_poison']} | {r['victim']['ca']:.1f} | {r['victim']['asr']:.1f} | "
-              f"{r['clean']['ca']:.1f} | {r['clean']['asr']:.1f} |")
+        out.append(f"| {attack} | {r['n_poison']} | {r['victim']['ca']:.1f} | {r['victim']['asr']:.1f} | "
+                   f"{r['clean']['ca']:.1f} | {r['clean']['asr']:.1f} |")
         if "defense" in r:
             d = r["defense"]
-            print(f"| {attack} + PatchSearch-lite (P {d['precision']:.1f} / R {d['recall']:.1f}) | - | "
-                  f"{d['after']['ca']:.1f} | {d['after']['asr']:.1f} | | |")
+            out.append(f"| {attack}, retrained after PatchSearch-lite (precision {d['precision']:.1f}% / "
+                       f"recall {d['recall']:.1f}%) | - | {d['after']['ca']:.1f} | {d['after']['asr']:.1f} | | |")
     adv = rows["adversarial"]
-    assert isinstance(adv, dict)
+    out.append("")
     for h in adv["heads"]:
-        print(f"UAP eps 8/255 on head {h['name']}: fooling {h['fooling_rate']:.1f}% "
-              f"(random-sign {h['fooling_rate_random_sign']:.1f}%), acc {h['clean_acc']:.1f} -> {h['adv_acc']:.1f}")
-    print(f"recall@1 {adv['recall@1_clean']:.1f} -> {adv['recall@1_adv']:.1f}")
+        out.append(f"- UAP (L-inf 8/255) on downstream head `{h['name']}`: fooling rate {h['fooling_rate']:.1f}% "
+                   f"(random-sign noise of the same norm: {h['fooling_rate_random_sign']:.1f}%), "
+                   f"accuracy {h['clean_acc']:.1f}% -> {h['adv_acc']:.1f}%")
+    out.append(f"- retrieval recall@1 {adv['recall@1_clean']:.1f}% -> {adv['recall@1_adv']:.1f}% under the UAP")
     ue = rows["unlearnable"]
-    assert isinstance(ue, dict)
-    print(f"unlearnable clusters: clean kNN {ue['clean']['knn_top1']:.1f} / linear {ue['clean']['linear_top1']:.1f}; "
-          f"protected kNN {ue['protected']['knn_top1']:.1f} / linear {ue['protected']['linear_top1']:.1f}")
-
+    out.append(f"- unlearnable clusters: encoder pretrained on clean data kNN {ue['clean']['knn_top1']:.1f}% / "
+               f"linear {ue['clean']['linear_top1']:.1f}%; on protected data kNN {ue['protected']['knn_top1']:.1f}% "
+               f"/ linear {ue['protected']['linear_top1']:.1f}%")
+    return "\n".join(out)
 
 if __name__ == "__main__":
     main()
