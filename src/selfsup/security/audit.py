@@ -123,7 +123,8 @@ def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, s
 
 def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray, tid: int) -> dict[str, float]:
     ftr = _features(enc, train.images, cfg)
-    head = fit_linear_head(ftr, torch.as_tensor(train.labels), max(train.num_classes, test.num_classes))
+    labels = torch.as_tensor(np.array(train.labels))  # a copy: the cached labels are read-only
+    head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
     ca = clean_accuracy(head.predict(_features(enc, test.images, cfg)), test.labels)
     keep = test.labels != tid
     asr = attack_success_rate(head.predict(_features(enc, trig, cfg)), test.labels[keep], tid)
