@@ -112,6 +112,9 @@ def main() -> None:
                                             other_test="builtin:mnist:test", steps=100)
     rows["unlearnable"] = unlearnable_audit(cfg("unlearnable"), clean_run=clean)
     rows["wall_minutes"] = (time.time() - t0) / 60
+    rows["command"] = common.command_line()
+    rows["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    rows["peak_rss_mb"] = round(common.peak_rss_mb())
     (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
 
     text = render(rows, attacks, args.target, args.poison_rate)
@@ -128,6 +131,8 @@ def render(rows: dict[str, Any], attacks: list[str], target: str, rate: float) -
                   f"--preset cpu-32px); the clean run took {rows['clean_steps']} steps",
         "data": f"train {rows['train']}, test {rows['test']}; target class {target}, poison rate {rate:g}",
         "wall time": f"{rows['wall_minutes']:.1f} min",
+        "measured by": f"`{rows.get('command', '?')}`, finished {rows.get('finished', '?')}, "
+                       f"peak RSS {rows.get('peak_rss_mb', '?')} MiB",
         "ASR": "share of triggered non-target test images classified as the target by a linear probe "
                "fitted on clean labels; CA = clean test accuracy of that probe",
     }), "", "| attack | poisons | victim CA % | victim ASR % | clean-run CA % | clean-run ASR % |",
