@@ -34,7 +34,7 @@ import common  # noqa: E402
 from selfsup.config import PretrainConfig, apply_overrides, load_yaml  # noqa: E402
 from selfsup.methods import Batch, Progress  # noqa: E402
 from selfsup.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
-from selfsup.presets import preset_path  # noqa: E402
+from selfsup.presets import preset_layer, preset_path  # noqa: E402
 from selfsup.runtime import autocast, resolve_precision  # noqa: E402
 from selfsup.train import EpochSampler, resolve_config, step_seed  # noqa: E402
 from selfsup.views import make_views  # noqa: E402
@@ -47,7 +47,7 @@ class OurStep:
         from selfsup.backbones import build_backbone
 
         cfg = PretrainConfig()
-        apply_overrides(cfg, load_yaml(preset_path("cpu-32px")), "preset")
+        apply_overrides(cfg, preset_layer(load_yaml(preset_path("cpu-32px")), None), "preset")
         cfg.train.batch_size, cfg.train.precision, cfg.train.compile = batch, precision, compile
         cfg, spec, mcfg = resolve_config(cfg)
         self.cfg, self.images = cfg, images
@@ -217,7 +217,7 @@ def main() -> None:
 
             with tempfile.TemporaryDirectory() as tmp:
                 n = args.warmup + args.steps
-                summ = selfsup.pretrain(str(root / "train") if root else None, config=str(preset_path("cpu-32px")),
+                summ = selfsup.pretrain(str(root / "train") if root else None, config=preset_layer(load_yaml(preset_path("cpu-32px")), None),
                                         out=f"{tmp}/run", max_steps=n, batch_size=args.batch,
                                         set=[f"train.log_every={n}", "train.progress=false"])
                 ips = float(summ["images_per_s"] or 0.0)
