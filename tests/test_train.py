@@ -242,3 +242,14 @@ def test_preset_per_method_adjustments_apply_only_to_that_method():
     own = preset_layer(preset, None)
     assert own["method"]["temperature"] == 0.2 and own["optim"]["base_lr"] == 1.0 and "methods" not in own
     assert "method" not in preset_layer(preset, "byol")  # no adjustments: the flag sets the name, the recipe the rest
+
+
+def test_a_copied_preset_file_works_as_config_and_a_plain_config_is_untouched():
+    from selfsup.config import PretrainConfig, apply_overrides, load_yaml
+    from selfsup.presets import config_file_layer, preset_path
+
+    cfg = PretrainConfig()  # a preset file has a 'methods:' section that a plain config does not know
+    apply_overrides(cfg, config_file_layer(load_yaml(preset_path("cpu-32px")), "barlowtwins"), "config")
+    assert cfg.backbone.name == "cnn-compact" and cfg.method["name"] == "barlowtwins"
+    plain = {"method": {"name": "simclr"}, "optim": {"lr": 0.3}}
+    assert config_file_layer(plain, "byol") is plain  # --method with a plain config keeps the file's optimiser

@@ -43,7 +43,9 @@ def pretrain(
     else:
         cfg = PretrainConfig()
         if isinstance(config, str):
-            apply_overrides(cfg, load_yaml(config), config)
+            from .presets import config_file_layer
+
+            apply_overrides(cfg, config_file_layer(load_yaml(config), method), config)
         elif isinstance(config, dict):
             apply_overrides(cfg, config, "config")
     flags: dict[str, dict[str, Any]] = {

@@ -62,7 +62,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
         apply_overrides(cfg, preset_layer(load_yaml(preset_path(args.preset)), args.method), f"preset {args.preset}")
     if args.config:
-        apply_overrides(cfg, load_yaml(args.config), args.config)
+        from ..presets import config_file_layer
+
+        apply_overrides(cfg, config_file_layer(load_yaml(args.config), args.method), args.config)
     flags: dict[str, dict[str, Any]] = {
         "data": {"path": args.data, "val": args.val, "image_size": args.image_size, "strict": args.strict},
         "backbone": {"name": args.backbone},

@@ -58,3 +58,11 @@ def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
         if method is not None:
             layer.setdefault("method", {})["name"] = method
     return layer
+
+
+def config_file_layer(layer: dict[str, Any], method: str | None) -> dict[str, Any]:
+    """A ``--config`` YAML layer; a copied preset file (it has a ``methods:`` section) goes through ``preset_layer``.
+
+    Plain config files pass through unchanged, so their optimiser settings stay even with ``--method``.
+    """
+    return preset_layer(layer, method) if "methods" in layer else layer
