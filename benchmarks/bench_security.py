@@ -68,11 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
     if args.render:
-        rows = json.loads((Path(args.work) / "table.json").read_text())
-        text = render(rows, attacks, args.target, args.poison_rate)
-        print(text)
-        if not args.no_write:
-            common.update_section(f"Security audit: CIFAR-10, {rows['method']} victim (bench_security.py)", text)
+        publish(json.loads((Path(args.work) / "table.json").read_text()), attacks, args)
         return
 
     from selfsup.security.audit import (
@@ -104,7 +100,8 @@ def main() -> None:
     print(f"budget {args.minutes} min: {n_runs} pretraining runs of {per_run:.2f} min each", flush=True)
     clean = run_pretrain(cfg("clean"), train, base / "clean")
     rows: dict[str, object] = {"minutes": args.minutes, "per_run_minutes": per_run, "train": train, "test": test,
-                               "method": args.method, "backbone": args.backbone, "clean_steps": clean[1]["steps"]}
+                               "method": args.method, "backbone": args.backbone, "preset": args.preset,
+                               "clean_steps": clean[1]["steps"]}
     for attack in attacks:
         rows[attack] = backdoor_audit(cfg(attack), args.target, PoisonSpec(attack=attack, rate=args.poison_rate),
                                       defense=attack == "noisy-alignment", clean_run=clean)
@@ -117,6 +114,11 @@ def main() -> None:
     rows["peak_rss_mb"] = round(common.peak_rss_mb())
     (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
 
+    publish(rows, attacks, args)
+
+
+def publish(rows: dict[str, Any], attacks: list[str], args: argparse.Namespace) -> None:
+    """Print the section and (unless --no-write) replace it in RESULTS.md."""
     text = render(rows, attacks, args.target, args.poison_rate)
     print(text)
     if not args.no_write:
@@ -128,7 +130,7 @@ def render(rows: dict[str, Any], attacks: list[str], target: str, rate: float) -
     out = [common.header({
         "budget": f"{rows['minutes']:g} min in all; each of the pretraining runs gets "
                   f"{rows['per_run_minutes']:.2f} min of `--time-budget` ({rows['method']}, {rows['backbone']}, "
-                  f"--preset cpu-32px); the clean run took {rows['clean_steps']} steps",
+                  f"--preset {rows.get('preset', 'cpu-32px') or 'none'}); the clean run took {rows['clean_steps']} steps",
         "data": f"train {rows['train']}, test {rows['test']}; target class {target}, poison rate {rate:g}",
         "wall time": f"{rows['wall_minutes']:.1f} min",
         "measured by": f"`{rows.get('command', '?')}`, finished {rows.get('finished', '?')}, "
@@ -157,6 +159,7 @@ def render(rows: dict[str, Any], attacks: list[str], target: str, rate: float) -
                f"linear {ue['clean']['linear_top1']:.1f}%; on protected data kNN {ue['protected']['knn_top1']:.1f}% "
                f"/ linear {ue['protected']['linear_top1']:.1f}%")
     return "\n".join(out)
+
 
 if __name__ == "__main__":
     main()

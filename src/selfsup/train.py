@@ -262,8 +262,10 @@ def _refit_budget(
         if val_ds is not None:
             n = len(train_ds) + len(val_ds)
             if eval_probe is not None:
+                from .eval.knn import knn_search_seconds
+
                 per_image, dim = eval_probe()
-                budget.reserve_s += per_image * n + 2.0 * len(train_ds) * len(val_ds) * dim / 50e9
+                budget.reserve_s += per_image * n + knn_search_seconds(len(train_ds), len(val_ds), dim)
                 budget.restart_timing(step, time.perf_counter())  # the probe's pause is not a training step
             else:
                 budget.reserve_s += budget.sec_per_step / max(1, local_batch * n_views) / 3 * n

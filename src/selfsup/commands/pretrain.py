@@ -58,9 +58,9 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         if saved.is_file():
             apply_overrides(cfg, load_yaml(saved), str(saved))
     if getattr(args, "preset", None):
-        from ..presets import preset_layer, preset_path
+        from ..presets import load_preset
 
-        apply_overrides(cfg, preset_layer(load_yaml(preset_path(args.preset)), args.method), f"preset {args.preset}")
+        apply_overrides(cfg, load_preset(args.preset, args.method), f"preset {args.preset}")
     if args.config:
         from ..presets import config_file_layer
 

@@ -34,6 +34,11 @@ FAISS_AUTO_PAIRS = 2_000_000_000
 MAX_BLOCK_ELEMENTS = 1 << 28
 
 
+def knn_search_seconds(n_train: int, n_test: int, dim: int) -> float:
+    """A conservative time estimate for the similarity search: ~2 N_train N_test F FLOPs at 50 GFLOP/s."""
+    return 2.0 * n_train * n_test * dim / 50e9
+
+
 def faiss_available() -> bool:
     try:
         import faiss  # noqa: F401

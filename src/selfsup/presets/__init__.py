@@ -60,6 +60,13 @@ def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
     return layer
 
 
+def load_preset(name: str, method: str | None) -> dict[str, Any]:
+    """The packaged preset ``name`` as a config layer for ``method`` (see ``preset_layer``)."""
+    from ..config import load_yaml
+
+    return preset_layer(load_yaml(preset_path(name)), method)
+
+
 def config_file_layer(layer: dict[str, Any], method: str | None) -> dict[str, Any]:
     """A ``--config`` YAML layer; a copied preset file (it has a ``methods:`` section) goes through ``preset_layer``.
 

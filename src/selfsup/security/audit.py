@@ -67,13 +67,13 @@ def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
 
 def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
     """The victim's PretrainConfig: the preset (if any), then the audit's own fields."""
-    from ..config import PretrainConfig, apply_overrides, load_yaml
+    from ..config import PretrainConfig, apply_overrides
 
     pc = PretrainConfig(out=str(out))
     if cfg.preset:
-        from ..presets import preset_layer, preset_path
+        from ..presets import load_preset
 
-        apply_overrides(pc, preset_layer(load_yaml(preset_path(cfg.preset)), cfg.method), f"preset {cfg.preset}")
+        apply_overrides(pc, load_preset(cfg.preset, cfg.method), f"preset {cfg.preset}")
     pc.data.path, pc.data.image_size, pc.data.cache_dir = data, cfg.image_size, cfg.cache_dir
     pc.backbone.name, pc.backbone.width = cfg.backbone, cfg.width
     if pc.method.get("name") != cfg.method:
