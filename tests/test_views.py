@@ -134,9 +134,11 @@ def test_determinism() -> None:
     assert torch.equal(pa[0].boxes, pb[0].boxes)
 
 
-def test_make_views_matches_per_sample_torchvision_reference() -> None:
-    """Re-draw the same uniforms and replay each sample through torchvision ops, in its jitter order."""
-    b, size = 12, 10
+@pytest.mark.parametrize("b", [12, 40])
+def test_make_views_matches_per_sample_torchvision_reference(b: int) -> None:
+    """Re-draw the same uniforms and replay each sample through torchvision ops, in its jitter order.
+    (b = 40 puts most of the 24 jitter orders in one batch: colour_jitter_ regroups samples per position.)"""
+    size = 10
     imgs = _images(b, 16, 16)
     spec = V.ViewSpec(size=size, jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
     views, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen(5), channels_last=False)
@@ -228,6 +230,35 @@ def test_colour_ops_match_torchvision(ours, theirs, factors) -> None:  # type: i
     for i, f in enumerate(factors):
         # max abs error 1e-5 (hue: 2e-5, float32 rounding of the HSV round trip)
         torch.testing.assert_close(out[i], theirs(x[i], f), atol=2e-5, rtol=0)
+
+
+def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure() -> None:
+    """colour_jitter_ regroups samples per position; the result must equal applying each sample's ops in its
+    own order, skipping the inactive op and the unselected samples."""
+    g = _gen(3)
+    b = 48
+    x = _rand01(b, 6, 7, seed=3)
+    selected = torch.rand(b, generator=g) < 0.8
+    order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)
+    factors = torch.stack([0.6 + 0.8 * torch.rand(b, generator=g) for _ in range(3)] + [0.2 * torch.rand(b, generator=g) - 0.1])
+    active = (True, True, False, True)
+    assert len({tuple(o) for o in order[selected].tolist()}) >= 12  # many orders mixed in one batch
+    ops = [V.adjust_brightness, V.adjust_contrast, V.adjust_saturation, V.adjust_hue]
+    expected = x.clone()
+    for i in range(b):
+        if selected[i]:
+            xi = x[i : i + 1]
+            for op in order[i].tolist():
+                if active[op]:
+                    xi = ops[op](xi, factors[op, i : i + 1])
+            expected[i] = xi[0]
+    x_before = x.clone()
+    for op in ops:  # the public ops do not modify their input
+        op(x, factors[0])
+    assert torch.equal(x, x_before)
+    got = V.colour_jitter_(x.clone(), selected, order, factors, active)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert torch.equal(got[~selected], x[~selected])
 
 
 def test_grayscale_matches_torchvision() -> None:

@@ -275,32 +275,29 @@ def to_grayscale(x: torch.Tensor) -> torch.Tensor:
     return rgb_to_grayscale(x).expand_as(x).contiguous()
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor | float, f: torch.Tensor) -> torch.Tensor:
-    return (f * x + (1.0 - f) * other).clamp_(0.0, 1.0)
+# The colour ops come in two forms: ``_op_`` works in place on its input (the hot path: make_views applies
+# them to slices of its own buffer, saving an allocation and a pass per op) and the public ``adjust_*``
+# wrappers, which leave their input untouched. Both compute f * x + (1 - f) * other in torchvision's order.
 
 
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
-    return (x * _per_sample(factor, x)).clamp_(0.0, 1.0)
+def _brightness_(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return x.mul_(_per_sample(factor, x)).clamp_(0.0, 1.0)
 
 
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
-    """Blend with the mean gray level of each image (torchvision)."""
-    mean = rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(x, mean, _per_sample(factor, x))
+def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    f = _per_sample(factor, x)
+    return x.mul_(f).add_((1.0 - f) * other).clamp_(0.0, 1.0)
 
 
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
-    """Blend with the grayscale image (torchvision)."""
-    return _blend(x, rgb_to_grayscale(x), _per_sample(factor, x))
+def _contrast_(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return _blend_(x, rgb_to_grayscale(x).mean(dim=(-3, -2, -1), keepdim=True), factor)
 
 
-def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
-    """Rotate the hue by ``hue_factor`` (fraction of a turn, in [-0.5, 0.5]) keeping saturation and value.
+def _saturation_(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return _blend_(x, rgb_to_grayscale(x), factor)
 
-    Our batched RGB -> HSV -> RGB: hue h6 in [0, 6) from the max channel; back-conversion with the closed
-    form c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6, n = 5, 3, 1 for R, G, B, where
-    C = V * S = max - min (the chroma). Equal to torchvision's sector table up to float rounding.
-    """
+
+def _hue_(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
     # Elementwise max/min instead of reductions over the channel dim, and floor instead of remainder:
     # both are several times faster on CPU.
     r, g, b = x.unbind(-3)
@@ -316,9 +313,74 @@ def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tenso
     h6 = h6.unsqueeze(-3) + 6.0 * _per_sample(hue_factor, x)  # [B, 1, H, W]: hue in sixths, any range
     n = torch.tensor([5.0, 3.0, 1.0], dtype=x.dtype, device=x.device).reshape(1, 3, 1, 1)
     k = h6 + n
-    k = k - 6.0 * torch.floor(k * (1.0 / 6.0))  # mod 6
+    k -= 6.0 * torch.floor(k * (1.0 / 6.0))  # mod 6
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return (maxc.unsqueeze(-3) - chroma.unsqueeze(-3) * w).clamp_(0.0, 1.0)
+    # every input of the result is computed: write it over x
+    return torch.sub(maxc.unsqueeze(-3), w.mul_(chroma.unsqueeze(-3)), out=x).clamp_(0.0, 1.0)
+
+
+def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    return _brightness_(x.clone(), factor)
+
+
+def adjust_contrast(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend with the mean gray level of each image (torchvision)."""
+    return _contrast_(x.clone(), factor)
+
+
+def adjust_saturation(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Blend with the grayscale image (torchvision)."""
+    return _saturation_(x.clone(), factor)
+
+
+def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
+    """Rotate the hue by ``hue_factor`` (fraction of a turn, in [-0.5, 0.5]) keeping saturation and value.
+
+    Our batched RGB -> HSV -> RGB: hue h6 in [0, 6) from the max channel; back-conversion with the closed
+    form c_n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + h6) mod 6, n = 5, 3, 1 for R, G, B, where
+    C = V * S = max - min (the chroma). Equal to torchvision's sector table up to float rounding.
+    """
+    return _hue_(x.clone(), hue_factor)
+
+
+_JITTER_OPS_ = (_brightness_, _contrast_, _saturation_, _hue_)  # the order of the factor columns
+
+
+def colour_jitter_(
+    x: torch.Tensor, selected: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
+    active: tuple[bool, bool, bool, bool] = (True, True, True, True),
+) -> torch.Tensor:
+    """torchvision's ColorJitter with per-sample factors AND a per-sample op order, on x [B, 3, H, W] in [0, 1].
+
+    selected: [B] bool (CPU), the samples to jitter; order: [B, 4] (CPU), ``order[i, pos]`` = the op (0
+    brightness, 1 contrast, 2 saturation, 3 hue) sample i gets at position pos; factors: [4, B] on x's
+    device; ``active[op] = False`` skips that op (strength 0). x is overwritten and returned.
+
+    At each position the jittered samples are re-sorted by the op they get, so every op runs once on one
+    contiguous slice of a working buffer, in place: four gathers and one scatter in all, instead of a
+    gather + scatter per (position, op) pair; see benchmarks/RESULTS.md (augmentation) for the effect.
+    """
+    rows = selected.nonzero().squeeze(1)  # original index of each row of the working buffer y
+    if rows.numel() == 0:
+        return x
+    dev = x.device
+    y: torch.Tensor | None = None
+    for pos in range(4):
+        op_now = order[rows, pos]
+        perm = torch.argsort(op_now, stable=True)
+        rows = rows[perm]
+        if y is None:
+            y = x.index_select(0, rows.to(dev, non_blocking=True))
+        elif not torch.equal(perm, torch.arange(perm.numel())):
+            y = y.index_select(0, perm.to(dev, non_blocking=True))
+        f = factors.index_select(1, rows.to(dev, non_blocking=True))
+        start = 0
+        for op_i, count in enumerate(torch.bincount(op_now, minlength=4).tolist()):
+            if count and active[op_i]:
+                _JITTER_OPS_[op_i](y[start : start + count], f[op_i, start : start + count])
+            start += count
+    assert y is not None
+    return x.index_copy_(0, rows.to(dev, non_blocking=True), y)
 
 
 def blur_kernel_size(size: int) -> int:
@@ -449,13 +511,8 @@ def _augment_view(
         ]
         fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, B]
         order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [B, 4] random permutation per sample
-        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-        for pos in range(4):
-            for op_i, op in enumerate(ops):
-                if strengths[op_i] <= 0:
-                    continue
-                sel = jit & (order[:, pos] == op_i)
-                x = _apply(x, _index(sel, dev), bool(sel.all()), op, fdev[op_i])
+        active = (strengths[0] > 0, strengths[1] > 0, strengths[2] > 0, strengths[3] > 0)
+        x = colour_jitter_(x, jit, order, fdev, active)
 
     gray = u[:, _C_GRAY] < spec.gray_p
     if gray.any():
@@ -563,6 +620,7 @@ __all__ = [
     "adjust_saturation",
     "blur_kernel_size",
     "byol_recipe",
+    "colour_jitter_",
     "crop_theta",
     "default_local_size",
     "eval_transform",
