@@ -8,7 +8,7 @@ grayscale p 0.2, no blur, normalise):
   and the same transform in the main process (per-core cost);
 - torchvision v2 per sample: a Python loop calling a v2 pipeline on each uint8 tensor image.
 
-    .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5]
+    .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5] [--compile]
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import common  # noqa: E402
 from selfsup.views import make_views, simclr_recipe  # noqa: E402
 
 
-def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype) -> tuple[list[float], bool]:
+def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype,
+               compiled: bool = False) -> tuple[list[float], bool]:
     recipe = simclr_recipe(32, strength=0.5)
     gen = torch.Generator().manual_seed(0)
     n = images.shape[0]
@@ -37,7 +38,7 @@ def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype)
     def one() -> None:
         idx = np.sort(rng.choice(n, batch, replace=False))  # what the loop does: a sorted memmap gather
         x = torch.from_numpy(np.ascontiguousarray(images[idx]))
-        make_views(x, recipe, gen, channels_last=True, dtype=dtype)
+        make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled)
 
     times = common.timed(one, repeats, warmup=2)
     x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
@@ -92,6 +93,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256, help="selfsup batch (the CPU preset's)")
     ap.add_argument("--images", type=int, default=2048, help="images per lightly/torchvision epoch")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true",
+                    help="also measure make_views(compiled=True) (--compile's torch.compiled colour ops)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     common.set_threads()
@@ -109,6 +112,13 @@ def main() -> None:
         us, ps = bench_ours(images, args.batch, args.repeats, dtype)
         add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last", us,
             f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
+    if args.compile:
+        t0 = time.perf_counter()
+        bench_ours(images, args.batch, 0, torch.bfloat16, compiled=True)  # compiles (not timed below)
+        t_compile = time.perf_counter() - t0
+        us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, compiled=True)
+        add(f"selfsup make_views, batch {args.batch}, bfloat16, compiled colour ops (--compile)", us,
+            f"per-sample params: {'yes' if ps else 'NO'}; first call {t_compile:.0f} s (compilation)")
     torch.set_num_threads(1)  # per-core cost, comparable with lightly's main-process row; robust to load
     us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16)
     add(f"selfsup make_views, batch {args.batch}, bfloat16, 1 thread", us, "per-core cost")

@@ -90,6 +90,19 @@ def test_batch_larger_than_dataset_is_a_config_error_and_leaves_no_folder(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_compile_without_a_cpp_compiler_is_a_config_error_and_leaves_no_folder(tmp_path, monkeypatch):
+    import shutil
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg = tiny_config(str(data), str(tmp_path / "run"))
+    cfg.train.compile = True
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="--compile on a CPU needs a C\\+\\+ compiler"):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_method_lists_choices(tmp_path):
     cfg = tiny_config("x", str(tmp_path / "run"))
     cfg.method = {"name": "nope"}

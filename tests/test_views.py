@@ -261,6 +261,20 @@ def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure()
     assert torch.equal(got[~selected], x[~selected])
 
 
+@pytest.mark.slow
+def test_compiled_colour_ops_match_eager() -> None:
+    """--compile runs the colour ops through torch.compile (minutes of compilation on 2 cores: slow)."""
+    g = _gen(4)
+    for b in (37, 12):  # two slice sizes: dynamic shapes, no recompilation needed
+        x = _rand01(b, 8, 9, seed=b)
+        selected = torch.rand(b, generator=g) < 0.8
+        order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)
+        factors = torch.stack([0.6 + 0.8 * torch.rand(b, generator=g) for _ in range(3)] + [0.2 * torch.rand(b, generator=g) - 0.1])
+        eager = V.colour_jitter_(x.clone(), selected, order, factors)
+        compiled = V.colour_jitter_(x.clone(), selected, order, factors, compiled=True)
+        torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
+
+
 def test_grayscale_matches_torchvision() -> None:
     x = _rand01(3)
     torch.testing.assert_close(V.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)

@@ -58,7 +58,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans `epochs`)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 where the hardware supports it
     channels_last: bool = True
-    compile: bool = False  # torch.compile the method (slow first step, faster afterwards)
+    compile: bool = False  # torch.compile the method and the colour augmentation (slow first step, faster after)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # intra-op threads; None = all cores of this process's share

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 from functools import lru_cache
 from typing import Any
@@ -100,6 +101,19 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
 
 
 autocast = autocast_context  # the training loop's name for it
+
+
+def check_compile_toolchain(device: torch.device) -> None:
+    """``--compile`` on a CPU: torch.compile's inductor backend builds C++ kernels at run time, so without a
+    compiler the first step would die deep inside inductor. Say so up front instead."""
+    if device.type != "cpu":
+        return
+    candidates = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in candidates):
+        raise ConfigError(
+            "--compile on a CPU needs a C++ compiler (torch.compile builds C++ kernels): install one "
+            "(e.g. `apt install g++`, or set CXX) or run without --compile"
+        )
 
 
 def set_threads(threads: int | None, local_world_size: int = 1) -> int:

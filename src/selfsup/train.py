@@ -40,7 +40,14 @@ from .config import PretrainConfig, dump_yaml, from_dict, to_dict
 from .errors import ConfigError, TrainingDiverged, UserError
 from .methods import Batch, MethodSpec, Progress, registry
 from .optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
-from .runtime import autocast, resolve_device, resolve_precision, set_threads, tune_allocator
+from .runtime import (
+    autocast,
+    check_compile_toolchain,
+    resolve_device,
+    resolve_precision,
+    set_threads,
+    tune_allocator,
+)
 
 
 class Interrupted(UserError):
@@ -349,6 +356,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
             method, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )
     if cfg.train.compile:
+        check_compile_toolchain(device)
         model = torch.compile(model)  # type: ignore[assignment]
 
     # The run folder is created only now, after every input was validated.
@@ -450,7 +458,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 seed = step_seed(cfg.train.seed, step, dinfo.rank)
                 torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
                 gen = torch.Generator(device="cpu").manual_seed(seed)
-                views, params = make_views(images, recipe, gen, channels_last=cfg.train.channels_last, dtype=view_dtype)
+                views, params = make_views(images, recipe, gen, channels_last=cfg.train.channels_last, dtype=view_dtype,
+                                           compiled=cfg.train.compile)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(optimizer, lr, cfg.optim.lr or 0.0)
