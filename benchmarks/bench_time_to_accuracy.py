@@ -52,7 +52,7 @@ def run_lightly(root: Path, minutes: float, out: Path) -> dict[str, Any]:
     model = common.LightlySimCLR()
     opt = common.lightly_optimizer(model, 128)
     loader = common.lightly_folder_loader(root / "train", 128)
-    it = iter(loader)
+    it: Any = None  # the workers start only after the evaluation probe below (they would slow it down)
     steps_per_epoch = len(loader)
 
     def batch() -> Any:
@@ -92,6 +92,9 @@ def run_lightly(root: Path, minutes: float, out: Path) -> dict[str, Any]:
     feats = extract_features(enc, train.images[:512], image_size=32, precision="fp32", channels_last=False)
     per_image = (time.perf_counter() - t_probe) / 512
     eval_reserve = 1.05 * per_image * n_eval + knn_search_seconds(len(train.images), len(test.images), feats.shape[1])
+    # Started after the probe: on 2026-11-29 the iterator was created first, its 2 workers prefetched during the
+    # probe, the reserve came out ~3x too large and lightly's 60-minute run stopped training 11 minutes early.
+    it = iter(loader)
     model.train()
     step, loss, t_mark = 0, float("nan"), 0.0
     sched = None
