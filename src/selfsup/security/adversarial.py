@@ -142,7 +142,7 @@ def evaluate_perturbation(
         ftr = encode(encoder, h["train_images"], image_size)
         fte = encode(encoder, h["test_images"], image_size)
         fadv = encode(encoder, h["test_images"], image_size, delta)
-        ytr, yte = torch.as_tensor(h["train_labels"]), torch.as_tensor(h["test_labels"])
+        ytr, yte = torch.tensor(h["train_labels"]), torch.tensor(h["test_labels"])  # copies: the arrays are read-only
         head = fit_linear_head(ftr, ytr, int(h["num_classes"]))
         pc, pa = head.predict(fte), head.predict(fadv)
         row = {"name": h["name"], "clean_acc": clean_accuracy(pc, yte), "adv_acc": clean_accuracy(pa, yte),
