@@ -232,15 +232,20 @@ def test_colour_ops_match_torchvision(ours, theirs, factors) -> None:  # type: i
         torch.testing.assert_close(out[i], theirs(x[i], f), atol=2e-5, rtol=0)
 
 
-def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure() -> None:
-    """colour_jitter_ regroups samples per position; the result must equal applying each sample's ops in its
-    own order, skipping the inactive op and the unselected samples."""
-    g = _gen(3)
-    b = 48
-    x = _rand01(b, 6, 7, seed=3)
+def _jitter_draws(b: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """colour_jitter_ inputs: selected [b] (p 0.8), a random op order per sample, factors [4, b]."""
     selected = torch.rand(b, generator=g) < 0.8
     order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)
     factors = torch.stack([0.6 + 0.8 * torch.rand(b, generator=g) for _ in range(3)] + [0.2 * torch.rand(b, generator=g) - 0.1])
+    return selected, order, factors
+
+
+def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure() -> None:
+    """colour_jitter_ regroups samples per position; the result must equal applying each sample's ops in its
+    own order, skipping the inactive op and the unselected samples."""
+    b = 48
+    x = _rand01(b, 6, 7, seed=3)
+    selected, order, factors = _jitter_draws(b, _gen(3))
     active = (True, True, False, True)
     assert len({tuple(o) for o in order[selected].tolist()}) >= 12  # many orders mixed in one batch
     ops = [V.adjust_brightness, V.adjust_contrast, V.adjust_saturation, V.adjust_hue]
@@ -267,9 +272,7 @@ def test_compiled_colour_ops_match_eager() -> None:
     g = _gen(4)
     for b in (37, 12):  # two slice sizes: dynamic shapes, no recompilation needed
         x = _rand01(b, 8, 9, seed=b)
-        selected = torch.rand(b, generator=g) < 0.8
-        order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)
-        factors = torch.stack([0.6 + 0.8 * torch.rand(b, generator=g) for _ in range(3)] + [0.2 * torch.rand(b, generator=g) - 0.1])
+        selected, order, factors = _jitter_draws(b, g)
         eager = V.colour_jitter_(x.clone(), selected, order, factors)
         compiled = V.colour_jitter_(x.clone(), selected, order, factors, compiled=True)
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)

@@ -364,12 +364,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        plan = (f"steps fitted to the {cfg.train.time_budget:g}-minute budget after warm-up" if budget is not None
+                else f"{total_steps} steps in total")
+        cap = f", {'at most' if budget is not None else 'stopping at'} {end_step}" if end_step < total_steps else ""
         print(f"selfsup pretrain: {spec.name} ({spec.family}) on {cfg.backbone.name}; "
-              f"{len(train_ds)} images, {spe} steps/epoch, "
-              + (f"steps fitted to the {cfg.train.time_budget:g}-minute budget after warm-up"
-                 + (f", at most {end_step}" if end_step < total_steps else "") if budget is not None
-                 else f"{total_steps} steps in total" + (f", stopping at {end_step}" if end_step < total_steps else "")),
-              file=sys.stderr)
+              f"{len(train_ds)} images, {spe} steps/epoch, {plan}{cap}", file=sys.stderr)
         print(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}",
               file=sys.stderr)
         print("resolved config:\n" + dump_yaml(cfg), file=sys.stderr)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -343,24 +344,20 @@ def adjust_hue(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tenso
     return _hue_(x.clone(), hue_factor)
 
 
-_JITTER_OPS_ = (_brightness_, _contrast_, _saturation_, _hue_)  # the order of the factor columns
-_COMPILED_OPS: list[tuple[Callable[..., torch.Tensor], ...]] = []
+_JITTER_OPS_: tuple[Callable[..., torch.Tensor], ...] = (_brightness_, _contrast_, _saturation_, _hue_)  # factor order
 
 
-def _jitter_ops(compiled: bool) -> tuple[Callable[..., torch.Tensor], ...]:
-    """The four in-place colour ops, eager or ``torch.compile``d once per process (dynamic shapes: the slice
-    sizes change every call). Compiled, each op is one fused loop instead of up to ~50 elementwise passes
-    (hue); the first call pays the compilation (tens of seconds on a CPU, cached on disk by inductor)."""
-    if not compiled:
-        return _JITTER_OPS_
-    if not _COMPILED_OPS:
-        _COMPILED_OPS.append(tuple(torch.compile(op, dynamic=True) for op in _JITTER_OPS_))
-    return _COMPILED_OPS[0]
+@lru_cache(maxsize=1)
+def _compiled_jitter_ops() -> tuple[Callable[..., torch.Tensor], ...]:
+    """The four in-place colour ops ``torch.compile``d once per process (dynamic shapes: the slice sizes change
+    every call). Compiled, each op is one fused loop instead of up to ~50 elementwise passes (hue); the first
+    call pays the compilation (tens of seconds on a CPU, cached on disk by inductor)."""
+    return tuple(torch.compile(op, dynamic=True) for op in _JITTER_OPS_)
 
 
 def colour_jitter_(
     x: torch.Tensor, selected: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
-    active: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    active: tuple[bool, ...] = (True, True, True, True),
     *,
     compiled: bool = False,
 ) -> torch.Tensor:
@@ -369,7 +366,7 @@ def colour_jitter_(
     selected: [B] bool (CPU), the samples to jitter; order: [B, 4] (CPU), ``order[i, pos]`` = the op (0
     brightness, 1 contrast, 2 saturation, 3 hue) sample i gets at position pos; factors: [4, B] on x's
     device; ``active[op] = False`` skips that op (strength 0); ``compiled`` uses ``torch.compile``d ops
-    (see :func:`_jitter_ops`). x is overwritten and returned.
+    (see :func:`_compiled_jitter_ops`). x is overwritten and returned.
 
     At each position the jittered samples are re-sorted by the op they get, so every op runs once on one
     contiguous slice of a working buffer, in place: four gathers and one scatter in all, instead of a
@@ -379,24 +376,25 @@ def colour_jitter_(
     if rows.numel() == 0:
         return x
     dev = x.device
-    ops = _jitter_ops(compiled)
+    ops = _compiled_jitter_ops() if compiled else _JITTER_OPS_
     y: torch.Tensor | None = None
     for pos in range(4):
         op_now = order[rows, pos]
         perm = torch.argsort(op_now, stable=True)
         rows = rows[perm]
+        rows_dev = rows.to(dev, non_blocking=True)  # one transfer per position, shared by both gathers below
         if y is None:
-            y = x.index_select(0, rows.to(dev, non_blocking=True))
+            y = x.index_select(0, rows_dev)
         elif not torch.equal(perm, torch.arange(perm.numel())):
             y = y.index_select(0, perm.to(dev, non_blocking=True))
-        f = factors.index_select(1, rows.to(dev, non_blocking=True))
+        f = factors.index_select(1, rows_dev)
         start = 0
         for op_i, count in enumerate(torch.bincount(op_now, minlength=4).tolist()):
             if count and active[op_i]:
                 ops[op_i](y[start : start + count], f[op_i, start : start + count])
             start += count
     assert y is not None
-    return x.index_copy_(0, rows.to(dev, non_blocking=True), y)
+    return x.index_copy_(0, rows_dev, y)
 
 
 def blur_kernel_size(size: int) -> int:
@@ -527,8 +525,7 @@ def _augment_view(
         ]
         fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, B]
         order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [B, 4] random permutation per sample
-        active = (strengths[0] > 0, strengths[1] > 0, strengths[2] > 0, strengths[3] > 0)
-        x = colour_jitter_(x, jit, order, fdev, active, compiled=compiled)
+        x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
 
     gray = u[:, _C_GRAY] < spec.gray_p
     if gray.any():

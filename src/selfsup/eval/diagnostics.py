@@ -117,8 +117,7 @@ def view_pair_features(
     a, b = [], []
     try:
         for s in range(0, n, batch_size):
-            # np.array: a writable copy (a slice of the read-only cache memmap makes torch warn)
-            x = torch.from_numpy(np.array(images[s : min(s + batch_size, n)])).to(device)
+            x = _as_tensor(images[s : min(s + batch_size, n)], "images").to(device)  # copies read-only memmap slices
             views, _ = make_views(x, recipe, gen)
             a.append(encoder(views[0]).float().reshape(x.shape[0], -1).cpu())
             b.append(encoder(views[1]).float().reshape(x.shape[0], -1).cpu())

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..eval.knn import _as_tensor  # copies read-only (cached) arrays
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,7 +143,7 @@ def evaluate_perturbation(
         ftr = encode(encoder, h["train_images"], image_size)
         fte = encode(encoder, h["test_images"], image_size)
         fadv = encode(encoder, h["test_images"], image_size, delta)
-        ytr, yte = torch.tensor(h["train_labels"]), torch.tensor(h["test_labels"])  # copies: the arrays are read-only
+        ytr, yte = _as_tensor(h["train_labels"], "train_labels"), _as_tensor(h["test_labels"], "test_labels")
         head = fit_linear_head(ftr, ytr, int(h["num_classes"]))
         pc, pa = head.predict(fte), head.predict(fadv)
         row = {"name": h["name"], "clean_acc": clean_accuracy(pc, yte), "adv_acc": clean_accuracy(pa, yte),

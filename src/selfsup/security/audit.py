@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from ..errors import ConfigError, DataError
+from ..eval.knn import _as_tensor
 from .metrics import attack_success_rate, clean_accuracy, fit_linear_head
 from .poison import PoisonSpec, build_poisoned_folder, resolve_target
 
@@ -123,7 +124,7 @@ def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, s
 
 def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray, tid: int) -> dict[str, float]:
     ftr = _features(enc, train.images, cfg)
-    labels = torch.as_tensor(np.array(train.labels))  # a copy: the cached labels are read-only
+    labels = _as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
     ca = clean_accuracy(head.predict(_features(enc, test.images, cfg)), test.labels)
     keep = test.labels != tid
@@ -253,7 +254,7 @@ def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, cluster
 
     def score(enc: torch.nn.Module) -> dict[str, float]:
         ftr, fte = _features(enc, train.images, cfg), _features(enc, test.images, cfg)
-        ytr, yte = torch.tensor(np.array(train.labels)), torch.tensor(np.array(test.labels))
+        ytr, yte = _as_tensor(train.labels, "train labels"), _as_tensor(test.labels, "test labels")
         nc = max(train.num_classes, test.num_classes)
         knn = knn_accuracy(ftr, ytr, fte, yte, k=min(knn_k, len(ftr)), temperature=0.1, num_classes=nc)["top1"]
         lin = clean_accuracy(fit_linear_head(ftr, ytr, nc).predict(fte), yte)
