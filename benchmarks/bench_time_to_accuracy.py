@@ -17,6 +17,8 @@ both contenders could amortise; lightly reads the JPEGs directly).
     mkdir -p /tmp/cifar && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --minutes 60          # the issue's budget
     .venv/bin/python benchmarks/bench_time_to_accuracy.py --minutes 3 --smoke   # end-to-end check
+    # a preset variant, selfsup arm only, printed but not written (add the row by hand):
+    .venv/bin/python benchmarks/bench_time_to_accuracy.py --minutes 15 --which selfsup --set backbone.width=48 --no-write
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget per contender")
     ap.add_argument("--preset", default="cpu-32px")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for the selfsup arm (repeatable), e.g. backbone.width=48: "
+                         "to compare preset variants under the same budget")
     ap.add_argument("--which", choices=["both", "selfsup", "lightly"], default="both")
     ap.add_argument("--out", default="/tmp/selfsup-tta", help="run folders (outside the repository)")
     ap.add_argument("--smoke", action="store_true", help="label the RESULTS.md section as a smoke run")
@@ -164,10 +169,13 @@ def main() -> None:
         cmd = [sys.executable, "-m", "selfsup", "pretrain", "--preset", args.preset, "--data", str(root / "train"),
                "--val", str(root / "test"), "--time-budget", str(args.minutes), "--knn-every", "0",
                "--no-progress", "--out", str(run)]
+        for kv in args.overrides:
+            cmd += ["--set", kv]
+        extra = "".join(f" --set {kv}" for kv in args.overrides)
         with common.note(f"selfsup: {' '.join(cmd[1:])}"):
             wall, rc = run_child(cmd)
         s = json.loads((run / "summary.json").read_text()) if rc == 0 else {}
-        rows.append({"contender": f"selfsup --preset {args.preset} --time-budget {args.minutes:g}",
+        rows.append({"contender": f"selfsup --preset {args.preset}{extra} --time-budget {args.minutes:g}",
                      "kNN top-1 %": s.get("knn_top1", "FAILED"), "steps": s.get("steps"),
                      "epochs": s.get("epochs_completed"), "wall s": round(wall, 1),
                      "pairs/s": s.get("images_per_s"),
