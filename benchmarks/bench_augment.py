@@ -41,7 +41,7 @@ def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype,
         make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled)
 
     times = common.timed(one, repeats, warmup=2)
-    x = torch.from_numpy(np.ascontiguousarray(images[:batch]))
+    x = torch.from_numpy(np.array(images[:batch]))
     _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype)
     per_sample = all(torch.unique(p.boxes, dim=0).shape[0] == batch for p in params)
     return [t / batch * 1e6 for t in times], per_sample
@@ -64,6 +64,40 @@ def bench_lightly(images: np.ndarray, workers: int, repeats: int) -> list[float]
             n += v0.shape[0]
         if r:
             out.append((time.perf_counter() - t0) / n * 1e6)
+    return out
+
+
+def bench_paired(images: np.ndarray, batch: int, rounds: int) -> dict[str, list[float]]:
+    """Ratios measured in alternation: each round times lightly's SimCLRTransform on ``batch`` images in this
+    process (1 core), then selfsup's make_views on one batch with 2 threads and with 1 thread. On a VM whose speed
+    drifts by 15-25% between minutes, back-to-back sections give unsteady ratios; a ratio within one round
+    compares contenders under the same conditions, and the median over rounds is robust to a disturbed round.
+    """
+    recipe = simclr_recipe(32, strength=0.5)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(1)
+    ds = common.PILDataset(images[:batch], common.lightly_transform(32))
+    n = images.shape[0]
+    threads = common.cores()
+
+    def ours_us(nthreads: int) -> float:
+        torch.set_num_threads(nthreads)
+        idx = np.sort(rng.choice(n, batch, replace=False))
+        t0 = time.perf_counter()
+        x = torch.from_numpy(np.ascontiguousarray(images[idx]))
+        make_views(x, recipe, gen, channels_last=True, dtype=torch.bfloat16)
+        return (time.perf_counter() - t0) / batch * 1e6
+
+    ours_us(threads), ours_us(1)  # warm-up
+    out: dict[str, list[float]] = {"lightly": [], "ours": [], "ours_1t": []}
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for i in range(len(ds)):
+            ds[i]
+        out["lightly"].append((time.perf_counter() - t0) / len(ds) * 1e6)
+        out["ours"].append(min(ours_us(threads) for _ in range(2)))
+        out["ours_1t"].append(min(ours_us(1) for _ in range(2)))
+    common.set_threads()
     return out
 
 
@@ -95,11 +129,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compile", action="store_true",
                     help="also measure make_views(compiled=True) (--compile's torch.compiled colour ops)")
+    ap.add_argument("--paired-rounds", type=int, default=15,
+                    help="rounds of the interleaved lightly-vs-selfsup ratio measurement (0 skips it)")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     common.set_threads()
     images, _, source = common.cifar_uint8("train")
-    sub = np.ascontiguousarray(images[: args.images])
+    sub = np.array(images[: args.images])  # a writable copy (the cache memmap is read-only)
     rows: list[dict[str, Any]] = []
 
     def add(name: str, us: list[float], extra: str = "") -> None:
@@ -134,10 +170,27 @@ def main() -> None:
     cols = ["pipeline", "best µs/img", "median µs/img", "vs selfsup bf16", "load", "notes"]
     tab = common.table(rows, cols)
     print(tab)
+    paired = ""
+    if args.paired_rounds:
+        p = bench_paired(images, args.batch, args.paired_rounds)
+        lt = np.array(p["lightly"])
+        prow = []
+        for key, what in (("ours", f"{common.cores()} threads"), ("ours_1t", "1 thread")):
+            ratio = lt / np.array(p[key])
+            prow.append({"ratio": f"lightly SimCLRTransform (1 core) / selfsup bf16 ({what})",
+                         "median ratio": f"{np.median(ratio):.1f}x",
+                         "min-max over rounds": f"{ratio.min():.1f}-{ratio.max():.1f}x",
+                         "selfsup median µs/img": f"{np.median(p[key]):.1f}",
+                         "lightly median µs/img": f"{np.median(lt):.0f}"})
+        paired = common.table(prow, list(prow[0]))
+        print(paired)
+        paired = (f"\n\nInterleaved ({args.paired_rounds} rounds; each: lightly on {args.batch} images in this "
+                  f"process, then selfsup on one batch of {args.batch}, best of 2; ratio per round, then the "
+                  "median):\n\n" + paired)
     if not args.no_write:
         body = common.header({"data": source, "target": "selfsup >= 20x cheaper than lightly's DataLoader path"})
         body += ("\n\nµs per image for BOTH views (lower is better); best and median of the repeats. "
-                 "'load' is the 1/5/15-min load average when the row finished.\n\n" + tab)
+                 "'load' is the 1/5/15-min load average when the row finished.\n\n" + tab + paired)
         common.update_section("Augmentation: 2 SimCLR views at 32 px (bench_augment.py)", body)
 
 
