@@ -9,9 +9,9 @@ both contenders could amortise; lightly reads the JPEGs directly).
   that fit; final kNN inside the budget; no online kNN).
 - lightly: its documented CIFAR-10 recipe (benchmarks/common.py: LightlyDataset + SimCLRTransform, 2 workers,
   batch 128, ResNetGenerator('resnet-18'), SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD 0.06, fp32)
-  with its cosine schedule fitted to the same budget: after 8 steps, and again at every step from the last 30
-  step times (as selfsup.budget does), the cosine LR spans the steps that fit before the deadline minus a reserve
-  for feature extraction + kNN, measured on 512 images before training as selfsup measures its own. Features: its backbone, fp32,
+  with its cosine schedule fitted to the same budget by selfsup's own ``selfsup.budget.TimeBudget`` (the steps
+  that fit, re-estimated at every step from the recent step times, before the deadline minus a reserve for
+  feature extraction + kNN, measured on 512 images before training as selfsup measures its own). Features: its backbone, fp32,
   on the normalised 32 px images (its benchmark's test transform); kNN: the same selfsup.eval.knn for both.
 
     mkdir -p /tmp/cifar && tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar
@@ -30,7 +30,6 @@ import resource
 import subprocess
 import sys
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +38,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-CALIBRATION_STEPS = 8  # lightly: steps timed before fitting the schedule (the first 3 are ignored)
-WINDOW = 30  # lightly: recent steps in the seconds-per-step estimate (as selfsup.budget)
-
 
 def run_lightly(root: Path, minutes: float, out: Path) -> dict[str, Any]:
     """lightly's recipe under a wall-clock budget (runs inside its own subprocess; t0 = process start)."""
     t0 = T_PROCESS
-    deadline = t0 + 60 * minutes
     common.set_threads()
+    from selfsup.budget import TimeBudget
     from selfsup.data import open_dataset
     from selfsup.eval.features import extract_features
     from selfsup.eval.knn import knn_accuracy, knn_search_seconds
@@ -100,32 +96,29 @@ def run_lightly(root: Path, minutes: float, out: Path) -> dict[str, Any]:
     # probe, the reserve came out ~3x too large and lightly's 60-minute run stopped training 11 minutes early.
     it = iter(loader)
     model.train()
-    # Cosine fitted to the budget as selfsup fits its own: the steps that fit are re-estimated at every step
-    # from a sliding window of recent step times (a single early estimate stopped 4.6 minutes early on
-    # 2026-11-29: the first steps are slower than the steady state).
+    # Cosine fitted to the budget by selfsup's TimeBudget, re-fitted at every step (a single estimate from the
+    # first steps, slower than the steady state, stopped lightly 4.6 minutes early on 2026-11-29). The reserve is
+    # the measured evaluation plus 3 s; one step of margin, as selfsup keeps.
+    budget = TimeBudget(minutes, t0=t0, calibration_steps=3, reserve_s=eval_reserve + 3.0)
     base_lrs = [g["lr"] for g in opt.param_groups]
-    marks: deque[tuple[int, float]] = deque(maxlen=WINDOW)
     step, loss, total = 0, float("nan"), None
     while True:
         now = time.perf_counter()
-        if step >= 3:
-            marks.append((step, now))
-        if len(marks) > CALIBRATION_STEPS - 3:
-            sec_step = (marks[-1][1] - marks[0][1]) / (marks[-1][0] - marks[0][0])
-            left = deadline - now - eval_reserve - sec_step - 3.0
-            total = step + max(0, math.floor(left / sec_step))
+        fitted = budget.observe(step, now)
+        if fitted is not None:
+            total = max(step, fitted - 1)
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, step / max(1, total))))
         if total is not None and step >= total:
             break
-        if now > deadline:  # safety: never overrun the budget
+        if now > budget.deadline:  # safety: never overrun the budget
             break
         loss = train_step()
         step += 1
     t_train = time.perf_counter()
     ftr = extract_features(enc, train.images, image_size=32, precision="fp32", channels_last=False)
     fte = extract_features(enc, test.images, image_size=32, precision="fp32", channels_last=False)
-    res = knn_accuracy(ftr, torch.as_tensor(train.labels), fte, torch.as_tensor(test.labels), k=200,
+    res = knn_accuracy(ftr, train.labels, fte, test.labels, k=200,
                        temperature=0.1, num_classes=10)
     return {"steps": step, "total_steps_fitted": total, "epochs": round(step / steps_per_epoch, 3),
             "final_loss": loss, "knn_top1": res["top1"], "train_s": round(t_train - t0, 1),
