@@ -134,6 +134,28 @@ def test_determinism() -> None:
     assert torch.equal(pa[0].boxes, pb[0].boxes)
 
 
+def test_views_sharing_a_pass_equal_one_view_at_a_time() -> None:
+    """make_views batches views of equal size/scale/strengths into one pass (probabilities may differ); the
+    result must equal making each view alone, in the recipe's order, from the same generator stream."""
+    imgs = _images(10, 16, 16)
+    a = V.ViewSpec(size=12, blur_p=1.0, solarize_p=0.0, gray_p=0.5)
+    small = V.ViewSpec(size=6, scale=(0.05, 0.4))
+    b = replace(a, blur_p=0.1, solarize_p=0.4, hflip_p=0.0, jitter_p=0.3)
+    rec = V.ViewRecipe([a, small, b])  # groups: {a, b} first (first appearance), then {small}
+    views, params = V.make_views(imgs, rec, _gen(4))
+    g = _gen(4)
+    alone = {}
+    for i in (0, 2, 1):  # the draw order of the groups
+        (v,), (p,) = V.make_views(imgs, V.ViewRecipe([rec.views[i]]), g)
+        alone[i] = (v, p)
+    assert [v.shape[-1] for v in views] == [12, 6, 12]
+    for i in range(3):
+        torch.testing.assert_close(views[i], alone[i][0], atol=1e-6, rtol=0)
+        assert torch.equal(params[i].boxes, alone[i][1].boxes) and torch.equal(params[i].flip, alone[i][1].flip)
+    assert not params[2].flip.any()  # view b's own hflip_p = 0 applies to its rows only
+    assert views[0].is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("b", [12, 40])
 def test_make_views_matches_per_sample_torchvision_reference(b: int) -> None:
     """Re-draw the same uniforms and replay each sample through torchvision ops, in its jitter order.

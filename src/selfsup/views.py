@@ -4,8 +4,8 @@ Why our own code: ``torchvision.transforms.v2`` draws ONE set of random paramete
 batch when given a batched tensor, so independent per-sample randomness (what every SSL paper assumes)
 needs a Python loop over images (or per-image PIL transforms in DataLoader workers). Here every sample
 of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``, and the
-image work is a handful of batched tensor ops: about 20x cheaper than per-sample PIL on a CPU, and it runs
-unchanged on the GPU.
+image work is a handful of batched tensor ops: 14-18x cheaper per image than lightly's per-sample PIL
+SimCLRTransform on one CPU core (benchmarks/RESULTS.md, augmentation), and it runs unchanged on the GPU.
 
 Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
 al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling: a
@@ -287,6 +287,11 @@ def _brightness_(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
 
 def _blend_(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
     f = _per_sample(factor, x)
+    if other.shape[-2:] == x.shape[-2:]:
+        # an image (saturation's gray): one lerp written over x (other + f * (x - other), equal up to
+        # rounding) instead of three passes plus a temporary: measured 47 vs 108 us at [102, 3, 32, 32]
+        return torch.lerp(other.expand_as(x), x, f, out=x).clamp_(0.0, 1.0)
+    # a per-image constant (contrast's mean): lerp's broadcast path is 4x slower than these passes
     return x.mul_(f).add_((1.0 - f) * other).clamp_(0.0, 1.0)
 
 
@@ -316,8 +321,10 @@ def _hue_(x: torch.Tensor, hue_factor: torch.Tensor | float) -> torch.Tensor:
     k = h6 + n
     k -= 6.0 * torch.floor(k * (1.0 / 6.0))  # mod 6
     w = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    # every input of the result is computed: write it over x
-    return torch.sub(maxc.unsqueeze(-3), w.mul_(chroma.unsqueeze(-3)), out=x).clamp_(0.0, 1.0)
+    # every input of the result is computed: write it over x. No clamp needed: with 0 <= w <= 1 the result
+    # lies in [max - chroma, max] = [min, max] of the input, and float rounding is monotone, so it cannot
+    # leave [0, 1] either.
+    return torch.sub(maxc.unsqueeze(-3), w.mul_(chroma.unsqueeze(-3)), out=x)
 
 
 def adjust_brightness(x: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
@@ -504,18 +511,43 @@ def _apply(
     return x
 
 
-def _augment_view(
-    src: torch.Tensor, spec: ViewSpec, generator: torch.Generator, compiled: bool = False
-) -> tuple[torch.Tensor, ViewParams]:
-    """One view of float [B, 3, H, W] images in [0, 1] -> augmented [B, 3, size, size] in [0, 1]."""
+def _group_key(spec: ViewSpec) -> tuple[object, ...]:
+    """Views with equal keys share one batched pass (only the probabilities may differ between them)."""
+    return (spec.size, spec.scale, spec.ratio, spec.brightness, spec.contrast, spec.saturation, spec.hue,
+            spec.blur_sigma)
+
+
+def _below(u: torch.Tensor, specs: list[ViewSpec], name: str) -> torch.Tensor:
+    """Per-sample Bernoulli draws ``u < p`` where p is ``spec.<name>`` of the view each row belongs to."""
+    ps = [getattr(s, name) for s in specs]
+    if len(set(ps)) == 1:
+        return u < ps[0]
+    return u < torch.tensor(ps, dtype=u.dtype).repeat_interleave(u.shape[0] // len(specs))
+
+
+def _augment_views(
+    src: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator, compiled: bool = False
+) -> tuple[torch.Tensor, list[ViewParams]]:
+    """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
+    [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params.
+
+    Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
+    halves the per-call overhead (op dispatch, slicing, parameter draws) that dominates at 32 px; see
+    benchmarks/RESULTS.md (augmentation). The uniforms are drawn as one [G * B, columns] block, i.e. the same
+    stream as G consecutive per-view draws.
+    """
+    spec = specs[0]
+    g = len(specs)
     b, _, height, width = src.shape
     dev = src.device
-    u = torch.rand(b, _N_COLS, generator=generator, device=generator.device).cpu()
+    u = torch.rand(g * b, _N_COLS, generator=generator, device=generator.device).cpu()
     boxes = sample_boxes(u[:, :_C_BOX], height, width, spec.scale, spec.ratio)
-    flip = u[:, _C_FLIP] < spec.hflip_p
+    flip = _below(u[:, _C_FLIP], specs, "hflip_p")
+    if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
+        src = torch.cat([src] * g)  # keeps src's (channels-last) strides; 30x faster than .repeat here
     x = resized_crop(src, boxes.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
 
-    jit = u[:, _C_JIT] < spec.jitter_p
+    jit = _below(u[:, _C_JIT], specs, "jitter_p")
     strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
     if jit.any() and any(s > 0 for s in strengths):
         f = u[:, _C_FACT : _C_FACT + 4]
@@ -523,25 +555,26 @@ def _augment_view(
             _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
             for i, s in enumerate(strengths)
         ]
-        fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, B]
-        order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [B, 4] random permutation per sample
+        fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, G * B]
+        order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [G * B, 4] random permutation per sample
         x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
 
-    gray = u[:, _C_GRAY] < spec.gray_p
+    gray = _below(u[:, _C_GRAY], specs, "gray_p")
     if gray.any():
         x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
 
-    blur = u[:, _C_BLUR] < spec.blur_p
+    blur = _below(u[:, _C_BLUR], specs, "blur_p")
     if blur.any():
         sigma = _uniform(u[:, _C_SIGMA], *spec.blur_sigma).to(dev, dtype=x.dtype, non_blocking=True)
         ks = blur_kernel_size(spec.size)
         x = _apply(x, _index(blur, dev), bool(blur.all()), lambda t, s: gaussian_blur(t, s, ks), sigma)
 
-    sol = u[:, _C_SOL] < spec.solarize_p
+    sol = _below(u[:, _C_SOL], specs, "solarize_p")
     if sol.any():
         x = _apply(x, _index(sol, dev), bool(sol.all()), solarize)
 
-    return x, ViewParams(boxes=boxes.to(dev), flip=flip.to(dev))
+    boxes, flip = boxes.to(dev), flip.to(dev)
+    return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b]) for i in range(g)]
 
 
 def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -566,13 +599,21 @@ def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     raise DataError(f"views: images must be uint8 (or float in [0, 1]), got {images.dtype}")
 
 
+def _cast(x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dtype = dtype or x.dtype
+    if x.device.type == "cpu" and channels_last and dtype != x.dtype:
+        # two copies beat one on CPU: the fused cast + layout change runs a slow strided kernel (measured
+        # [512, 3, 32, 32] fp32 -> bf16 channels_last: 2.1 ms fused vs 0.8 ms as layout, then cast)
+        return x.to(memory_format=fmt).to(dtype)
+    return x.to(dtype=dtype, memory_format=fmt)  # one copy: cast + layout
+
+
 def _finish(
     x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], channels_last: bool,
     dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    x = normalize(x, mean, std, inplace=True)  # x is this view's own buffer
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return x.to(dtype=dtype or x.dtype, memory_format=fmt)  # one copy: cast + layout
+    return _cast(normalize(x, mean, std, inplace=True), channels_last, dtype)  # x is its caller's own buffer
 
 
 def make_views(
@@ -597,13 +638,19 @@ def make_views(
     # maths: augment in fp32 and cast once, fused with the layout change, in _finish (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
     src = _to_float_nchw(images, work)
-    out: list[torch.Tensor] = []
-    params: list[ViewParams] = []
-    for spec in recipe.views:
-        x, p = _augment_view(src, spec, generator, compiled)
-        out.append(_finish(x, recipe.mean, recipe.std, channels_last, dtype))
-        params.append(p)
-    return out, params
+    b = src.shape[0]
+    groups: dict[tuple[object, ...], list[int]] = {}  # views sharing a pass, in order of first appearance
+    for i, spec in enumerate(recipe.views):
+        groups.setdefault(_group_key(spec), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(recipe.views)
+    params: list[ViewParams | None] = [None] * len(recipe.views)
+    for idx in groups.values():
+        x, ps = _augment_views(src, [recipe.views[i] for i in idx], generator, compiled)
+        x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
+        for k, i in enumerate(idx):
+            out[i] = _cast(x[k * b : (k + 1) * b], channels_last, dtype)
+            params[i] = ps[k]
+    return [v for v in out if v is not None], [p for p in params if p is not None]
 
 
 def eval_transform(
