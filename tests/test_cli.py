@@ -119,6 +119,7 @@ class _Evil:
         return (exec, ("open(__import__('os').environ['SELFSUP_PWNED'], 'w').write('pwned')",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the crafted file's protocol; expected
 def test_malicious_pickle_is_never_executed(tmp_path, capsys, monkeypatch):
     flag = tmp_path / "pwned"
     monkeypatch.setenv("SELFSUP_PWNED", str(flag))
