@@ -10,8 +10,9 @@ from selfsup.losses.contrastive import info_nce_loss, nt_xent_loss
 from selfsup.losses.distillation import byol_loss, negative_cosine_loss
 
 
-def nt_xent_reference(z1, z2, t):
-    """Slow NT-Xent straight from SimCLR Alg. 1: l(i,j) = -log exp(s_ij/t) / sum_{k!=i} exp(s_ik/t)."""
+def nt_xent_reference(z1, z2, t, decoupled=False):
+    """Slow NT-Xent straight from SimCLR Alg. 1: l(i,j) = -log exp(s_ij/t) / sum_{k!=i} exp(s_ik/t);
+    decoupled: DCL (arXiv 2110.06848, Eq. 6), the sum over k != i, j."""
     z = torch.cat([z1, z2]).double()
     n = z.shape[0]
     b = z1.shape[0]
@@ -19,7 +20,7 @@ def nt_xent_reference(z1, z2, t):
     total = 0.0
     for i in range(n):
         j = i + b if i < b else i - b
-        denom = sum(math.exp(sim[i][k] / t) for k in range(n) if k != i)
+        denom = sum(math.exp(sim[i][k] / t) for k in range(n) if k != i and not (decoupled and k == j))
         total += -math.log(math.exp(sim[i][j] / t) / denom)
     return total / n
 
@@ -29,6 +30,25 @@ def test_nt_xent_matches_reference(t):
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
     assert nt_xent_loss(z1, z2, t).item() == pytest.approx(nt_xent_reference(z1, z2, t), abs=1e-5)
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5])
+def test_decoupled_nt_xent_matches_reference(t):
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    got = nt_xent_loss(z1, z2, t, decoupled=True).item()
+    assert got == pytest.approx(nt_xent_reference(z1, z2, t, decoupled=True), abs=1e-5)
+    assert got < nt_xent_loss(z1, z2, t).item()  # a smaller denominator: strictly below NT-Xent
+
+
+def test_decoupled_closed_form_and_gradient():
+    # identical orthonormal views: -1/t + log(2B - 2) (all 2B - 2 negatives at similarity 0)
+    b, t = 4, 0.5
+    z = torch.eye(b, 8)
+    assert nt_xent_loss(z, z.clone(), t, decoupled=True).item() == pytest.approx(-1 / t + math.log(2 * b - 2), abs=1e-6)
+    z1 = torch.randn(5, 6, requires_grad=True)
+    nt_xent_loss(z1, torch.randn(5, 6), 0.2, decoupled=True).backward()
+    assert z1.grad is not None and torch.isfinite(z1.grad).all()
 
 
 def test_nt_xent_closed_form_orthogonal_identical_views():

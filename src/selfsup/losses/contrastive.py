@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from .. import distributed
 
 
-def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent_loss(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, *, decoupled: bool = False
+) -> torch.Tensor:
     """NT-Xent, the SimCLR loss (Chen et al. 2020, arXiv 2002.05709, Eq. 1 and Alg. 1).
 
     For a positive pair (i, j) among the 2N augmented samples:
@@ -16,6 +18,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
         l(i, j) = -log  exp(sim(z_i, z_j) / tau) / sum_{k != i} exp(sim(z_i, z_k) / tau)
 
     with sim the cosine similarity; the loss is the mean of l over all 2N anchors (both directions).
+    ``decoupled=True`` gives the DCL loss (Yeh et al. 2021, arXiv 2110.06848, Eq. 6): the positive is also
+    left out of the denominator, l(i, j) = -sim(z_i, z_j) / tau + log sum_{k != i, j} exp(sim(z_i, z_k) / tau),
+    which removes the negative-positive coupling that slows small-batch training.
 
     z1, z2: [B, D] projections of the two views of the same B images (row b of z1 pairs with row b
     of z2). When distributed, negatives come from the global batch of all processes (autograd-aware
@@ -39,7 +44,11 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     pos_idx = torch.cat([total + offset + local, offset + local])
     rows = torch.arange(2 * b, device=z1.device)
     logits[rows, self_idx] = float("-inf")  # an anchor is never its own negative
-    return F.cross_entropy(logits, pos_idx)
+    if not decoupled:
+        return F.cross_entropy(logits, pos_idx)
+    pos = logits[rows, pos_idx]
+    negatives = logits.index_put((rows, pos_idx), torch.tensor(float("-inf"), device=logits.device))
+    return (torch.logsumexp(negatives, dim=1) - pos).mean()
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:

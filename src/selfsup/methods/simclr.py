@@ -24,6 +24,7 @@ class SimCLRConfig:
     blur: bool = False  # paper: blur on ImageNet only (Appendix A, B.9)
     min_scale: float = 0.08  # RandomResizedCrop area lower bound
     hflip: bool = True  # paper: random horizontal flip p 0.5; turn off where mirror images differ (digits, text)
+    decoupled: bool = False  # True: DCL loss (Yeh et al. 2021, arXiv 2110.06848): positive left out of the denominator
 
 
 @register(
@@ -59,5 +60,5 @@ class SimCLR(nn.Module):
         # are then shared by the two views, as with SimCLR's global BN.
         h = self.backbone(torch.cat([x1, x2]))
         z1, z2 = self.projector(h).split(b)
-        loss = nt_xent_loss(z1, z2, self.cfg.temperature)
+        loss = nt_xent_loss(z1, z2, self.cfg.temperature, decoupled=self.cfg.decoupled)
         return StepOutput(loss, embeddings=h[:b].detach())
