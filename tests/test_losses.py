@@ -49,6 +49,9 @@ def test_decoupled_closed_form_and_gradient():
     z1 = torch.randn(5, 6, requires_grad=True)
     nt_xent_loss(z1, torch.randn(5, 6), 0.2, decoupled=True).backward()
     assert z1.grad is not None and torch.isfinite(z1.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # how training calls it: the logits come out in bf16
+        loss = nt_xent_loss(z1, torch.randn(5, 6), 0.2, decoupled=True)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_nt_xent_closed_form_orthogonal_identical_views():

@@ -46,6 +46,7 @@ def nt_xent_loss(
     logits[rows, self_idx] = float("-inf")  # an anchor is never its own negative
     if not decoupled:
         return F.cross_entropy(logits, pos_idx)
+    logits = logits.float()  # under autocast the matmul gave bf16; logsumexp is not autocast to fp32
     pos = logits[rows, pos_idx]
     negatives = logits.index_put((rows, pos_idx), torch.tensor(float("-inf"), device=logits.device))
     return (torch.logsumexp(negatives, dim=1) - pos).mean()
