@@ -77,7 +77,7 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
     import selfsup.methods.simclr as simclr
 
     data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
-    monkeypatch.setattr(simclr, "nt_xent_loss", lambda z1, z2, t: (z1.sum() + z2.sum()) * float("nan"))
+    monkeypatch.setattr(simclr, "nt_xent_loss", lambda z1, z2, t, **kw: (z1.sum() + z2.sum()) * float("nan"))
     with pytest.raises(TrainingDiverged, match="loss became nan at step 0.*lower the learning rate"):
         pretrain(tiny_config(str(data), str(tmp_path / "run")))
 
