@@ -48,8 +48,8 @@ def nt_xent_loss(
         return F.cross_entropy(logits, pos_idx)
     logits = logits.float()  # under autocast the matmul gave bf16; logsumexp is not autocast to fp32
     pos = logits[rows, pos_idx]
-    negatives = logits.index_put((rows, pos_idx), torch.tensor(float("-inf"), device=logits.device))
-    return (torch.logsumexp(negatives, dim=1) - pos).mean()
+    logits[rows, pos_idx] = float("-inf")  # DCL: nor is the positive in the denominator
+    return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
