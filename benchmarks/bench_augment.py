@@ -8,6 +8,9 @@ grayscale p 0.2, no blur, normalise):
   and the same transform in the main process (per-core cost);
 - torchvision v2 per sample: a Python loop calling a v2 pipeline on each uint8 tensor image.
 
+selfsup is measured with its exact torchvision colour ops (the default) and with ``colour="linear"`` (the
+same jitter as one per-sample affine colour map, YIQ hue rotation; see ``selfsup.views.make_views``).
+
     .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5] [--compile]
 """
 
@@ -29,22 +32,23 @@ from selfsup.views import ViewRecipe, make_views, simclr_recipe  # noqa: E402
 
 
 def views_of_a_random_batch(images: np.ndarray, batch: int, rng: np.random.Generator, recipe: ViewRecipe,
-                            gen: torch.Generator, dtype: torch.dtype, compiled: bool = False) -> None:
+                            gen: torch.Generator, dtype: torch.dtype, compiled: bool = False,
+                            colour: str = "exact") -> None:
     """One training-loop step's augmentation: a sorted memmap gather of ``batch`` random images, make_views."""
     idx = np.sort(rng.choice(images.shape[0], batch, replace=False))
     x = torch.from_numpy(images[idx])  # fancy indexing copies: contiguous and writable
-    make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled)
+    make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled, colour=colour)
 
 
 def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype,
-               compiled: bool = False) -> tuple[list[float], bool]:
+               compiled: bool = False, colour: str = "exact") -> tuple[list[float], bool]:
     recipe = simclr_recipe(32, strength=0.5)
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    times = common.timed(lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, dtype, compiled),
+    times = common.timed(lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, dtype, compiled, colour),
                          repeats, warmup=2)
     x = torch.from_numpy(np.array(images[:batch]))
-    _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype)
+    _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype, colour=colour)
     per_sample = all(torch.unique(p.boxes, dim=0).shape[0] == batch for p in params)
     return [t / batch * 1e6 for t in times], per_sample
 
@@ -81,17 +85,19 @@ def bench_paired(images: np.ndarray, batch: int, rounds: int) -> dict[str, list[
     lightly_images = images[:batch]
     threads = common.cores()
 
-    def ours_us(nthreads: int) -> float:
+    def ours_us(nthreads: int, colour: str = "exact") -> float:
         torch.set_num_threads(nthreads)
-        (t,) = common.timed(lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, torch.bfloat16), 1, 0)
+        (t,) = common.timed(
+            lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, torch.bfloat16, colour=colour), 1, 0)
         return t / batch * 1e6
 
-    ours_us(threads), ours_us(1)  # warm-up
-    out: dict[str, list[float]] = {"lightly": [], "ours": [], "ours_1t": []}
+    ours_us(threads), ours_us(1), ours_us(threads, "linear")  # warm-up
+    out: dict[str, list[float]] = {"lightly": [], "ours": [], "ours_1t": [], "ours_linear": []}
     for _ in range(rounds):
         out["lightly"].extend(bench_lightly(lightly_images, 0, 1))
         out["ours"].append(min(ours_us(threads) for _ in range(2)))
         out["ours_1t"].append(min(ours_us(1) for _ in range(2)))
+        out["ours_linear"].append(min(ours_us(threads, "linear") for _ in range(2)))
     common.set_threads()
     return out
 
@@ -143,6 +149,9 @@ def main() -> None:
         us, ps = bench_ours(images, args.batch, args.repeats, dtype)
         add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last", us,
             f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
+    us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, colour="linear")
+    add(f"selfsup make_views, batch {args.batch}, bfloat16, linear colour (data.colour=linear)", us,
+        f"per-sample params: {'yes' if ps else 'NO'}; one affine colour map per sample, YIQ hue")
     if args.compile:
         t0 = time.perf_counter()
         bench_ours(images, args.batch, 0, torch.bfloat16, compiled=True)  # compiles (not timed below)
@@ -170,7 +179,8 @@ def main() -> None:
         p = bench_paired(images, args.batch, args.paired_rounds)
         lt = np.array(p["lightly"])
         prow = []
-        for key, what in (("ours", f"{common.cores()} threads"), ("ours_1t", "1 thread")):
+        for key, what in (("ours", f"{common.cores()} threads"), ("ours_1t", "1 thread"),
+                          ("ours_linear", f"{common.cores()} threads, linear colour")):
             ratio = lt / np.array(p[key])
             prow.append({"ratio": f"lightly SimCLRTransform (1 core) / selfsup bf16 ({what})",
                          "median ratio": f"{np.median(ratio):.1f}x",

@@ -78,7 +78,7 @@ class OurStep:
         gen = torch.Generator().manual_seed(step_seed(0, self.step, 0))
         dtype = self.amp if self.amp is not None else torch.float32
         views, params = make_views(images, self.method.view_recipe, gen, channels_last=self.cfg.train.channels_last,
-                                   dtype=dtype)
+                                   dtype=dtype, colour=self.cfg.data.colour)
         return views, params, idx
 
     def train_on(self, views: list[torch.Tensor], params: Any, idx: torch.Tensor) -> float:

@@ -288,6 +288,91 @@ def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure()
     assert torch.equal(got[~selected], x[~selected])
 
 
+# ----------------------------------------------------------------------------------------- linear colour mode
+
+# NTSC YIQ (Y row: torchvision's luma weights), written out here rather than taken from views.py
+_YIQ_REF = torch.tensor([[0.2989, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+
+def _hue_rotate_ref(x: torch.Tensor, h: float) -> torch.Tensor:
+    """Slow reference: pixel -> YIQ, rotate (I, Q) by 2 pi h, back to RGB. x [3, H, W] float64."""
+    yiq = torch.einsum("ij,jhw->ihw", _YIQ_REF, x)
+    c, s = math.cos(2 * math.pi * h), math.sin(2 * math.pi * h)
+    i, q = yiq[1].clone(), yiq[2].clone()
+    yiq[1], yiq[2] = c * i - s * q, s * i + c * q
+    return torch.einsum("ij,jhw->ihw", torch.linalg.inv(_YIQ_REF), yiq)
+
+
+def _gray_ref(x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("j,jhw->hw", _YIQ_REF[0], x).expand_as(x)
+
+
+def test_hue_rotation_is_a_rotation_about_the_gray_axis() -> None:
+    h = torch.tensor([0.0, 1.0, -1.0, 0.25, 0.5, -0.3])
+    t = V.hue_rotation(h).double()
+    eye = torch.eye(3, dtype=torch.float64)
+    torch.testing.assert_close(t[:3], eye.expand(3, 3, 3), atol=1e-5, rtol=0)  # 0 and whole turns: identity
+    torch.testing.assert_close(t[3] @ t[3], t[4], atol=1e-5, rtol=0)  # a quarter turn twice is a half turn
+    torch.testing.assert_close(t[4] @ t[4], eye, atol=1e-5, rtol=0)
+    torch.testing.assert_close(t @ torch.ones(3, dtype=torch.float64), torch.ones(6, 3, dtype=torch.float64),
+                               atol=1e-5, rtol=0)  # grays stay gray (r = g = b keeps its value)
+    torch.testing.assert_close(_YIQ_REF[0] @ t, _YIQ_REF[0].expand(6, 3), atol=1e-5, rtol=0)  # luma kept
+    x = torch.rand(3, 4, 5, generator=_gen(1), dtype=torch.float64)
+    got = torch.einsum("ij,jhw->ihw", t[5], x)
+    torch.testing.assert_close(got, _hue_rotate_ref(x, -0.3), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_linear_colour_matches_a_per_sample_loop(channels_last: bool) -> None:
+    """colour_affine + apply_colour_affine == each sample's ops applied one after another without clamping
+    (brightness, contrast with the current image's mean gray, saturation, YIQ hue), then grayscale, then one
+    clamp. Factors up to 1.6 push pixels out of [0, 1], so the final clamp is exercised too."""
+    b = 40
+    x = _rand01(b, 6, 7, seed=5)
+    g = _gen(5)
+    selected = torch.rand(b, generator=g) < 0.8
+    gray = torch.rand(b, generator=g) < 0.3
+    order = torch.argsort(torch.rand(b, 4, generator=g), dim=1)
+    factors = torch.stack([0.4 + 1.2 * torch.rand(b, generator=g) for _ in range(3)] + [torch.rand(b, generator=g) - 0.5])
+    expected = torch.empty(b, 3, 6, 7, dtype=torch.float64)
+    for i in range(b):
+        xi = x[i].double()
+        if selected[i]:
+            for op in order[i].tolist():
+                f = float(factors[op, i])
+                if op == 0:
+                    xi = f * xi
+                elif op == 1:
+                    xi = f * xi + (1 - f) * _gray_ref(xi).mean()
+                elif op == 2:
+                    xi = f * xi + (1 - f) * _gray_ref(xi)
+                else:
+                    xi = _hue_rotate_ref(xi, f)
+        if gray[i]:
+            xi = _gray_ref(xi)
+        expected[i] = xi.clamp(0, 1)
+    assert 0 < int((expected == 1).sum()) and 0 < int((expected == 0).sum())  # the clamp matters here
+    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    a, off = V.colour_affine(xin.mean(dim=(-2, -1)), selected, order, factors, gray)
+    got = V.apply_colour_affine(xin, a, off)
+    assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=0)
+    torch.testing.assert_close(got[~selected & ~gray], x[~selected & ~gray])  # untouched samples
+
+
+def test_linear_colour_equals_exact_when_nothing_clamps_and_hue_is_off() -> None:
+    """Without hue and without values leaving [0, 1], the two colour modes compute the same ops."""
+    imgs = torch.randint(90, 160, (24, 12, 12, 3), dtype=torch.uint8, generator=_gen(2))
+    spec = V.ViewSpec(size=8, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, jitter_p=0.7, gray_p=0.3)
+    recipe = V.ViewRecipe([spec, replace(spec)])
+    exact, _ = V.make_views(imgs, recipe, _gen(7), channels_last=False)
+    linear, _ = V.make_views(imgs, recipe, _gen(7), channels_last=False, colour="linear")
+    for e, lin in zip(exact, linear):
+        torch.testing.assert_close(lin, e, atol=2e-5, rtol=0)
+    with pytest.raises(UserError, match="colour"):
+        V.make_views(imgs, recipe, _gen(7), colour="fast")
+
+
 @pytest.mark.slow
 def test_compiled_colour_ops_match_eager() -> None:
     """--compile runs the colour ops through torch.compile (minutes of compilation on 2 cores: slow)."""

@@ -27,6 +27,7 @@ class DataConfig:
     cache_dir: str | None = None  # None = $SELFSUP_CACHE or ~/.cache/selfsup
     strict: bool = False  # fail on the first corrupt image instead of skipping and counting it
     grayscale: bool = False  # images are grayscale (MNIST): skip colour ops in the views
+    colour: str = "exact"  # colour jitter + grayscale: exact (torchvision's) | linear (one affine map, faster; views.py)
 
 
 @dataclass

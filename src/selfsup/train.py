@@ -328,6 +328,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         # per-image state (FAMT weight maps) is sized now so that it is checkpointed and resumes exactly
         method_cfg.num_images = len(train_ds)
         cfg.method["num_images"] = len(train_ds)
+    if cfg.data.colour not in ("exact", "linear"):
+        raise ConfigError(f"data.colour must be 'exact' or 'linear', got {cfg.data.colour!r}")
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
@@ -458,7 +460,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
                 gen = torch.Generator(device="cpu").manual_seed(seed)
                 views, params = make_views(images, recipe, gen, channels_last=cfg.train.channels_last, dtype=view_dtype,
-                                           compiled=cfg.train.compile)
+                                           compiled=cfg.train.compile, colour=cfg.data.colour)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(optimizer, lr, cfg.optim.lr or 0.0)

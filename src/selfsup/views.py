@@ -404,6 +404,88 @@ def colour_jitter_(
     return x.index_copy_(0, rows_dev, y)
 
 
+# ----------------------------------------------------------------------------------------- linear colour
+
+# Rows: luma (torchvision's grayscale weights), then the NTSC YIQ chroma axes I and Q. Both chroma rows sum
+# to 0, so gray pixels (r = g = b) have no chroma and a rotation of (I, Q) leaves them, and the luma, unchanged.
+_YIQ = ((_GRAY[0], _GRAY[1], _GRAY[2]), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+
+
+@lru_cache(maxsize=8)
+def _yiq(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    m = torch.tensor(_YIQ, dtype=torch.float64)
+    return m.to(device, dtype), torch.linalg.inv(m).to(device, dtype)
+
+
+def hue_rotation(hue_factor: torch.Tensor) -> torch.Tensor:
+    """[B] hue shifts (fractions of a turn) -> [B, 3, 3] RGB matrices that rotate the chroma (the YIQ I, Q
+    plane) by 2 pi h about the luma axis: the linear hue change of NVIDIA DALI's ``hue`` and CSS's
+    ``hue-rotate``. Unlike torchvision's HSV shift it keeps the luma (not the max channel) fixed."""
+    t = (2.0 * math.pi) * hue_factor.to(torch.float32)
+    c, s = torch.cos(t), torch.sin(t)
+    one, zero = torch.ones_like(t), torch.zeros_like(t)
+    rot = torch.stack([one, zero, zero, zero, c, -s, zero, s, c], -1).reshape(-1, 3, 3)
+    m, minv = _yiq(torch.float32, t.device)
+    return minv @ rot @ m
+
+
+def colour_affine(
+    mean_rgb: torch.Tensor, selected: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
+    gray: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-sample affine colour map p -> A p + b of the ``linear`` colour mode: colour jitter (brightness,
+    contrast, saturation, hue) in each sample's own op order, then grayscale, composed without clamping.
+
+    mean_rgb: [B, 3] mean pixel of each (cropped) image, for contrast's mean gray; selected / gray: [B] bool,
+    the samples to jitter / to turn gray; order: [B, 4], ``order[i, pos]`` = the op sample i gets at
+    position pos (0 brightness, 1 contrast, 2 saturation, 3 hue); factors: [4, B] (brightness, contrast and
+    saturation factors, hue shift). Returns A [B, 3, 3] and b [B, 3] (float32, on mean_rgb's device).
+
+    Each op is affine in the pixel: brightness f p; contrast f p + (1 - f) m with m the image's mean gray
+    (w . (A mean + b) for the map composed so far); saturation f p + (1 - f) w.p (a blend with the gray);
+    hue :func:`hue_rotation`; grayscale w.p on every channel.
+    """
+    dev = mean_rgb.device
+    n = mean_rgb.shape[0]
+    mean_rgb = mean_rgb.to(torch.float32)
+    f = factors.to(dev, torch.float32)
+    order, selected, gray = order.to(dev), selected.to(dev), gray.to(dev)
+    w = torch.tensor(_GRAY, dtype=torch.float32, device=dev)
+    eye = torch.eye(3, dtype=torch.float32, device=dev)
+    to_gray = torch.ones(3, 1, dtype=torch.float32, device=dev) * w  # [3, 3], every row = w
+    sat = f[2, :, None, None] * eye + (1.0 - f[2, :, None, None]) * to_gray
+    hue = hue_rotation(f[3])
+    a = eye.expand(n, 3, 3).clone()
+    b = torch.zeros(n, 3, dtype=torch.float32, device=dev)
+    for pos in range(4):
+        op = order[:, pos, None, None]
+        scale = torch.where(op[:, 0, 0] == 0, f[0], f[1])[:, None, None] * eye  # brightness / contrast
+        m = torch.where(op == 2, sat, torch.where(op == 3, hue, scale))
+        # contrast's mean gray of the image as it is now (before this op), computed from the map so far
+        mean_gray = (a @ mean_rgb[:, :, None] + b[:, :, None]).squeeze(-1) @ w  # [B]
+        offset = torch.where(order[:, pos] == 1, (1.0 - f[1]) * mean_gray, 0.0)
+        a = m @ a
+        b = (m @ b[:, :, None]).squeeze(-1) + offset[:, None]
+    a = torch.where(selected[:, None, None], a, eye)
+    b = torch.where(selected[:, None], b, 0.0)
+    a = torch.where(gray[:, None, None], to_gray @ a, a)
+    b = torch.where(gray[:, None], (to_gray @ b[:, :, None]).squeeze(-1), b)
+    return a, b
+
+
+def apply_colour_affine(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """clamp(A x + b, 0, 1) per sample: x [B, 3, H, W] float in [0, 1], A [B, 3, 3], b [B, 3]. One batched
+    matmul over the pixels (in x's memory layout), then one clamp."""
+    n, c, h, wd = x.shape
+    a, b = a.to(x.dtype), b.to(x.dtype)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        pix = x.permute(0, 2, 3, 1).reshape(n, h * wd, c)  # a view: pixels x channels
+        out = torch.baddbmm(b[:, None, :], pix, a.transpose(1, 2))
+        return out.clamp_(0.0, 1.0).reshape(n, h, wd, c).permute(0, 3, 1, 2)
+    out = torch.baddbmm(b[:, :, None], a, x.reshape(n, c, h * wd))
+    return out.clamp_(0.0, 1.0).reshape(n, c, h, wd)
+
+
 def blur_kernel_size(size: int) -> int:
     """SimCLR: 10% of the image side, made odd, at least 3 (224 -> 23, 96 -> 9, 32 -> 3)."""
     k = int(0.1 * size)
@@ -526,7 +608,8 @@ def _below(u: torch.Tensor, specs: list[ViewSpec], name: str) -> torch.Tensor:
 
 
 def _augment_views(
-    src: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator, compiled: bool = False
+    src: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator, compiled: bool = False,
+    colour: str = "exact",
 ) -> tuple[torch.Tensor, list[ViewParams]]:
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
     [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params.
@@ -549,7 +632,9 @@ def _augment_views(
 
     jit = _below(u[:, _C_JIT], specs, "jitter_p")
     strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
-    if jit.any() and any(s > 0 for s in strengths):
+    jitter = bool(jit.any()) and any(s > 0 for s in strengths)
+    gray = _below(u[:, _C_GRAY], specs, "gray_p")
+    if jitter or (colour == "linear" and gray.any()):
         f = u[:, _C_FACT : _C_FACT + 4]
         factors = [
             _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
@@ -557,10 +642,12 @@ def _augment_views(
         ]
         fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, G * B]
         order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [G * B, 4] random permutation per sample
-        x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
-
-    gray = _below(u[:, _C_GRAY], specs, "gray_p")
-    if gray.any():
+        if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
+            mean_rgb = x.mean(dim=(-2, -1)) if jitter and spec.contrast > 0 else x.new_zeros(x.shape[0], 3)
+            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, fdev, gray))
+        else:
+            x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
+    if colour != "linear" and gray.any():
         x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
 
     blur = _below(u[:, _C_BLUR], specs, "blur_p")
@@ -624,6 +711,7 @@ def make_views(
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
     compiled: bool = False,
+    colour: str = "exact",
 ) -> tuple[list[torch.Tensor], list[ViewParams]]:
     """Augment a batch into the recipe's views, each sample with independent random parameters.
 
@@ -633,7 +721,19 @@ def make_views(
     Returns per view a normalised ``dtype`` tensor [B, 3, size, size] (channels_last memory format if
     requested) and its :class:`ViewParams`. ``compiled=True`` runs the colour ops through ``torch.compile``
     (what ``--compile`` turns on; same results up to float rounding).
+
+    ``colour`` picks the colour jitter + grayscale implementation (both draw the same random parameters):
+    - ``"exact"``: torchvision's ``ColorJitter`` (HSV hue shift) and ``RandomGrayscale``, clamping to [0, 1]
+      after every op, as lightly and the papers' code do;
+    - ``"linear"``: the same ops, factors and per-sample order composed into ONE affine colour map per sample
+      (:func:`colour_affine`), applied with one batched matmul and clamped once at the end. Two differences:
+      the hue change is a rotation of the YIQ chroma plane (:func:`hue_rotation`; luma kept) instead of
+      the HSV hue shift (max channel kept), and values are not clamped between ops. Why: the exact path
+      is ~60 elementwise passes per image at 32 px (the HSV round trip), the linear one a handful; see
+      benchmarks/RESULTS.md (augmentation) for the speed and the time-to-accuracy section for its effect.
     """
+    if colour not in ("exact", "linear"):
+        raise ConfigError(f"views: colour must be 'exact' or 'linear', got {colour!r}")
     # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
     # maths: augment in fp32 and cast once, with the layout change, in _cast (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
@@ -644,7 +744,7 @@ def make_views(
         groups.setdefault(_group_key(spec), []).append(i)
     made: dict[int, tuple[torch.Tensor, ViewParams]] = {}  # recipe index -> (view, params)
     for idx in groups.values():
-        x, ps = _augment_views(src, [recipe.views[i] for i in idx], generator, compiled)
+        x, ps = _augment_views(src, [recipe.views[i] for i in idx], generator, compiled, colour)
         x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
         for k, i in enumerate(idx):
             made[i] = (_cast(x[k * b : (k + 1) * b], channels_last, dtype), ps[k])
