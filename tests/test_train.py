@@ -103,6 +103,34 @@ def test_compile_without_a_cpp_compiler_is_a_config_error_and_leaves_no_folder(t
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.integration
+def test_colour_mode_reaches_the_views(tmp_path, monkeypatch):
+    from selfsup import views
+
+    seen = []
+    real = views.make_views
+
+    def spy(*args, **kw):
+        seen.append(kw.get("colour"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(views, "make_views", spy)
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=1)
+    cfg.data.colour = "linear"
+    cfg.train.max_steps = 1
+    pretrain(cfg)
+    assert seen and set(seen) == {"linear"}
+
+
+def test_unknown_colour_mode_is_a_config_error_and_leaves_no_folder(tmp_path):
+    cfg = tiny_config("x", str(tmp_path / "run"))
+    cfg.data.colour = "fast"
+    with pytest.raises(ConfigError, match="data.colour must be 'exact' or 'linear'"):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_method_lists_choices(tmp_path):
     cfg = tiny_config("x", str(tmp_path / "run"))
     cfg.method = {"name": "nope"}

@@ -292,6 +292,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
+    if cfg.data.colour not in ("exact", "linear"):
+        raise ConfigError(f"data.colour must be 'exact' or 'linear', got {cfg.data.colour!r} (see README, Data)")
     device = resolve_device(cfg.train.device)
     dinfo = distributed.setup(device)
     if device.type == "cuda" and dinfo.enabled:
@@ -328,8 +330,6 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         # per-image state (FAMT weight maps) is sized now so that it is checkpointed and resumes exactly
         method_cfg.num_images = len(train_ds)
         cfg.method["num_images"] = len(train_ds)
-    if cfg.data.colour not in ("exact", "linear"):
-        raise ConfigError(f"data.colour must be 'exact' or 'linear', got {cfg.data.colour!r}")
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
