@@ -299,7 +299,7 @@ def _hue_rotate_ref(x: torch.Tensor, h: float) -> torch.Tensor:
     yiq = torch.einsum("ij,jhw->ihw", _YIQ_REF, x)
     c, s = math.cos(2 * math.pi * h), math.sin(2 * math.pi * h)
     i, q = yiq[1].clone(), yiq[2].clone()
-    yiq[1], yiq[2] = c * i - s * q, s * i + c * q
+    yiq[1], yiq[2] = c * i + s * q, -s * i + c * q  # clockwise: red -> green -> blue, like the HSV shift
     return torch.einsum("ij,jhw->ihw", torch.linalg.inv(_YIQ_REF), yiq)
 
 
@@ -317,6 +317,10 @@ def test_hue_rotation_is_a_rotation_about_the_gray_axis() -> None:
     torch.testing.assert_close(t @ torch.ones(3, dtype=torch.float64), torch.ones(6, 3, dtype=torch.float64),
                                atol=1e-5, rtol=0)  # grays stay gray (r = g = b keeps its value)
     torch.testing.assert_close(_YIQ_REF[0] @ t, _YIQ_REF[0].expand(6, 3), atol=1e-5, rtol=0)  # luma kept
+    red = torch.tensor([0.9, 0.1, 0.1])
+    third = V.hue_rotation(torch.tensor([1 / 3, 2 / 3]))
+    assert (third @ red).argmax(-1).tolist() == [1, 2]  # like torchvision's HSV shift: red -> green -> blue
+    assert TF.adjust_hue(red.view(3, 1, 1), 1 / 3).flatten().argmax() == 1
     x = torch.rand(3, 4, 5, generator=_gen(1), dtype=torch.float64)
     got = torch.einsum("ij,jhw->ihw", t[5], x)
     torch.testing.assert_close(got, _hue_rotate_ref(x, -0.3), atol=1e-5, rtol=0)
@@ -369,6 +373,10 @@ def test_linear_colour_equals_exact_when_nothing_clamps_and_hue_is_off() -> None
     linear, _ = V.make_views(imgs, recipe, _gen(7), channels_last=False, colour="linear")
     for e, lin in zip(exact, linear):
         torch.testing.assert_close(lin, e, atol=2e-5, rtol=0)
+    gray_only = V.ViewRecipe([replace(spec, jitter_p=0.0, gray_p=0.5)])  # the grayscale-only path
+    exact, _ = V.make_views(imgs, gray_only, _gen(8), channels_last=False)
+    linear, _ = V.make_views(imgs, gray_only, _gen(8), channels_last=False, colour="linear")
+    torch.testing.assert_close(linear[0], exact[0], atol=2e-5, rtol=0)
     with pytest.raises(UserError, match="colour"):
         V.make_views(imgs, recipe, _gen(7), colour="fast")
 

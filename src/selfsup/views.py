@@ -419,12 +419,15 @@ def _yiq(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def hue_rotation(hue_factor: torch.Tensor) -> torch.Tensor:
     """[B] hue shifts (fractions of a turn) -> [B, 3, 3] RGB matrices that rotate the chroma (the YIQ I, Q
-    plane) by 2 pi h about the luma axis: the linear hue change of NVIDIA DALI's ``hue`` and CSS's
-    ``hue-rotate``. Unlike torchvision's HSV shift it keeps the luma (not the max channel) fixed."""
+    plane) by 2 pi h about the luma axis, in the direction of torchvision's HSV hue shift (red -> green ->
+    blue for h > 0): the linear kind of hue change of CSS's ``hue-rotate``. Unlike the HSV shift it keeps the
+    luma (not the max channel) fixed."""
     t = (2.0 * math.pi) * hue_factor.to(torch.float32)
     c, s = torch.cos(t), torch.sin(t)
     one, zero = torch.ones_like(t), torch.zeros_like(t)
-    rot = torch.stack([one, zero, zero, zero, c, -s, zero, s, c], -1).reshape(-1, 3, 3)
+    # clockwise in the (I, Q) plane: a positive shift turns red towards green, then blue, as torchvision's
+    # HSV shift does (red, blue and green sit at about 20, 136 and 242 degrees counter-clockwise in YIQ)
+    rot = torch.stack([one, zero, zero, zero, c, s, zero, -s, c], -1).reshape(-1, 3, 3)
     m, minv = _yiq(torch.float32, t.device)
     return minv @ rot @ m
 
@@ -644,7 +647,8 @@ def _augment_views(
         order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [G * B, 4] random permutation per sample
         if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
             mean_rgb = x.mean(dim=(-2, -1)) if jitter and spec.contrast > 0 else x.new_zeros(x.shape[0], 3)
-            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, fdev, gray))
+            f32 = torch.stack(factors, 0).to(dev, non_blocking=True)  # fp32 factors also when x is bf16 (CUDA)
+            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, f32, gray))
         else:
             x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
     if colour != "linear" and gray.any():
