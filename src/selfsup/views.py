@@ -4,8 +4,9 @@ Why our own code: ``torchvision.transforms.v2`` draws ONE set of random paramete
 batch when given a batched tensor, so independent per-sample randomness (what every SSL paper assumes)
 needs a Python loop over images (or per-image PIL transforms in DataLoader workers). Here every sample
 of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``, and the
-image work is a handful of batched tensor ops: 14-18x cheaper per image than lightly's per-sample PIL
-SimCLRTransform on one CPU core (benchmarks/RESULTS.md, augmentation), and it runs unchanged on the GPU.
+image work is a handful of batched tensor ops: 16-20x cheaper per image than lightly's per-sample PIL
+SimCLRTransform on one CPU core with the exact colour ops, ~36x with ``colour="linear"`` (benchmarks/RESULTS.md,
+augmentation), and it runs unchanged on the GPU.
 
 Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
 al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling: a
