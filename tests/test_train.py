@@ -249,7 +249,7 @@ def test_preset_with_another_method_keeps_hardware_choices_and_drops_the_method_
         return config_from_args(args)
 
     own = cfg_for()
-    assert own.method["temperature"] == 0.2 and own.optim.name == "lars" and own.optim.base_lr == 1.2
+    assert own.method["temperature"] == 0.1 and own.optim.name == "lars" and own.optim.base_lr == 1.2
     other = cfg_for("--method", "simsiam")
     assert other.method == {"name": "simsiam"}
     assert other.optim.name is None and other.optim.base_lr is None and other.optim.weight_decay is None
