@@ -126,7 +126,7 @@ def test_colour_mode_reaches_the_views(tmp_path, monkeypatch):
 def test_unknown_colour_mode_is_a_config_error_and_leaves_no_folder(tmp_path):
     cfg = tiny_config("x", str(tmp_path / "run"))
     cfg.data.colour = "fast"
-    with pytest.raises(ConfigError, match="data.colour must be 'exact' or 'linear'"):
+    with pytest.raises(ConfigError, match=r"data.colour must be one of \('exact', 'linear'\), got 'fast'"):
         pretrain(cfg)
     assert not (tmp_path / "run").exists()
 

@@ -288,12 +288,12 @@ def _refit_budget(
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
-    from .views import make_views
+    from .views import COLOUR_MODES, make_views
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
-    if cfg.data.colour not in ("exact", "linear"):
-        raise ConfigError(f"data.colour must be 'exact' or 'linear', got {cfg.data.colour!r} (see README, Data)")
+    if cfg.data.colour not in COLOUR_MODES:
+        raise ConfigError(f"data.colour must be one of {COLOUR_MODES}, got {cfg.data.colour!r} (see README, Data)")
     device = resolve_device(cfg.train.device)
     dinfo = distributed.setup(device)
     if device.type == "cuda" and dinfo.enabled:

@@ -44,6 +44,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale (and PIL's "L" conversion).
 _GRAY = (0.2989, 0.587, 0.114)
+COLOUR_MODES = ("exact", "linear")  # make_views(colour=...) / data.colour
 _N_TRIES = 10  # RandomResizedCrop: candidate boxes per sample before the central-crop fallback
 
 
@@ -644,13 +645,14 @@ def _augment_views(
             _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
             for i, s in enumerate(strengths)
         ]
-        fdev = torch.stack(factors, 0).to(dev, dtype=x.dtype, non_blocking=True)  # [4, G * B]
+        fs = torch.stack(factors, 0)  # [4, G * B], fp32 on the CPU
         order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [G * B, 4] random permutation per sample
         if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
             mean_rgb = x.mean(dim=(-2, -1)) if jitter and spec.contrast > 0 else x.new_zeros(x.shape[0], 3)
-            f32 = torch.stack(factors, 0).to(dev, non_blocking=True)  # fp32 factors also when x is bf16 (CUDA)
-            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, f32, gray))
+            # the map is composed in fp32 also when x is bf16 (CUDA)
+            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, fs.to(dev, non_blocking=True), gray))
         else:
+            fdev = fs.to(dev, dtype=x.dtype, non_blocking=True)
             x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
     if colour != "linear" and gray.any():
         x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
@@ -737,8 +739,8 @@ def make_views(
       is ~60 elementwise passes per image at 32 px (the HSV round trip), the linear one a handful; see
       benchmarks/RESULTS.md (augmentation) for the speed and the time-to-accuracy section for its effect.
     """
-    if colour not in ("exact", "linear"):
-        raise ConfigError(f"views: colour must be 'exact' or 'linear', got {colour!r}")
+    if colour not in COLOUR_MODES:
+        raise ConfigError(f"views: colour must be one of {COLOUR_MODES}, got {colour!r}")
     # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
     # maths: augment in fp32 and cast once, with the layout change, in _cast (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
