@@ -131,6 +131,39 @@ def test_unknown_colour_mode_is_a_config_error_and_leaves_no_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"low_res_size": 16}, r"data.low_res_size must be between 4 and data.image_size - 1 \(15\), got 16"),
+    ({"low_res_size": 8, "low_res_fraction": 1.0}, r"data.low_res_fraction must be between 0 and 1"),
+])
+def test_bad_resolution_schedule_is_a_config_error_and_leaves_no_folder(tmp_path, change, message):
+    cfg = tiny_config("x", str(tmp_path / "run"))
+    for k, v in change.items():
+        setattr(cfg.data, k, v)
+    with pytest.raises(ConfigError, match=message):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resolution_schedule_rejects_a_vit(tmp_path):
+    cfg = tiny_config("x", str(tmp_path / "run"), method="mae")
+    cfg.backbone.name = "vit-tiny"
+    cfg.data.low_res_size = 8
+    with pytest.raises(ConfigError, match="needs a convolutional backbone"):
+        pretrain(cfg)
+
+
+@pytest.mark.integration
+def test_resolution_schedule_switches_view_size_once(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=2)  # 4 steps per epoch, 8 in all
+    cfg.data.low_res_size = 8
+    cfg.data.low_res_fraction = 0.5
+    pretrain(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    sizes = [r["view_size"] for r in rows if "view_size" in r]
+    assert sizes == [8] * 4 + [16] * 4  # steps 0-3 at 8 px, then 16 px (rows are logged after each step)
+
+
 def test_unknown_method_lists_choices(tmp_path):
     cfg = tiny_config("x", str(tmp_path / "run"))
     cfg.method = {"name": "nope"}
@@ -195,6 +228,39 @@ def test_time_budget_fits_steps_to_the_deadline():
     assert b.sec_per_step == pytest.approx(0.25) and total == 11 + math.floor((60 - 5.0 - 6.5) / 0.25)
 
 
+def test_time_budget_phases_fit_the_cheaper_early_steps():
+    from selfsup.budget import TimeBudget
+
+    phases = ((0.0, 0.5), (0.3, 1.0))
+    b = TimeBudget(minutes=1.0, t0=0.0, phases=phases)
+    for total in (1, 7, 10, 33, 160):  # closed form == the slow per-step sum
+        for step in (0, 2, 3, 5, total):
+            assert b.remaining_work(step, total) == pytest.approx(sum(b.cost(i, total) for i in range(step, total)))
+    assert [b.cost(i, 10) for i in range(4)] == [0.5, 0.5, 0.5, 1.0]  # steps 0-2 < 0.3 * 10
+    # fit: the largest total whose remaining work fits (slow search over every candidate)
+    b.sec_per_step = 0.5
+    for step, now in ((0, 0.0), (10, 3.0), (60, 40.0)):
+        units = (60.0 - now) / 0.5
+        want = max(n for n in range(step, 1000) if b.remaining_work(step, n) <= units)
+        assert b.fit(step, now) == want
+    # a run driven by the fits ends on time even when the nominal cost (0.5) is off: real low steps 0.3 s or
+    # 0.2 s against 0.5 s full steps. The error only moves the switch: ~30% of the steps are cheap (a
+    # too-cheap low phase makes the full steps look cheaper than they are, so the switch comes a bit late)
+    for real_low in (0.3, 0.2):
+        b = TimeBudget(minutes=1.0, t0=0.0, calibration_steps=0, window=8, phases=phases)
+        t, step, total, lows = 0.0, 0, 10**9, 0
+        b.observe(0, 0.0)
+        while step < total:
+            c = b.cost(step, total)
+            lows += c < 1.0
+            t += real_low if c < 1.0 else 0.5
+            step += 1
+            total = b.observe(step, t, c) or total
+        assert 59.4 <= t <= 60.0 and 0.25 <= lows / step <= 0.4, (real_low, t, lows, step)
+    with pytest.raises(ValueError, match="phases"):
+        TimeBudget(minutes=1.0, t0=0.0, phases=((0.1, 1.0),))
+
+
 def test_time_budget_too_short_for_the_final_knn_warns(capsys):
     from selfsup.budget import TimeBudget
     from selfsup.train import _refit_budget
@@ -202,17 +268,17 @@ def test_time_budget_too_short_for_the_final_knn_warns(capsys):
     now = time.perf_counter()
     # 6 s budget, 0.5 s per step measured; the final kNN over 10,000 images at 0.5 / (8 * 2) / 3 s each ~ 104 s
     b = TimeBudget(minutes=0.1, t0=now, calibration_steps=0, window=4, sec_per_step=0.5)
-    b.observe = lambda step, t: 10  # type: ignore[method-assign]
+    b.observe = lambda step, t, cost=1.0: 10  # type: ignore[method-assign]
     _refit_budget(b, 10, range(9000), range(1000), local_batch=8, n_views=2)
     err = capsys.readouterr().err
     assert "warning: --time-budget 0.1 min" in err and "drop --val" in err
     roomy = TimeBudget(minutes=60.0, t0=now, calibration_steps=0, window=4, sec_per_step=0.5)
-    roomy.observe = lambda step, t: 10  # type: ignore[method-assign]
+    roomy.observe = lambda step, t, cost=1.0: 10  # type: ignore[method-assign]
     _refit_budget(roomy, 10, range(9000), range(1000), local_batch=8, n_views=2)
     assert "warning" not in capsys.readouterr().err
     # with a measured probe: 2 ms per image over 10,000 images + the similarity search
     probed = TimeBudget(minutes=60.0, t0=now, calibration_steps=0, window=4, sec_per_step=0.5)
-    probed.observe = lambda step, t: 10  # type: ignore[method-assign]
+    probed.observe = lambda step, t, cost=1.0: 10  # type: ignore[method-assign]
     _refit_budget(probed, 10, range(9000), range(1000), local_batch=8, n_views=2, eval_probe=lambda: (0.002, 256))
     assert probed.reserve_s == pytest.approx(3.0 + 0.5 + 0.002 * 10000 + 2 * 9000 * 1000 * 256 / 50e9)
 

@@ -518,3 +518,14 @@ def test_cuda_matches_cpu() -> None:
     ev = V.eval_transform(imgs.cuda(), 12)
     torch.testing.assert_close(ev.cpu(), V.eval_transform(imgs, 12), atol=1e-4, rtol=0)
     assert math.isfinite(float(ev.sum()))
+
+
+def test_rescaled_recipe_scales_only_the_sides():
+    base = V.multicrop_recipe(V.simclr_recipe(32), n_global=2, n_local=2)  # 32, 32, 12, 12
+    low = V.rescaled_recipe(base, 24, 32)
+    assert [v.size for v in low.views] == [24, 24, 9, 9]
+    assert [replace(v, size=1) for v in low.views] == [replace(v, size=1) for v in base.views]
+    assert (low.mean, low.std) == (base.mean, base.std)
+    assert [v.size for v in V.rescaled_recipe(base, 8, 32).views] == [8, 8, 4, 4]  # at least 4 px
+    with pytest.raises(UserError, match="rescaled_recipe"):
+        V.rescaled_recipe(base, 40, 32)

@@ -5,6 +5,12 @@ step give the number of steps that fit before the deadline, minus a reserve for 
 The warmup + cosine LR schedule and the EMA/temperature schedules are then fitted to that many steps.
 The estimate is refreshed every step from a sliding window of recent steps, so the run ends on time
 even when throughput drifts (another process took a core for a while, an online kNN evaluation ran).
+
+Steps need not cost the same: with a resolution schedule (``data.low_res_size``) the first part of the
+run takes cheaper, smaller views. ``phases`` gives each part's start (fraction of the fitted steps) and
+its nominal cost relative to a full step; the window then measures seconds per unit of nominal work, and
+the fit solves for the step count whose remaining work fits. Once the last (full-cost) phase is reached
+only measured full steps remain, so a wrong nominal cost can only shift the switch point, not the end.
 """
 
 from __future__ import annotations
@@ -22,32 +28,69 @@ class TimeBudget:
     window: int = 30  # recent steps used for the seconds-per-step estimate
     min_steps: int = 1
     reserve_s: float = 0.0  # time kept for the final evaluation and saving
-    sec_per_step: float | None = None
-    _marks: deque[tuple[int, float]] = field(default_factory=deque, repr=False)
+    sec_per_step: float | None = None  # seconds per full-cost step (per unit of nominal work)
+    phases: tuple[tuple[float, float], ...] = ((0.0, 1.0),)  # (start fraction, relative cost), ascending
+    _marks: deque[tuple[int, float, float]] = field(default_factory=deque, repr=False)  # (step, time, work)
+    _work: float = field(default=0.0, repr=False)  # nominal work done since timing started
+
+    def __post_init__(self) -> None:
+        starts = [f for f, _ in self.phases]
+        if not self.phases or starts[0] != 0.0 or starts != sorted(starts) or min(c for _, c in self.phases) <= 0:
+            raise ValueError(f"TimeBudget: phases must start at 0.0, ascend and cost > 0, got {self.phases}")
 
     @property
     def deadline(self) -> float:
         return self.t0 + 60.0 * self.minutes
 
-    def observe(self, step: int, now: float) -> int | None:
-        """Call after each completed step; returns the fitted total step count once calibrated, else None."""
+    def cost(self, step: int, total: int) -> float:
+        """Nominal cost of step ``step`` (0-based) of a ``total``-step run."""
+        c = self.phases[0][1]
+        for start, cost in self.phases:
+            if step >= start * total:
+                c = cost
+        return c
+
+    def remaining_work(self, step: int, total: int) -> float:
+        """Nominal work of steps ``step .. total - 1`` (closed form over the phases)."""
+        work = 0.0
+        for k, (start, cost) in enumerate(self.phases):
+            end = self.phases[k + 1][0] if k + 1 < len(self.phases) else 1.0
+            # steps i with start * total <= i < end * total, intersected with [step, total)
+            lo = max(step, math.ceil(start * total))
+            hi = total if k + 1 == len(self.phases) else min(total, math.ceil(end * total))
+            work += cost * max(0, hi - lo)
+        return work
+
+    def observe(self, step: int, now: float, cost: float = 1.0) -> int | None:
+        """Call after each completed step (``cost``: its nominal cost, also for any steps since the last call);
+        returns the fitted total step count once calibrated, else None."""
         if step < self.calibration_steps:
             return None
-        self._marks.append((step, now))
+        if self._marks:  # the steps since the last mark (one per call in training); the first mark starts the clock
+            self._work += cost * (step - self._marks[-1][0])
+        self._marks.append((step, now, self._work))
         while len(self._marks) > self.window + 1:
             self._marks.popleft()
-        (s0, t0), (s1, t1) = self._marks[0], self._marks[-1]
+        (s0, t0, w0), (s1, t1, w1) = self._marks[0], self._marks[-1]
         if s1 - s0 < 3:
             return None
-        self.sec_per_step = (t1 - t0) / (s1 - s0)
+        self.sec_per_step = (t1 - t0) / (w1 - w0)
         return self.fit(step, now)
 
     def fit(self, step: int, now: float) -> int:
+        """The largest total step count whose remaining nominal work fits before the deadline and reserve."""
         assert self.sec_per_step is not None
-        left = self.deadline - now - self.reserve_s
-        return max(self.min_steps, step + max(0, math.floor(left / self.sec_per_step)))
+        units = max(0.0, self.deadline - now - self.reserve_s) / self.sec_per_step
+        if len(self.phases) == 1:
+            return max(self.min_steps, step + math.floor(units / self.phases[0][1]))
+        # remaining_work grows with total (a longer run moves the switch later but adds steps): bisect
+        lo, hi = step, step + math.floor(units / min(c for _, c in self.phases)) + 1
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self.remaining_work(step, mid) <= units else (lo, mid)
+        return max(self.min_steps, lo)
 
     def restart_timing(self, step: int, now: float) -> None:
         """Call after a pause (an evaluation): time only training steps from here."""
         self._marks.clear()
-        self._marks.append((step, now))
+        self._marks.append((step, now, self._work))

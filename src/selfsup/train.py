@@ -99,6 +99,16 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, Any
         cfg.data.cache_size = cfg.data.image_size
     if cfg.data.cache_size < cfg.data.image_size:
         raise ConfigError(f"data.cache_size {cfg.data.cache_size} is smaller than data.image_size {cfg.data.image_size}")
+    if cfg.data.low_res_size:
+        d = cfg.data
+        if not 4 <= d.low_res_size < d.image_size:
+            raise ConfigError(f"data.low_res_size must be between 4 and data.image_size - 1 ({d.image_size - 1}), "
+                              f"got {d.low_res_size}; 0 turns the resolution schedule off")
+        if not 0.0 < d.low_res_fraction < 1.0:
+            raise ConfigError(f"data.low_res_fraction must be between 0 and 1 (exclusive), got {d.low_res_fraction}")
+        if cfg.backbone.name.startswith("vit"):
+            raise ConfigError(f"data.low_res_size needs a convolutional backbone: {cfg.backbone.name}'s patch grid "
+                              "and position embeddings are fixed to data.image_size; drop --set data.low_res_size")
     if cfg.train.batch_size < 2:
         raise ConfigError("--batch-size must be at least 2 (contrastive losses need negatives)")
     if cfg.train.epochs < 1:
@@ -251,18 +261,28 @@ class _StopFlag:
             signal.signal(s, h)
 
 
+def _budget_phases(cfg: PretrainConfig) -> tuple[tuple[float, float], ...]:
+    """TimeBudget phases of the resolution schedule: a step's nominal cost scales with the view area (measured
+    for cnn-compact at batch 256: 24 px costs 0.50 of a 32 px step, nominal 0.56; 16 px 0.24, nominal 0.25)."""
+    d = cfg.data
+    if not d.low_res_size:
+        return ((0.0, 1.0),)
+    return ((0.0, (d.low_res_size / d.image_size) ** 2), (d.low_res_fraction, 1.0))
+
+
 def _refit_budget(
     budget: Any, step: int, train_ds: Any, val_ds: Any, local_batch: int, n_views: int,
-    eval_probe: Callable[[], tuple[float, int]] | None = None,
+    eval_probe: Callable[[], tuple[float, int]] | None = None, cost: float = 1.0,
 ) -> int | None:
     """Re-estimate the steps that fit, keeping a reserve for saving and the final kNN.
 
     The kNN reserve is measured once, when the throughput is first known: ``eval_probe()`` returns the
     seconds per image of the final feature extraction (timed on a few training batches), plus the
     similarity search (~2 N_train N_val F FLOPs at a conservative 50 GFLOP/s). Without a probe it falls
-    back to 1/3 of a training step per image (forward only).
+    back to 1/3 of a training step per image (forward only). ``cost``: the nominal cost of the step just
+    taken (below 1 in a resolution schedule's low-resolution phase).
     """
-    fitted = budget.observe(step, time.perf_counter())
+    fitted = budget.observe(step, time.perf_counter(), cost)
     if fitted is not None and budget.sec_per_step is not None and budget.reserve_s == 0.0:
         # final checkpoint + encoder export + one slow step; fixed costs capped at 1% of the budget
         budget.reserve_s = min(3.0, 0.6 * budget.minutes) + budget.sec_per_step
@@ -288,7 +308,7 @@ def _refit_budget(
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
-    from .views import COLOUR_MODES, make_views
+    from .views import COLOUR_MODES, make_views, rescaled_recipe
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
@@ -322,7 +342,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         from .budget import TimeBudget
 
         # --time-budget: `epochs` is only the provisional schedule until throughput has been measured
-        budget = TimeBudget(cfg.train.time_budget, t0=t_process)
+        budget = TimeBudget(cfg.train.time_budget, t0=t_process, phases=_budget_phases(cfg))
         total_steps = 10**9  # open-ended until the first fit
         end_step = min(total_steps, cfg.train.max_steps) if cfg.train.max_steps else total_steps
 
@@ -433,6 +453,10 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         bar = tqdm(total=end_step, initial=step, unit="step", dynamic_ncols=True, desc=spec.name)
 
     recipe: Any = method.view_recipe
+    # resolution schedule: the first low_res_fraction of the steps take smaller views (same crops, fewer pixels)
+    low_recipe = rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size else recipe
+    low_cost = _budget_phases(cfg)[0][1]
+    full_res = not cfg.data.low_res_size  # sticky: a re-fit that moves the switch later never goes back to small views
     view_dtype = amp_dtype if amp_dtype is not None else torch.float32
     last_row: dict[str, Any] = {}
     knn_history: list[dict[str, Any]] = []
@@ -459,7 +483,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 seed = step_seed(cfg.train.seed, step, dinfo.rank)
                 torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
                 gen = torch.Generator(device="cpu").manual_seed(seed)
-                views, params = make_views(images, recipe, gen, channels_last=cfg.train.channels_last, dtype=view_dtype,
+                full_res = full_res or step >= cfg.data.low_res_fraction * total_steps
+                views, params = make_views(images, recipe if full_res else low_recipe, gen,
+                                           channels_last=cfg.train.channels_last, dtype=view_dtype,
                                            compiled=cfg.train.compile, colour=cfg.data.colour)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
@@ -485,7 +511,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 n_window += images.shape[0] * dinfo.world_size
                 if budget is not None:
                     fitted = _refit_budget(budget, step, train_ds, val_ds, images.shape[0], len(views),
-                                           eval_probe if hasattr(train_ds, "images") else None)
+                                           eval_probe if hasattr(train_ds, "images") else None,
+                                           cost=1.0 if full_res else low_cost)
                     if dinfo.enabled:  # every rank must stop at rank 0's step, or a collective would hang
                         fitted = distributed.broadcast_int(-1 if fitted is None else fitted)
                         fitted = None if fitted < 0 else fitted
@@ -507,6 +534,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                                            "lr": lr, "images_per_s": round(ips, 2), "time_s": round(now - t_start, 2)}
                     if grad_norm is not None:
                         row["grad_norm"] = grad_norm
+                    if cfg.data.low_res_size:
+                        row["view_size"] = int(views[0].shape[-1])
                     row.update({k: float(v) for k, v in out_step.logs.items()})
                     if out_step.embeddings is not None and out_step.embeddings.shape[0] > 1:
                         row.update(embedding_stats(out_step.embeddings))

@@ -207,6 +207,16 @@ def multicrop_recipe(
     return ViewRecipe(views=views, mean=base.mean, std=base.std)
 
 
+def rescaled_recipe(recipe: ViewRecipe, size: int, full: int) -> ViewRecipe:
+    """The same recipe with every view's side scaled by ``size / full`` (at least 4 px): a resolution
+    schedule's low-resolution phase (``data.low_res_size``). Crop scales, colour and flips are unchanged, so
+    the views show the same content, only with fewer pixels."""
+    if not 0 < size <= full:
+        raise ConfigError(f"rescaled_recipe: need 0 < size <= full, got {size}, {full}")
+    views = [replace(v, size=max(4, round(v.size * size / full))) for v in recipe.views]
+    return ViewRecipe(views=views, mean=recipe.mean, std=recipe.std)
+
+
 # ----------------------------------------------------------------------------------------- batched ops
 
 
@@ -797,6 +807,7 @@ __all__ = [
     "make_views",
     "multicrop_recipe",
     "normalize",
+    "rescaled_recipe",
     "resized_crop",
     "rgb_to_grayscale",
     "sample_boxes",
