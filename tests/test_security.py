@@ -342,7 +342,7 @@ def test_audit_pretraining_layers_the_preset_under_its_own_fields(tmp_path):
     from selfsup.security.audit import AuditConfig, pretrain_config
 
     pc = pretrain_config(AuditConfig(preset="cpu-32px", batch_size=64, time_budget=2.0), "x", tmp_path)
-    assert pc.optim.name == "lars" and pc.optim.base_lr == 1.2 and pc.method["temperature"] == 0.1  # preset
+    assert pc.optim.name == "lars" and pc.optim.base_lr == 1.8 and pc.method["temperature"] == 0.1  # preset
     assert pc.train.batch_size == 64 and pc.train.time_budget == 2.0  # the audit's own fields win
     other = pretrain_config(AuditConfig(preset="cpu-32px", method="byol"), "x", tmp_path)
     assert other.method == {"name": "byol"} and other.optim.base_lr is None  # BYOL keeps its paper recipe

@@ -315,9 +315,11 @@ def test_preset_with_another_method_keeps_hardware_choices_and_drops_the_method_
         return config_from_args(args)
 
     own = cfg_for()
-    assert own.method["temperature"] == 0.1 and own.optim.name == "lars" and own.optim.base_lr == 1.2
+    assert own.method["temperature"] == 0.1 and own.optim.name == "lars" and own.optim.base_lr == 1.8
+    assert own.data.low_res_size == 24
     other = cfg_for("--method", "simsiam")
-    assert other.method == {"name": "simsiam"}
+    assert other.method == {"name": "simsiam"} and other.data.low_res_size == 0  # measured with SimCLR only
+    assert other.data.image_size == own.data.image_size
     assert other.optim.name is None and other.optim.base_lr is None and other.optim.weight_decay is None
     assert other.backbone.name == own.backbone.name and other.train.batch_size == own.train.batch_size
     assert other.optim.warmup_epochs == own.optim.warmup_epochs

@@ -107,8 +107,9 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, Any
         if not 0.0 < d.low_res_fraction < 1.0:
             raise ConfigError(f"data.low_res_fraction must be between 0 and 1 (exclusive), got {d.low_res_fraction}")
         if cfg.backbone.name.startswith("vit"):
-            raise ConfigError(f"data.low_res_size needs a convolutional backbone: {cfg.backbone.name}'s patch grid "
-                              "and position embeddings are fixed to data.image_size; drop --set data.low_res_size")
+            raise ConfigError(f"data.low_res_size {d.low_res_size} (from --set, --config or --preset) needs a "
+                              f"convolutional backbone: {cfg.backbone.name}'s patch grid and position embeddings are "
+                              "fixed to data.image_size; add --set data.low_res_size=0")
     if cfg.train.batch_size < 2:
         raise ConfigError("--batch-size must be at least 2 (contrastive losses need negatives)")
     if cfg.train.epochs < 1:

@@ -29,6 +29,8 @@ def preset_path(name: str) -> Path:
 
 # Optimiser fields that belong to a preset's method; another method keeps its own paper recipe for them.
 _METHOD_OPTIM_KEYS = ("name", "base_lr", "lr", "weight_decay", "betas")
+# Data fields measured with the preset's method only (the resolution schedule; ViT methods cannot use it).
+_METHOD_DATA_KEYS = ("low_res_size", "low_res_fraction")
 
 
 def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
@@ -36,7 +38,7 @@ def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
 
     A preset is tuned for one method (its ``method`` section). With another method, keep the preset's
     size-specific choices (backbone, batch, precision, warm-up length) but drop the method's
-    hyper-parameters and its optimiser/LR, so the other method runs with its own paper recipe
+    hyper-parameters, its optimiser/LR and its resolution schedule, so the other method runs with its own paper recipe
     (``methods/<name>.py``) on the preset's hardware settings. The optional ``methods:`` mapping then adds
     per-method CPU adjustments (e.g. narrower projectors), each explained in the preset file.
     """
@@ -49,6 +51,7 @@ def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
     if method is not None and own not in (None, method):
         layer.pop("method", None)
         layer["optim"] = {k: v for k, v in (layer.get("optim") or {}).items() if k not in _METHOD_OPTIM_KEYS}
+        layer["data"] = {k: v for k, v in (layer.get("data") or {}).items() if k not in _METHOD_DATA_KEYS}
     extra = per_method.get(chosen) if chosen else None
     if extra:
         for section, values in extra.items():
