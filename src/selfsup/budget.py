@@ -20,6 +20,16 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
+def phase_cost(phases: tuple[tuple[float, float], ...], step: int, total: int) -> float:
+    """Nominal cost of step ``step`` (0-based) of a ``total``-step run: the cost of the last phase whose start
+    fraction it has reached. The one rule for which phase a step is in (the training loop uses it too)."""
+    c = phases[0][1]
+    for start, cost in phases:
+        if step >= start * total:
+            c = cost
+    return c
+
+
 @dataclass
 class TimeBudget:
     minutes: float
@@ -43,12 +53,8 @@ class TimeBudget:
         return self.t0 + 60.0 * self.minutes
 
     def cost(self, step: int, total: int) -> float:
-        """Nominal cost of step ``step`` (0-based) of a ``total``-step run."""
-        c = self.phases[0][1]
-        for start, cost in self.phases:
-            if step >= start * total:
-                c = cost
-        return c
+        """Nominal cost of step ``step`` (0-based) of a ``total``-step run (:func:`phase_cost`)."""
+        return phase_cost(self.phases, step, total)
 
     def remaining_work(self, step: int, total: int) -> float:
         """Nominal work of steps ``step .. total - 1`` (closed form over the phases)."""
