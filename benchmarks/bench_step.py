@@ -6,19 +6,25 @@ zero_grad/backward -> optimizer step), data from the CIFAR-10 uint8 cache. ``--r
 real ``selfsup.pretrain`` for a few steps and reports its logged images/s.
 lightly: its documented CIFAR-10 recipe (benchmarks/common.py): LightlyDataset over the JPEG folder +
 SimCLRTransform(32, cj 0.5, no blur) + DataLoader(2 workers, batch 128), ResNetGenerator('resnet-18'),
-SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD, fp32.
+SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD, fp32. Measured twice: in this process (which has
+selfsup's malloc tuning and thread settings, see common.set_threads) and, as a user would run it, in a fresh
+child process with glibc's malloc defaults and torch's default threads (``--lightly-child``); 'vs lightly' is
+against the plain child when it ran.
 roofline: FLOPs per pair (FlopCounterMode over one selfsup forward + backward) against a bf16 matmul
 peak measured in the same run.
 
 Throughput is in pairs/s (source images/s; each pair = 2 views = 2 image-steps). Wall time AND process CPU
 time are recorded: on a shared machine the wall time is inflated by other processes.
 
-    .venv/bin/python benchmarks/bench_step.py [--steps 4] [--batch 256] [--compile] [--real-loop] [--profile]
+    .venv/bin/python benchmarks/bench_step.py [--steps 4] [--batch 256] [--compile] [--real-loop] [--profile] [--plain-first]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -135,6 +141,27 @@ class LightlyStep:
         self.opt.step()
 
 
+def lightly_child(steps: int, warmup: int) -> None:
+    """Time lightly's recipe as its users run it: no selfsup malloc tuning, torch's default thread count."""
+    root = common.ensure_cifar()
+    images = None if root is not None else common.cifar_uint8("train")[0]
+    ls = LightlyStep(root, images)  # type: ignore[arg-type]
+    wall, cpu = run_steps(ls, steps, warmup + 1)
+    print("LIGHTLY_JSON " + json.dumps({"wall": wall, "cpu": cpu, "source": ls.source,
+                                         "threads": torch.get_num_threads()}), flush=True)
+
+
+def run_lightly_child(steps: int, warmup: int) -> dict[str, Any]:
+    env = {**os.environ, "SELFSUP_MALLOC_TUNING": "0"}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--lightly-child", "--steps", str(steps),
+           "--warmup", str(warmup)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("LIGHTLY_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise SystemExit(f"bench_step: the plain lightly child failed (rc {out.returncode}): {out.stderr[-2000:]}")
+    return dict(json.loads(line[len("LIGHTLY_JSON "):]))
+
+
 def profile_ours(step: OurStep, n: int = 2) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -165,7 +192,14 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of selfsup's step")
     ap.add_argument("--skip-lightly", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--plain-first", action="store_true",
+                    help="time the plain lightly process before the in-process one (to check order effects)")
+    ap.add_argument("--lightly-child", action="store_true",
+                    help="internal: time lightly's recipe alone, print JSON (run in a clean child process)")
     args = ap.parse_args()
+    if args.lightly_child:
+        lightly_child(args.steps, args.warmup)
+        return
     threads = common.set_threads()
     images, _, source = common.cifar_uint8("train")
     root = common.ensure_cifar()
@@ -212,11 +246,23 @@ def main() -> None:
                 *run_steps(oc, args.steps, args.warmup + 1), args.batch, "2 warm-up steps (compilation)")
             del oc
     if not args.skip_lightly:
-        with common.note("lightly recipe (fp32, 2 workers, batch 128)"):
-            ls = LightlyStep(root, images)
-            add("lightly recipe, fp32, batch 128", *run_steps(ls, args.steps, args.warmup + 1), 128,
-                f"{ls.source} + SimCLRTransform, 2 workers; CPU time excludes workers")
-            del ls
+        def lightly_here() -> None:
+            with common.note("lightly recipe (fp32, 2 workers, batch 128)"):
+                ls = LightlyStep(root, images)
+                add("lightly recipe, fp32, batch 128, in this process (selfsup's malloc tuning)",
+                    *run_steps(ls, args.steps, args.warmup + 1), 128,
+                    f"{ls.source} + SimCLRTransform, 2 workers; CPU time excludes workers")
+                del ls
+
+        def lightly_plain() -> None:
+            with common.note("lightly recipe in a fresh process (glibc malloc defaults, torch default threads)"):
+                child = run_lightly_child(args.steps, args.warmup)
+                add("lightly recipe, plain process, fp32, batch 128", child["wall"], child["cpu"], 128,
+                    f"{child['source']}; as a user runs it: own process, no selfsup malloc tuning, "
+                    f"{child['threads']} torch threads")
+
+        for arm in ((lightly_plain, lightly_here) if args.plain_first else (lightly_here, lightly_plain)):
+            arm()
     if args.real_loop:
         with common.note("real selfsup.pretrain loop"):
             import selfsup
@@ -236,7 +282,7 @@ def main() -> None:
             prof = profile_ours(ours)
         print(prof)
 
-    ref = next(r["pairs/s (best)"] for r in rows if r["contender"].startswith("lightly")) if not args.skip_lightly else None
+    ref = next((r["pairs/s (best)"] for r in rows if r["contender"].startswith("lightly recipe, plain")), None)
     for r in rows:
         r["vs lightly"] = f"{r['pairs/s (best)'] / ref:.2f}x" if ref else ""
     cols = ["contender", "pairs/s (best)", "pairs/s (median)", "pairs/s (CPU time)", "vs lightly", "% bf16 roofline",
