@@ -143,9 +143,8 @@ class LightlyStep:
 
 def lightly_child(steps: int, warmup: int) -> None:
     """Time lightly's recipe as its users run it: no selfsup malloc tuning, torch's default thread count."""
-    root = common.ensure_cifar()
-    images = None if root is not None else common.cifar_uint8("train")[0]
-    ls = LightlyStep(root, images)  # type: ignore[arg-type]
+    images = common.cifar_uint8("train")[0]  # the memmapped cache the parent built (random pixels without CIFAR)
+    ls = LightlyStep(common.ensure_cifar(), images)
     wall, cpu = run_steps(ls, steps, warmup + 1)
     print("LIGHTLY_JSON " + json.dumps({"wall": wall, "cpu": cpu, "source": ls.source,
                                          "threads": torch.get_num_threads()}), flush=True)

@@ -459,7 +459,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     # resolution schedule: the first low_res_fraction of the steps take smaller views (same crops, fewer pixels)
     low_recipe = rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size else recipe
     phases = _budget_phases(cfg)  # the same phases the TimeBudget fits to
-    step_cost = 1.0 if len(phases) == 1 else phases[0][1]
+    step_cost = phases[0][1]  # 1.0 without a schedule
     view_dtype = amp_dtype if amp_dtype is not None else torch.float32
     last_row: dict[str, Any] = {}
     knn_history: list[dict[str, Any]] = []
