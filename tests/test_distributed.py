@@ -84,6 +84,11 @@ def _views(step: int) -> list[torch.Tensor]:
     return [torch.randn(WORLD * B, 3, 8, 8, generator=g) for _ in range(2)]
 
 
+def _multi_views() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(77)
+    return [torch.randn(WORLD * B, 6, generator=g) for _ in range(4)]
+
+
 def _run(method: str, rank: int, world: int) -> dict[str, list]:
     """STEPS optimizer steps; returns per-step global loss and gradients (and the final weights)."""
     from selfsup import distributed
@@ -115,7 +120,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     import torch.distributed as dist
 
     from selfsup import distributed
-    from selfsup.losses.contrastive import nt_xent_loss
+    from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
@@ -133,6 +138,13 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         finally:
             distributed.rank = real_rank  # type: ignore[assignment]
         results["offset"] = {"right": right, "wrong": wrong}  # type: ignore[assignment]
+        # multi-crop NT-Xent: this rank's slice of 4 global views; loss and input gradients to compare with
+        # one process on the global batch (DDP averages: the global gradient is this one / WORLD)
+        local = [v[rank * B : (rank + 1) * B].clone().requires_grad_() for v in _multi_views()]
+        loss = multi_view_nt_xent_loss(local, 0.3)
+        loss.backward()
+        results["multi_view"] = {  # type: ignore[assignment]
+            "loss": float(distributed.all_reduce_mean(loss.detach())), "grads": [v.grad for v in local]}
         torch.save(results, os.path.join(tmp, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -175,6 +187,16 @@ def test_two_processes_match_one_process_with_the_global_batch(tmp_path):
         assert len({round(x, 6) for x in ref["loss"]}) == STEPS, "the weights must change between steps"
     off = got[1]["offset"]
     assert abs(off["right"] - off["wrong"]) > 1e-3, "a wrong label offset must be detectable"
+    from selfsup.losses.contrastive import multi_view_nt_xent_loss
+
+    full = [v.clone().requires_grad_() for v in _multi_views()]
+    ref_loss = multi_view_nt_xent_loss(full, 0.3)
+    ref_loss.backward()
+    for r in range(WORLD):
+        mv = got[r]["multi_view"]
+        assert mv["loss"] == pytest.approx(ref_loss.item(), rel=1e-5)
+        for v, g in zip(full, mv["grads"]):
+            assert torch.allclose(g / WORLD, v.grad[r * B : (r + 1) * B], atol=1e-6), r
 
 
 # ---------------------------------------------------------------------------------------------- torchrun

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.losses.contrastive import info_nce_loss, nt_xent_loss
+from selfsup.losses.contrastive import info_nce_loss, multi_view_nt_xent_loss, nt_xent_loss
 from selfsup.losses.distillation import byol_loss, negative_cosine_loss
 
 
@@ -52,6 +52,57 @@ def test_decoupled_closed_form_and_gradient():
     with torch.autocast("cpu", dtype=torch.bfloat16):  # how training calls it: the logits come out in bf16
         loss = nt_xent_loss(z1, torch.randn(5, 6), 0.2, decoupled=True)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def multi_view_reference(views, t, decoupled=False):
+    """Slow multi-crop NT-Xent: for each anchor view v of image i and each other view u of i,
+    -log e^{s(v_i,u_i)} / (e^{s(v_i,u_i)} + sum over the views w_j of every other image j), averaged."""
+    n_views, b = len(views), views[0].shape[0]
+    z = [F.normalize(v.double(), dim=1) for v in views]
+    total, count = 0.0, 0
+    for v in range(n_views):
+        for i in range(b):
+            negs = sum(math.exp(float(z[v][i] @ z[w][j]) / t) for w in range(n_views) for j in range(b) if j != i)
+            for u in range(n_views):
+                if u != v:
+                    pos = math.exp(float(z[v][i] @ z[u][i]) / t)
+                    total += -math.log(pos / (negs + (0.0 if decoupled else pos)))
+                    count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("n_views", [3, 5])
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_multi_view_nt_xent_matches_reference(n_views, decoupled):
+    g = torch.Generator().manual_seed(n_views)
+    views = [torch.randn(4, 6, generator=g) for _ in range(n_views)]
+    got = multi_view_nt_xent_loss(views, 0.3, decoupled=decoupled).item()
+    assert got == pytest.approx(multi_view_reference(views, 0.3, decoupled), abs=1e-5)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_multi_view_nt_xent_is_nt_xent_for_two_views(decoupled):
+    g = torch.Generator().manual_seed(11)
+    z1, z2 = torch.randn(7, 5, generator=g, requires_grad=True), torch.randn(7, 5, generator=g)
+    a = multi_view_nt_xent_loss([z1, z2], 0.2, decoupled=decoupled)
+    b = nt_xent_loss(z1, z2, 0.2, decoupled=decoupled)
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    (ga,) = torch.autograd.grad(a, z1)
+    (gb,) = torch.autograd.grad(b, z1)
+    assert torch.allclose(ga, gb, atol=1e-6)
+
+
+def test_multi_view_nt_xent_bf16_autocast_and_bad_input():
+    views = [torch.randn(5, 6, requires_grad=True) for _ in range(4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = multi_view_nt_xent_loss(views, 0.1)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert all(v.grad is not None and torch.isfinite(v.grad).all() for v in views)
+    with pytest.raises(ValueError, match="at least 2 views"):
+        multi_view_nt_xent_loss([views[0]], 0.1)
+    with pytest.raises(ValueError, match="equal shape"):
+        multi_view_nt_xent_loss([views[0], torch.randn(4, 6)], 0.1)
 
 
 def test_nt_xent_closed_form_orthogonal_identical_views():

@@ -123,7 +123,7 @@ def test_rotnet_rotations_and_labels() -> None:
     assert torch.equal(xr[2, 0], torch.tensor([[2.0, 5, 8], [1, 4, 7], [0, 3, 6]]))  # 90 deg counter-clockwise
 
 
-@pytest.mark.parametrize("name", ["mocov2", "mocov3", "nnclr", "dino", "swav"])
+@pytest.mark.parametrize("name", ["mocov2", "mocov3", "nnclr", "dino", "swav", "simclr"])
 def test_resume_gives_identical_next_step(name: str) -> None:
     m = build(name, seed=0)
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.1)
@@ -144,3 +144,32 @@ def test_resume_gives_identical_next_step(name: str) -> None:
     torch.manual_seed(7)
     c = fresh(b, pr).loss
     assert torch.allclose(a, c, atol=1e-6)
+
+
+def test_simclr_multicrop_views_and_loss_wiring() -> None:
+    from selfsup.errors import ConfigError
+    from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
+    from selfsup.methods.api import forward_by_size
+
+    two = build("simclr", n_local_crops=0)
+    assert [v.size for v in two.view_recipe.views] == [16, 16]
+    m = build("simclr", n_local_crops=3, local_size=8, local_min_scale=0.1, local_max_scale=0.3, temperature=0.3)
+    views = m.view_recipe.views
+    assert [v.size for v in views] == [16, 16, 8, 8, 8]
+    assert [v.scale for v in views] == [(0.08, 1.0)] * 2 + [(0.1, 0.3)] * 3  # globals keep min_scale
+    b = batch(m)
+    out = m(b, progress())
+    z, h0 = forward_by_size(m.backbone, m.projector, b.views)
+    assert len(z) == 5 and z[2].shape == z[0].shape
+    assert torch.allclose(out.loss, multi_view_nt_xent_loss(z, 0.3), atol=1e-6)
+    assert torch.allclose(out.embeddings, h0)
+    out.loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    # two views: still exactly the paper's NT-Xent
+    b2 = batch(two)
+    z2, _ = forward_by_size(two.backbone, two.projector, b2.views)
+    assert torch.allclose(two(b2, progress()).loss, nt_xent_loss(z2[0], z2[1], two.cfg.temperature), atol=1e-6)
+    with pytest.raises(ConfigError, match="local_min_scale"):
+        build("simclr", n_local_crops=2, local_min_scale=0.5, local_max_scale=0.4)
+    with pytest.raises(ConfigError, match="n_local_crops"):
+        build("simclr", n_local_crops=-1)

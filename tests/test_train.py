@@ -153,9 +153,11 @@ def test_resolution_schedule_rejects_a_vit(tmp_path):
 
 
 @pytest.mark.integration
-def test_resolution_schedule_switches_view_size_once(tmp_path):
+@pytest.mark.parametrize("local_crops", [0, 2])
+def test_resolution_schedule_switches_view_size_once(tmp_path, local_crops):
     data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
     cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=2)  # 4 steps per epoch, 8 in all
+    cfg.method["n_local_crops"] = local_crops  # multi-crop SimCLR: local views rescaled alike (8 -> 4 px)
     cfg.data.low_res_size = 8
     cfg.data.low_res_fraction = 0.5
     pretrain(cfg)

@@ -52,6 +52,52 @@ def nt_xent_loss(
     return (torch.logsumexp(logits, dim=1) - pos).mean()
 
 
+def multi_view_nt_xent_loss(
+    views: list[torch.Tensor], temperature: float = 0.5, *, decoupled: bool = False
+) -> torch.Tensor:
+    """NT-Xent over V >= 2 views of the same B images (multi-crop SimCLR).
+
+    Every ordered pair of different views (v, u) of image i is a positive pair; the negatives of an anchor
+    are the views of all OTHER images:
+
+        l(v_i, u_i) = -log  e^{s(v_i, u_i)} / (e^{s(v_i, u_i)} + sum_{w, j != i} e^{s(v_i, w_j)})
+
+    with s the cosine similarity over tau; the loss is the mean over the V (V - 1) B terms. The other views of
+    the same image are neither positives nor negatives of a term, as in VISSL's multi-crop SimCLR loss (the
+    SwAV authors' library; SwAV, Caron et al. 2020, arXiv 2006.09882, Sec. 3.2 / Table 4: multi-crop raises
+    SimCLR's ImageNet accuracy). For V = 2 this is exactly :func:`nt_xent_loss`. ``decoupled=True`` drops the
+    positive from the denominator (DCL), as in :func:`nt_xent_loss`.
+
+    views: V tensors [B, D], row b of each from image b. Distributed: keys come from the global batch of all
+    processes (autograd-aware gather) and each process averages over its own V (V - 1) B terms, like
+    :func:`nt_xent_loss`. Computed as softplus(lse_neg - s_pos) (= -s + log(e^s + e^lse)), which is stable.
+    """
+    if len(views) < 2:
+        raise ValueError(f"expected at least 2 views, got {len(views)}")
+    shape = views[0].shape
+    if len(shape) != 2 or any(v.shape != shape for v in views):
+        raise ValueError(f"expected V tensors [B, D] of equal shape, got {[tuple(v.shape) for v in views]}")
+    n_views, b = len(views), shape[0]
+    zs = [F.normalize(v.float(), dim=1) for v in views]
+    keys = torch.cat([distributed.gather(z) for z in zs])  # [V * W * B, D], view-major
+    total = keys.shape[0] // n_views  # global batch size W * B
+    queries = torch.cat(zs)  # [V * B, D]
+    logits = queries @ keys.T / temperature  # [V * B, V * W * B]
+    image = distributed.rank() * b + torch.arange(b, device=queries.device)  # global index of each local image
+    same = torch.stack([u * total + image for u in range(n_views)], 1).repeat(n_views, 1)  # [V * B, V] columns
+    rows = torch.arange(n_views * b, device=queries.device)[:, None]
+    pos = logits[rows, same]  # [V * B, V]: similarity to each view of the same image (own view included)
+    own = torch.arange(n_views, device=queries.device).repeat_interleave(b)  # the anchor's own view
+    keep = torch.ones_like(pos, dtype=torch.bool)
+    keep[torch.arange(n_views * b), own] = False
+    pos = pos[keep].reshape(n_views * b, n_views - 1)  # the V - 1 positives of each anchor
+    neg = logits.float().index_put((rows.expand_as(same), same), torch.tensor(float("-inf"), device=logits.device))
+    lse = torch.logsumexp(neg, dim=1, keepdim=True)  # [V * B, 1] over the other images' views
+    pos = pos.float()
+    terms = lse - pos if decoupled else F.softplus(lse - pos)
+    return terms.mean()
+
+
 def info_nce_loss(query: torch.Tensor, key: torch.Tensor, temperature: float) -> torch.Tensor:
     """InfoNCE with in-batch negatives: row b of ``query`` matches row b of the (global) ``key`` set.
 

@@ -13,7 +13,7 @@ from ..ema import cosine_momentum, ema_update, make_teacher
 from ..errors import ConfigError
 from ..losses.dino import dino_center_update, dino_loss, teacher_temperature
 from ..views import byol_recipe, multicrop_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
 
 
 @dataclass
@@ -148,21 +148,7 @@ class DINO(nn.Module):
     def _student(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Student logits per view (views of equal size share one forward pass, like the reference's
         MultiCropWrapper) and the backbone features of the first view."""
-        out: list[torch.Tensor] = []
-        first: torch.Tensor | None = None
-        i = 0
-        while i < len(views):
-            j = i
-            while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-                j += 1
-            group = views[i:j]
-            h = self.backbone(torch.cat(group))
-            out.extend(self.head(h).split(group[0].shape[0]))
-            if first is None:
-                first = h[: group[0].shape[0]].detach()
-            i = j
-        assert first is not None
-        return out, first
+        return forward_by_size(self.backbone, self.head, views)
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
         n_g = self.cfg.n_global_crops

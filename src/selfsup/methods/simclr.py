@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from ..backbones import feature_dim
+from ..errors import ConfigError
 from ..heads import mlp
-from ..losses.contrastive import nt_xent_loss
-from ..views import simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from ..losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
+from ..views import multicrop_recipe, simclr_recipe
+from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
 
 
 @dataclass
@@ -25,6 +25,13 @@ class SimCLRConfig:
     min_scale: float = 0.08  # RandomResizedCrop area lower bound
     hflip: bool = True  # paper: random horizontal flip p 0.5; turn off where mirror images differ (digits, text)
     decoupled: bool = False  # True: DCL loss (Yeh et al. 2021, arXiv 2110.06848): positive left out of the denominator
+    # multi-crop (SwAV, Caron et al. 2020, arXiv 2006.09882, Sec. 3.2 and Table 4 "SimCLR + multi-crop"): extra
+    # small, cheap views, every pair of views of an image a positive (losses.multi_view_nt_xent_loss). 0 = the
+    # paper's two views. Local views copy view 1's colour ops with their own size and crop scale.
+    n_local_crops: int = 0
+    local_size: int = 0  # side of the local views; 0 = 96/224 of the image size (32 -> 12 px), as SwAV/DINO
+    local_min_scale: float = 0.05  # local crop area range: DINO's 0.05-0.4 (SwAV: 0.05-0.14 with 0.14-1 globals)
+    local_max_scale: float = 0.4
 
 
 @register(
@@ -50,15 +57,25 @@ class SimCLR(nn.Module):
             scale=(cfg.min_scale, 1.0),
             grayscale_input=grayscale,
         )
+        if cfg.n_local_crops < 0:
+            raise ConfigError(f"simclr: method.n_local_crops must be >= 0, got {cfg.n_local_crops}")
+        if cfg.n_local_crops:
+            if not 0.0 < cfg.local_min_scale <= cfg.local_max_scale <= 1.0:
+                raise ConfigError("simclr: need 0 < method.local_min_scale <= method.local_max_scale <= 1, got "
+                                  f"{cfg.local_min_scale}, {cfg.local_max_scale}")
+            self.view_recipe = multicrop_recipe(
+                self.view_recipe, n_global=2, n_local=cfg.n_local_crops, local_size=cfg.local_size or None,
+                global_scale=(cfg.min_scale, 1.0), local_scale=(cfg.local_min_scale, cfg.local_max_scale),
+            )
         if not cfg.hflip:
             self.view_recipe.views = [dataclasses.replace(v, hflip_p=0.0) for v in self.view_recipe.views]
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
-        # One forward pass over both views: a larger batch keeps a 2-core CPU busier. BN statistics
-        # are then shared by the two views, as with SimCLR's global BN.
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).split(b)
-        loss = nt_xent_loss(z1, z2, self.cfg.temperature, decoupled=self.cfg.decoupled)
-        return StepOutput(loss, embeddings=h[:b].detach())
+        # Equal-size views share one forward pass: a larger batch keeps a 2-core CPU busier, and the BN
+        # statistics are shared by the two global views, as with SimCLR's global BN.
+        z, h0 = forward_by_size(self.backbone, self.projector, batch.views)
+        if len(z) == 2:
+            loss = nt_xent_loss(z[0], z[1], self.cfg.temperature, decoupled=self.cfg.decoupled)
+        else:
+            loss = multi_view_nt_xent_loss(z, self.cfg.temperature, decoupled=self.cfg.decoupled)
+        return StepOutput(loss, embeddings=h0)

@@ -14,7 +14,7 @@ from ..heads import mlp
 from ..losses.clustering import sinkhorn, swav_loss
 from ..losses.contrastive import enqueue
 from ..views import multicrop_recipe, simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
 
 
 @dataclass
@@ -99,20 +99,8 @@ class SwAV(nn.Module):
     def _embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised projections [V*B, D] in view order (equal-size views share a forward pass), and
         the backbone features of the first view."""
-        zs: list[torch.Tensor] = []
-        first: torch.Tensor | None = None
-        i = 0
-        while i < len(views):
-            j = i
-            while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-                j += 1
-            h = self.backbone(torch.cat(views[i:j]))
-            if first is None:
-                first = h[: views[0].shape[0]].detach()
-            zs.append(F.normalize(self.projector(h).float(), dim=1))
-            i = j
-        assert first is not None
-        return torch.cat(zs), first
+        zs, first = forward_by_size(self.backbone, self.projector, views)
+        return F.normalize(torch.cat(zs).float(), dim=1), first
 
     def _queue_active(self, progress: Progress) -> bool:
         return self.cfg.queue_size > 0 and progress.epoch >= self.cfg.queue_start_epoch
