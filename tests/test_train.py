@@ -157,13 +157,26 @@ def test_resolution_schedule_rejects_a_vit(tmp_path):
 def test_resolution_schedule_switches_view_size_once(tmp_path, local_crops):
     data = make_class_folder(tmp_path / "data", classes=2, per_class=16)
     cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=2)  # 4 steps per epoch, 8 in all
-    cfg.method["n_local_crops"] = local_crops  # multi-crop SimCLR: local views rescaled alike (8 -> 4 px)
+    cfg.method["n_local_crops"] = local_crops  # multi-crop SimCLR: local views rescaled alike (12 -> 6 px)
+    cfg.method["local_size"] = 12  # the default (7 px -> 4 px at low res) is refused under bf16: see below
     cfg.data.low_res_size = 8
     cfg.data.low_res_fraction = 0.5
     pretrain(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     sizes = [r["view_size"] for r in rows if "view_size" in r]
     assert sizes == [8] * 4 + [16] * 4  # steps 0-3 at 8 px, then 16 px (rows are logged after each step)
+
+
+def test_views_too_small_for_bf16_cpu_convs_are_refused_before_the_run_folder(tmp_path):
+    cfg = tiny_config("unused", str(tmp_path / "run"))
+    cfg.method["n_local_crops"] = 2
+    cfg.method["local_size"] = 4  # cnn-compact's last stride-2 conv would see 1x1: wrong bf16 weight grads
+    cfg.train.precision = "bf16"
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg.data.path = str(data)
+    with pytest.raises(ConfigError, match=r"4 px views are too small .*downs\.3\.0.*at least 5 px"):
+        pretrain(cfg)
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_method_lists_choices(tmp_path):

@@ -159,3 +159,48 @@ def build_backbone(cfg: BackboneConfig, image_size: int) -> nn.Module:
     """Build the encoder named in ``cfg`` for square inputs of side ``image_size``."""
     resolve_backbone_config(cfg, image_size)
     return BACKBONES[cfg.name][1](cfg, image_size)
+
+
+def check_bf16_cpu_conv_sizes(backbone: nn.Module, sizes: list[int], *, name: str, hint: str) -> None:
+    """Refuse input sides at which a strided convolution of ``backbone`` would see a map smaller than its stride.
+
+    PyTorch 2.14's bf16 CPU convolution (oneDNN) computes the *weight gradient* of such a layer from
+    uninitialised memory: garbage, often NaN, different on every call. Minimal case: a 3x3, stride-2,
+    padding-1 ``Conv2d`` on a 1x1 map (``cnn-compact`` at 4 px, or a ResNet with the ImageNet stem at
+    16 px); found by a flaky NaN in CI. The output is a degenerate 1x1 map anyway, so we fail fast with
+    the fix rather than train on garbage. Call only for bf16 training on the CPU; fp32 is exact.
+    """
+    convs = [(n, m) for n, m in backbone.named_modules() if isinstance(m, nn.Conv2d)]
+    if not any(max(m.stride) > 1 for _, m in convs):
+        return
+    in_ch = convs[0][1].in_channels
+
+    def offenders(side: int) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+        seen: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+        hooks = [m.register_forward_pre_hook(
+            lambda mod, args, n=n: seen.append((n, tuple(mod.stride), tuple(args[0].shape[-2:]))))
+            for n, m in convs]
+        was_training = backbone.training
+        try:
+            backbone.eval()  # no BN statistics are touched; one image suffices for the shapes
+            with torch.no_grad():
+                p = next(backbone.parameters())
+                backbone(torch.zeros(1, in_ch, side, side, device=p.device, dtype=p.dtype))
+        except RuntimeError:
+            return []  # a size the backbone rejects outright (ViT's fixed grid) fails later with its own error
+        finally:
+            for h in hooks:
+                h.remove()
+            backbone.train(was_training)
+        return [(n, s, hw) for n, s, hw in seen if s[0] > hw[0] or s[1] > hw[1]]
+
+    for side in sorted(set(sizes)):
+        bad = offenders(side)
+        if bad:
+            layer, stride, hw = bad[0]
+            ok = next((s for s in range(side + 1, 8 * side + 1) if not offenders(s)), None)
+            need = f"views of at least {ok} px" if ok else "larger views"
+            raise ConfigError(
+                f"{side} px views are too small for backbone {name}: its layer {layer} (stride {stride[0]}) would "
+                f"see a {hw[0]}x{hw[1]} map, where PyTorch's bf16 CPU convolution returns wrong weight gradients "
+                f"(NaN); use {need} ({hint}) or --precision fp32")

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .backbones import build_backbone, resolve_backbone_config
+from .backbones import build_backbone, check_bf16_cpu_conv_sizes, resolve_backbone_config
 from .budget import phase_cost
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -356,6 +356,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
     method = spec.build(backbone, method_cfg, image_size=cfg.data.image_size, grayscale=cfg.data.grayscale)
+    if device.type == "cpu" and amp_dtype == torch.bfloat16:
+        base: Any = method.view_recipe
+        recipes = [base]
+        if cfg.data.low_res_size:
+            recipes.append(rescaled_recipe(base, cfg.data.low_res_size, cfg.data.image_size))
+        check_bf16_cpu_conv_sizes(backbone, [v.size for r in recipes for v in r.views], name=cfg.backbone.name,
+                                  hint="data.image_size, data.low_res_size, method.local_size")
     if cfg.train.sync_bn and dinfo.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); "

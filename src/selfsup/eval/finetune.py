@@ -201,6 +201,10 @@ def finetune(
     recipe = ViewRecipe(views=[ViewSpec(size=image_size, scale=crop_scale, jitter_p=0.0, gray_p=0.0)])
     gen = torch.Generator().manual_seed(int(seed))
     dtype = resolve_precision(precision, device)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        from ..backbones import check_bf16_cpu_conv_sizes
+
+        check_bf16_cpu_conv_sizes(enc, [image_size], name="this encoder", hint="the fine-tune image size")
     y_sub = torch.from_numpy(ytr[subset])
     step, running, seen = 0, 0.0, 0
     while step < total:
