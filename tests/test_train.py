@@ -111,22 +111,27 @@ def test_colour_mode_reaches_the_views(tmp_path, monkeypatch):
     real = views.make_views
 
     def spy(*args, **kw):
-        seen.append(kw.get("colour"))
+        seen.append((kw.get("colour"), kw.get("backend")))
         return real(*args, **kw)
 
     monkeypatch.setattr(views, "make_views", spy)
     data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
     cfg = tiny_config(str(data), str(tmp_path / "run"), epochs=1)
     cfg.data.colour = "linear"
+    cfg.data.view_backend = "torch"
     cfg.train.max_steps = 1
     pretrain(cfg)
-    assert seen and set(seen) == {"linear"}
+    assert seen and set(seen) == {("linear", "torch")}
 
 
-def test_unknown_colour_mode_is_a_config_error_and_leaves_no_folder(tmp_path):
+@pytest.mark.parametrize("field, value, allowed", [
+    ("colour", "fast", r"\('exact', 'linear'\)"),
+    ("view_backend", "cuda", r"\('auto', 'torch', 'numba'\)"),
+])
+def test_unknown_colour_mode_or_view_backend_is_a_config_error_and_leaves_no_folder(tmp_path, field, value, allowed):
     cfg = tiny_config("x", str(tmp_path / "run"))
-    cfg.data.colour = "fast"
-    with pytest.raises(ConfigError, match=r"data.colour must be one of \('exact', 'linear'\), got 'fast'"):
+    setattr(cfg.data, field, value)
+    with pytest.raises(ConfigError, match=rf"data.{field} must be one of {allowed}, got '{value}'"):
         pretrain(cfg)
     assert not (tmp_path / "run").exists()
 

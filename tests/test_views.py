@@ -156,14 +156,14 @@ def test_views_sharing_a_pass_equal_one_view_at_a_time() -> None:
     assert views[0].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("b", [12, 40])
-def test_make_views_matches_per_sample_torchvision_reference(b: int) -> None:
+@pytest.mark.parametrize("b,backend", [(12, "torch"), (40, "torch"), (40, "numba")])
+def test_make_views_matches_per_sample_torchvision_reference(b: int, backend: str) -> None:
     """Re-draw the same uniforms and replay each sample through torchvision ops, in its jitter order.
     (b = 40 puts most of the 24 jitter orders in one batch: colour_jitter_ regroups samples per position.)"""
     size = 10
     imgs = _images(b, 16, 16)
     spec = V.ViewSpec(size=size, jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
-    views, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen(5), channels_last=False)
+    views, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen(5), channels_last=False, backend=backend)
     u = torch.rand(b, V._N_COLS, generator=_gen(5))
     src = imgs.permute(0, 3, 1, 2).float() / 255
     crops = V.resized_crop(src, params[0].boxes, params[0].flip, size)  # checked against torchvision below
@@ -187,6 +187,62 @@ def test_make_views_matches_per_sample_torchvision_reference(b: int) -> None:
         expected = (x - MEAN[0]) / STD[0]
         # tolerance 1e-4: float32 differences of the hue round trip, amplified by 1/std ~ 4.4
         torch.testing.assert_close(views[0][i], expected, atol=1e-4, rtol=0)
+
+
+def _backends_agree(imgs: torch.Tensor, recipe: V.ViewRecipe, seed: int, **kw: object) -> None:
+    ref, pr = V.make_views(imgs, recipe, _gen(seed), backend="torch", **kw)  # type: ignore[arg-type]
+    got, pg = V.make_views(imgs, recipe, _gen(seed), backend="numba", **kw)  # type: ignore[arg-type]
+    for a, b, qa, qb in zip(ref, got, pr, pg):
+        assert b.dtype == a.dtype and b.shape == a.shape and b.stride() == a.stride()
+        # fp32 rounding of the crop weights and the hue round trip, times 1 / std ~ 4.4
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-5 if a.dtype == torch.float32 else 2e-2, rtol=0)
+        assert torch.equal(qa.boxes, qb.boxes) and torch.equal(qa.flip, qb.flip)
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "multicrop", "strong"])
+def test_numba_kernel_equals_torch_ops(name: str) -> None:
+    """The fused CPU kernel (view_kernel) computes what the torch ops compute, on the same random draws:
+    SimCLR's shared pass of two views, BYOL's asymmetric views with blur and solarize after the kernel,
+    multi-crop (two groups of sizes), and the strongest jitter (hue 0.5, saturation factors on both sides
+    of lerp's 0.5 switch, contrast 0.9, crops up to the whole non-square source so the border clip acts)."""
+    imgs = _images(40, 20, 24, seed=1)
+    strong = V.ViewSpec(size=12, scale=(0.5, 1.0), brightness=0.9, contrast=0.9, saturation=0.9, hue=0.5,
+                        jitter_p=0.9, gray_p=0.3)
+    recipe = {"simclr": V.simclr_recipe(16), "byol": V.byol_recipe(16),
+              "multicrop": V.multicrop_recipe(V.simclr_recipe(16), n_local=3),
+              "strong": V.ViewRecipe([strong, replace(strong, hflip_p=1.0)])}[name]
+    _backends_agree(imgs, recipe, seed=3)
+
+
+def test_numba_kernel_inputs_layouts_dtypes_and_threads() -> None:
+    """NCHW, float and 1-channel inputs reach the kernel as [B, H, W, 3]; bf16 / NCHW outputs; the result
+    does not depend on how many threads split the samples."""
+    imgs = _images(36, 16, 16, seed=2)
+    rec = V.simclr_recipe(12)
+    _backends_agree(imgs.permute(0, 3, 1, 2).contiguous(), rec, seed=1)
+    _backends_agree(imgs.float() / 255, rec, seed=1, channels_last=False)
+    _backends_agree(imgs[..., :1], V.simclr_recipe(12, grayscale_input=True), seed=1)
+    _backends_agree(imgs, rec, seed=1, dtype=torch.bfloat16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one, _ = V.make_views(imgs, rec, _gen(4), backend="numba")
+        torch.set_num_threads(2)
+        two, _ = V.make_views(imgs, rec, _gen(4), backend="numba")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_backend_choice_and_errors() -> None:
+    imgs = _images(4, 8, 8)
+    auto, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1))
+    numba, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), backend="numba")
+    assert torch.equal(auto[0], numba[0])  # auto = the kernel on the CPU with exact colour
+    with pytest.raises(UserError, match="backend must be one of"):
+        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="fast")
+    with pytest.raises(UserError, match="colour='exact' only"):
+        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", colour="linear")
 
 
 # ----------------------------------------------------------------------------------------- single ops

@@ -28,6 +28,7 @@ class DataConfig:
     strict: bool = False  # fail on the first corrupt image instead of skipping and counting it
     grayscale: bool = False  # images are grayscale (MNIST): skip colour ops in the views
     colour: str = "exact"  # colour jitter + grayscale: exact (torchvision's) | linear (one affine map, faster; views.py)
+    view_backend: str = "auto"  # auto (fused numba kernel for exact colour on CPU, else torch ops) | torch | numba
     low_res_size: int = 0  # > 0: views this many px (local crops scaled alike) for the first low_res_fraction of
     low_res_fraction: float = 0.5  # the steps, then image_size (cheaper early steps; convolutional backbones only)
 
@@ -61,7 +62,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many optimizer steps (the schedule still spans `epochs`)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 where the hardware supports it
     channels_last: bool = True
-    compile: bool = False  # torch.compile the method and the colour augmentation (slow first step, faster after)
+    compile: bool = False  # torch.compile the method (and the torch colour ops: CUDA, data.view_backend=torch)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # intra-op threads; None = all cores of this process's share

@@ -311,12 +311,15 @@ def _refit_budget(
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
-    from .views import COLOUR_MODES, make_views, rescaled_recipe
+    from .views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
     if cfg.data.colour not in COLOUR_MODES:
         raise ConfigError(f"data.colour must be one of {COLOUR_MODES}, got {cfg.data.colour!r} (see README, Data)")
+    if cfg.data.view_backend not in VIEW_BACKENDS:
+        raise ConfigError(
+            f"data.view_backend must be one of {VIEW_BACKENDS}, got {cfg.data.view_backend!r} (see README, Data)")
     device = resolve_device(cfg.train.device)
     dinfo = distributed.setup(device)
     if device.type == "cuda" and dinfo.enabled:
@@ -497,7 +500,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     step_cost = phase_cost(phases, step, total_steps)
                 views, params = make_views(images, recipe if step_cost == 1.0 else low_recipe, gen,
                                            channels_last=cfg.train.channels_last, dtype=view_dtype,
-                                           compiled=cfg.train.compile, colour=cfg.data.colour)
+                                           compiled=cfg.train.compile, colour=cfg.data.colour,
+                                           backend=cfg.data.view_backend)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(optimizer, lr, cfg.optim.lr or 0.0)

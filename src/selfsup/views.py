@@ -37,6 +37,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from . import view_kernel
 from .errors import ConfigError, DataError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -45,6 +46,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale (and PIL's "L" conversion).
 _GRAY = (0.2989, 0.587, 0.114)
 COLOUR_MODES = ("exact", "linear")  # make_views(colour=...) / data.colour
+VIEW_BACKENDS = ("auto", "torch", "numba")  # make_views(backend=...) / data.view_backend
 _N_TRIES = 10  # RandomResizedCrop: candidate boxes per sample before the central-crop fallback
 
 
@@ -622,12 +624,27 @@ def _below(u: torch.Tensor, specs: list[ViewSpec], name: str) -> torch.Tensor:
     return u < torch.tensor(ps, dtype=u.dtype).repeat_interleave(u.shape[0] // len(specs))
 
 
+def _jitter_params(u: torch.Tensor, strengths: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour-jitter factors [4, N] (brightness, contrast, saturation factors, hue shift; fp32 on the CPU)
+    and the per-sample op order [N, 4] (a random permutation per row) from the view uniforms ``u``."""
+    f = u[:, _C_FACT : _C_FACT + 4]
+    factors = [
+        _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
+        for i, s in enumerate(strengths)
+    ]
+    return torch.stack(factors, 0), torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)
+
+
 def _augment_views(
     src: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator, compiled: bool = False,
-    colour: str = "exact",
+    colour: str = "exact", kernel: bool = False,
+    finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
 ) -> tuple[torch.Tensor, list[ViewParams]]:
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
-    [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params.
+    [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params. ``kernel``: src is instead a CPU
+    [B, H, W, 3] uint8 / float32 batch, and crop + jitter + grayscale run as one fused pass
+    (:mod:`selfsup.view_kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
+    these views) the kernel also normalises and writes the final layout and dtype.
 
     Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
     halves the per-call overhead (op dispatch, slicing, parameter draws) that dominates at 32 px; see
@@ -636,36 +653,35 @@ def _augment_views(
     """
     spec = specs[0]
     g = len(specs)
-    b, _, height, width = src.shape
+    b, height, width = (src.shape[0], src.shape[1], src.shape[2]) if kernel else (src.shape[0], *src.shape[2:])
     dev = src.device
     u = torch.rand(g * b, _N_COLS, generator=generator, device=generator.device).cpu()
     boxes = sample_boxes(u[:, :_C_BOX], height, width, spec.scale, spec.ratio)
     flip = _below(u[:, _C_FLIP], specs, "hflip_p")
-    if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
-        src = torch.cat([src] * g)  # keeps src's (channels-last) strides; 30x faster than .repeat here
-    x = resized_crop(src, boxes.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
-
     jit = _below(u[:, _C_JIT], specs, "jitter_p")
     strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
-    jitter = bool(jit.any()) and any(s > 0 for s in strengths)
+    active = tuple(s > 0 for s in strengths)
+    jitter = bool(jit.any()) and any(active)
     gray = _below(u[:, _C_GRAY], specs, "gray_p")
-    if jitter or (colour == "linear" and gray.any()):
-        f = u[:, _C_FACT : _C_FACT + 4]
-        factors = [
-            _uniform(f[:, i], max(0.0, 1.0 - s), 1.0 + s) if i < 3 else _uniform(f[:, i], -s, s)
-            for i, s in enumerate(strengths)
-        ]
-        fs = torch.stack(factors, 0)  # [4, G * B], fp32 on the CPU
-        order = torch.argsort(u[:, _C_PERM : _C_PERM + 4], dim=1)  # [G * B, 4] random permutation per sample
-        if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
-            mean_rgb = x.mean(dim=(-2, -1)) if jitter and spec.contrast > 0 else x.new_zeros(x.shape[0], 3)
-            # the map is composed in fp32 also when x is bf16 (CUDA)
-            x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, fs.to(dev, non_blocking=True), gray))
-        else:
-            fdev = fs.to(dev, dtype=x.dtype, non_blocking=True)
-            x = colour_jitter_(x, jit, order, fdev, tuple(s > 0 for s in strengths), compiled=compiled)
-    if colour != "linear" and gray.any():
-        x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
+
+    if kernel:
+        fs, order = _jitter_params(u, strengths)
+        x = view_kernel.crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish)
+    else:
+        if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
+            src = torch.cat([src] * g)  # keeps src's (channels-last) strides; 30x faster than .repeat here
+        x = resized_crop(src, boxes.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
+        if jitter or (colour == "linear" and gray.any()):
+            fs, order = _jitter_params(u, strengths)
+            if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
+                mean_rgb = x.mean(dim=(-2, -1)) if jitter and spec.contrast > 0 else x.new_zeros(x.shape[0], 3)
+                # the map is composed in fp32 also when x is bf16 (CUDA)
+                x = apply_colour_affine(x, *colour_affine(mean_rgb, jit, order, fs.to(dev, non_blocking=True), gray))
+            else:
+                fdev = fs.to(dev, dtype=x.dtype, non_blocking=True)
+                x = colour_jitter_(x, jit, order, fdev, active, compiled=compiled)
+        if colour != "linear" and gray.any():
+            x = _apply(x, _index(gray, dev), bool(gray.all()), to_grayscale)
 
     blur = _below(u[:, _C_BLUR], specs, "blur_p")
     if blur.any():
@@ -681,12 +697,14 @@ def _augment_views(
     return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b]) for i in range(g)]
 
 
-def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> float [B, 3, H, W]."""
+def _as_nchw(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> a [B, 3, H, W] view."""
     if images.dim() != 4:
         raise DataError(
             f"views: expected a batch of images [B, H, W, 3] or [B, 3, H, W], got {tuple(images.shape)}"
         )
+    if not (images.dtype == torch.uint8 or images.dtype.is_floating_point):
+        raise DataError(f"views: images must be uint8 (or float in [0, 1]), got {images.dtype}")
     # channels-last (the cache's layout) wins when both readings are possible, e.g. [B, 3, H, 3]
     if images.shape[-1] == 3 or (images.shape[-1] == 1 and images.shape[1] != 3):
         x = images.permute(0, 3, 1, 2)
@@ -694,13 +712,20 @@ def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         x = images
     else:
         raise DataError(f"views: images must have 1 or 3 channels, got shape {tuple(images.shape)}")
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    if images.dtype == torch.uint8:
-        return x.to(dtype).mul_(1.0 / 255.0)
-    if images.dtype.is_floating_point:
-        return x.to(dtype)
-    raise DataError(f"views: images must be uint8 (or float in [0, 1]), got {images.dtype}")
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def _to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> float [B, 3, H, W]."""
+    x = _as_nchw(images)
+    return x.to(dtype).mul_(1.0 / 255.0) if images.dtype == torch.uint8 else x.to(dtype)
+
+
+def _to_nhwc(images: torch.Tensor) -> torch.Tensor:
+    """The view kernel's input: contiguous [B, H, W, 3], uint8 kept as is (the cache's batches: no copy),
+    float as float32."""
+    x = _as_nchw(images).permute(0, 2, 3, 1)
+    return x.contiguous() if images.dtype == torch.uint8 else x.to(torch.float32).contiguous()
 
 
 def _cast(x: torch.Tensor, channels_last: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -720,6 +745,19 @@ def _finish(
     return _cast(normalize(x, mean, std, inplace=True), channels_last, dtype)  # x is its caller's own buffer
 
 
+def _use_kernel(images: torch.Tensor, colour: str, backend: str) -> bool:
+    """Whether make_views runs the fused CPU kernel (see make_views' ``backend``)."""
+    if backend not in VIEW_BACKENDS:
+        raise ConfigError(f"views: backend must be one of {VIEW_BACKENDS}, got {backend!r}")
+    fits = images.device.type == "cpu" and colour == "exact"
+    if backend == "numba":
+        if not fits:
+            raise ConfigError(
+                "views: the numba backend runs on CPU images with colour='exact' only; use backend='auto'"
+            )
+    return backend == "numba" or (backend == "auto" and fits)
+
+
 def make_views(
     images: torch.Tensor,
     recipe: ViewRecipe,
@@ -729,6 +767,7 @@ def make_views(
     dtype: torch.dtype = torch.float32,
     compiled: bool = False,
     colour: str = "exact",
+    backend: str = "auto",
 ) -> tuple[list[torch.Tensor], list[ViewParams]]:
     """Augment a batch into the recipe's views, each sample with independent random parameters.
 
@@ -748,22 +787,35 @@ def make_views(
       the HSV hue shift (max channel kept), and values are not clamped between ops. Why: the exact path
       is ~60 elementwise passes per image at 32 px (the HSV round trip), the linear one a handful; see
       benchmarks/RESULTS.md (augmentation) for the speed and the time-to-accuracy section for its effect.
+
+    ``backend`` picks how the exact path runs: ``"numba"`` makes crop + flip + colour jitter + grayscale of
+    each sample in one fused, compiled CPU pass (:mod:`selfsup.view_kernel`: the same parameters and
+    formulas as the torch ops, equal up to float rounding, several times cheaper); ``"torch"`` runs the
+    batched torch ops (any device; ``compiled`` applies to them); ``"auto"`` is numba for CPU images with
+    exact colour, torch otherwise.
     """
     if colour not in COLOUR_MODES:
         raise ConfigError(f"views: colour must be one of {COLOUR_MODES}, got {colour!r}")
+    kernel = _use_kernel(images, colour, backend)
     # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
     # maths: augment in fp32 and cast once, with the layout change, in _cast (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
-    src = _to_float_nchw(images, work)
+    src = _to_nhwc(images) if kernel else _to_float_nchw(images, work)
     b = src.shape[0]
     groups: dict[tuple[object, ...], list[int]] = {}  # views sharing a pass, in order of first appearance
     for i, spec in enumerate(recipe.views):
         groups.setdefault(_group_key(spec), []).append(i)
     made: dict[int, tuple[torch.Tensor, ViewParams]] = {}  # recipe index -> (view, params)
     for idx in groups.values():
-        x, ps = _augment_views(src, [recipe.views[i] for i in idx], generator, compiled, colour)
-        x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
-        for k, i in enumerate(idx):
+        specs = [recipe.views[i] for i in idx]
+        # the kernel finishes the views itself unless blur or solarize (torch ops) come after it
+        fused = kernel and dtype in (torch.float32, torch.bfloat16) and not any(
+            v.blur_p or v.solarize_p for v in specs)
+        finish = (recipe.mean, recipe.std, channels_last, dtype) if fused else None
+        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish)
+        if not fused:
+            x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
+        for k, i in enumerate(idx):  # (_cast is a no-op on the kernel's finished views)
             made[i] = (_cast(x[k * b : (k + 1) * b], channels_last, dtype), ps[k])
     order = range(len(recipe.views))
     return [made[i][0] for i in order], [made[i][1] for i in order]
@@ -787,11 +839,13 @@ def eval_transform(
 
 
 __all__ = [
+    "COLOUR_MODES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ViewParams",
     "ViewRecipe",
     "ViewSpec",
+    "VIEW_BACKENDS",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",

@@ -37,7 +37,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--knn-every", type=int, help="epochs between online kNN evaluations on --val")
     p.add_argument("--time-budget", type=float, help="minutes for the whole run (fits the schedule to it)")
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model and the colour augmentation")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (and the colour augmentation where it runs as torch ops: CUDA, data.view_backend=torch)")
     p.add_argument("--strict", action="store_true", default=None, help="fail on the first corrupt image")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--preset", help="a packaged CPU recipe (see `selfsup presets`); --config and flags override it")

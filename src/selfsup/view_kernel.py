@@ -1,0 +1,279 @@
+"""One fused CPU pass for the hot part of :func:`selfsup.views.make_views`: crop + flip + exact colour jitter +
+grayscale, per sample, compiled with numba.
+
+Why our own kernel: on a CPU the torch path (``views._augment_views``) is ~60 elementwise passes per view at
+32 px (the HSV hue round trip alone is ~25), each over a slice of ~100 samples, and what it costs is op
+dispatch and memory traffic, not arithmetic (benchmarks/RESULTS.md, augmentation). Here each output sample is
+made in one loop nest from the uint8 source: the bilinear crop writes a 12 KiB [3, S, S] slab, and the colour
+ops of that sample run on it in its own random order while it sits in L1. The random parameters are drawn by
+``views._augment_views`` exactly as for the torch path, and every op computes what its torch counterpart in
+``views`` computes (same formulas, same order; equal up to float rounding, see tests/test_views.py), so the two
+backends give the same views for the same generator state. CUDA and ``colour="linear"`` keep the torch path
+(``make_views(backend=...)``). Blur and solarize (BYOL, DINO) stay torch ops after the kernel.
+
+Compilation: the first call in a fresh install compiles for ~15 s (once per source dtype, uint8 and float32);
+numba caches the machine code beside this file (``cache=True``), so later processes load it in under a second.
+
+Threads: the function releases the GIL; :func:`crop_jitter_gray` splits the samples over
+``torch.get_num_threads()`` Python threads (so DDP's and ``set_num_threads``' settings apply, and numba's own
+threading layer, which would compete with torch's OpenMP pool, is never started).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from numba import njit
+
+# torchvision's grayscale weights (views._GRAY) as float32, like the torch path's scalar ops
+_W_R, _W_G, _W_B = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
+
+
+@njit(nogil=True, cache=True)
+def _clamp01(v):
+    return min(max(v, np.float32(0.0)), np.float32(1.0))
+
+
+@njit(nogil=True, cache=True)
+def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, size, norm, out32, out16, nhwc,
+             lo, hi):
+    """Samples lo..hi-1 of the output from ``src`` [B, H, W, 3] (uint8 or float32) times ``scale`` (float32:
+    1 / 255 for uint8).
+
+    rows [N] int64: source image of each sample; boxes [N, 4] float32 (top, left, height, width as
+    fractions); flip / jit / gray [N] bool; order [N, 4] int64 (op at each position: 0 brightness,
+    1 contrast, 2 saturation, 3 hue); factors [4, N] float32; active [4] bool (strength > 0); size: the
+    output side. Output: with ``norm`` [0, 3], ``out32`` [N, 3, S, S] in [0, 1]; with ``norm`` [2, 3]
+    (1 / std, -mean / std), normalised into ``out16`` (bf16 bits, when it is not empty) or ``out32``,
+    laid out [N, S, S, 3] if ``nhwc`` else [N, 3, S, S].
+    """
+    n_src_h, n_src_w = src.shape[1], src.shape[2]
+    npix = size * size
+    one, zero = np.float32(1.0), np.float32(0.0)
+    two = np.float32(2.0)
+    x0 = np.empty(size, np.uintp)  # unsigned: no negative-index wraparound checks in the loops
+    x1 = np.empty(size, np.uintp)
+    ax = np.empty(size, np.float32)  # weight of x0 (x1 gets 1 - ax)
+    y0 = np.empty(size, np.uintp)
+    y1 = np.empty(size, np.uintp)
+    ay = np.empty(size, np.float32)
+    tmp = np.empty((3, n_src_h, size), np.float32)  # x-interpolated source rows
+    o = np.empty((3, size, size), np.float32)  # the sample being made
+    flat = np.empty(3 * npix, np.float32)  # its normalised values, pixel-major when nhwc
+    bits = flat.view(np.uint32)
+    for i in range(lo, hi):
+        # --- crop + flip: views.resized_crop (grid_sample, bilinear, align_corners=False, border) ---
+        top, left, bh, bw = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        sx = -bw if flip[i] else bw
+        ox, oy = two * left + bw - one, two * top + bh - one
+        for j in range(size):
+            c = np.float32(j * 2 + 1) / np.float32(size) - one  # output pixel centre in [-1, 1]
+            # grid value, then grid_sample's unnormalise and border clip
+            ix = ((sx * c + ox + one) * np.float32(n_src_w) - one) / two
+            ix = min(max(ix, zero), np.float32(n_src_w - 1))
+            iy = ((bh * c + oy + one) * np.float32(n_src_h) - one) / two
+            iy = min(max(iy, zero), np.float32(n_src_h - 1))
+            fx, fy = np.floor(ix), np.floor(iy)
+            x0[j], y0[j] = int(fx), int(fy)
+            x1[j], y1[j] = min(int(fx) + 1, n_src_w - 1), min(int(fy) + 1, n_src_h - 1)
+            ax[j], ay[j] = one - (ix - fx), one - (iy - fy)
+        # separable: first along x for the source rows the crop touches (gathers), then along y (contiguous)
+        r = rows[i]
+        ylo, yhi = y0[0], y1[size - 1]
+        for yy in range(ylo, yhi + 1):
+            for px in range(size):
+                wx0 = ax[px] * scale
+                wx1 = (one - ax[px]) * scale
+                for ch in range(3):
+                    tmp[ch, yy, px] = (np.float32(src[r, yy, x0[px], ch]) * wx0
+                                       + np.float32(src[r, yy, x1[px], ch]) * wx1)
+        for ch in range(3):
+            for py in range(size):
+                wy0, wy1 = ay[py], one - ay[py]
+                t0, t1, orow = tmp[ch, y0[py]], tmp[ch, y1[py]], o[ch, py]
+                for px in range(size):
+                    orow[px] = t0[px] * wy0 + t1[px] * wy1
+        rr, gg, bb = o[0].reshape(npix), o[1].reshape(npix), o[2].reshape(npix)
+        # --- colour jitter in this sample's order (views._brightness_ ... _hue_) ---
+        if jit[i]:
+            for pos in range(4):
+                op = order[i, pos]
+                if active[op]:
+                    f = factors[op, i]
+                    if op == 0:
+                        _brightness(rr, gg, bb, f)
+                    elif op == 1:
+                        _contrast(rr, gg, bb, f)
+                    elif op == 2:
+                        _saturation(rr, gg, bb, f)
+                    else:
+                        _hue(rr, gg, bb, f)
+        if gray[i]:  # random grayscale (views.to_grayscale)
+            for p in range(npix):
+                gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+                rr[p] = gv
+                gg[p] = gv
+                bb[p] = gv
+        # --- output: as it is, or normalised (views.normalize) in the caller's layout and dtype ---
+        if norm.shape[0] == 0:
+            out32[i] = o
+            continue
+        for ch in range(3):
+            mul, add = norm[0, ch], norm[1, ch]
+            plane = o[ch].reshape(npix)
+            if nhwc:
+                for p in range(npix):
+                    flat[p * 3 + ch] = plane[p] * mul + add
+            else:
+                for p in range(npix):
+                    flat[ch * npix + p] = plane[p] * mul + add
+        if out16.shape[0] == 0:
+            out32[i].reshape(3 * npix)[:] = flat
+        else:  # float32 -> bfloat16 bits, rounding to nearest even like torch (values are finite)
+            dst = out16[i].reshape(3 * npix)
+            for p in range(3 * npix):
+                u = bits[p]
+                dst[p] = np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+# One function per colour op, on the three channel planes of one sample (1-D, npix). Straight-line bodies
+# (selects, no branches in the pixel loops) so LLVM vectorises them.
+
+@njit(nogil=True, cache=True)
+def _brightness(rr, gg, bb, f):
+    for p in range(rr.shape[0]):  # clamp(f x)
+        rr[p] = _clamp01(rr[p] * f)
+        gg[p] = _clamp01(gg[p] * f)
+        bb[p] = _clamp01(bb[p] * f)
+
+@njit(nogil=True, cache=True)
+def _contrast(rr, gg, bb, f):
+    acc = 0.0  # float64 sum (torch's fp32 mean sums pairwise: equal up to rounding)
+    for p in range(rr.shape[0]):
+        acc += _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+    shift = (np.float32(1.0) - f) * np.float32(acc / rr.shape[0])
+    for p in range(rr.shape[0]):  # clamp(f x + (1 - f) mean_gray)
+        rr[p] = _clamp01(rr[p] * f + shift)
+        gg[p] = _clamp01(gg[p] * f + shift)
+        bb[p] = _clamp01(bb[p] * f + shift)
+
+@njit(nogil=True, cache=True)
+def _saturation(rr, gg, bb, f):
+    # clamp(torch.lerp(gray, x, f)); lerp's two formulas (ATen picks one by |weight| < 0.5)
+    one = np.float32(1.0)
+    if abs(f) < 0.5:
+        for p in range(rr.shape[0]):
+            gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+            rr[p] = _clamp01(gv + f * (rr[p] - gv))
+            gg[p] = _clamp01(gv + f * (gg[p] - gv))
+            bb[p] = _clamp01(gv + f * (bb[p] - gv))
+    else:
+        for p in range(rr.shape[0]):
+            gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+            rr[p] = _clamp01(rr[p] - (rr[p] - gv) * (one - f))
+            gg[p] = _clamp01(gg[p] - (gg[p] - gv) * (one - f))
+            bb[p] = _clamp01(bb[p] - (bb[p] - gv) * (one - f))
+
+@njit(nogil=True, cache=True)
+def _sector(k, chroma, maxc):
+    k = k - np.float32(6.0) * np.floor(k * np.float32(1.0 / 6.0))  # mod 6
+    w = min(max(min(k, np.float32(4.0) - k), np.float32(0.0)), np.float32(1.0))
+    return maxc - w * chroma
+
+@njit(nogil=True, cache=True)
+def _hue(rr, gg, bb, f):
+    # views._hue_: hue in sixths from the max channel, shifted, back with c_n = V - C clamp(min(k, 4 - k), 0, 1)
+    shift6 = np.float32(6.0) * f
+    for p in range(rr.shape[0]):
+        rv, gv, bv = rr[p], gg[p], bb[p]
+        maxc = max(max(rv, gv), bv)
+        minc = min(min(rv, gv), bv)
+        chroma = maxc - minc
+        inv = np.float32(1.0) / max(chroma, np.float32(1e-12))
+        h_r = (gv - bv) * inv
+        h_g = (bv - rv) * inv + np.float32(2.0)
+        h_b = (rv - gv) * inv + np.float32(4.0)
+        h6 = (h_r if maxc == rv else (h_g if maxc == gv else h_b)) + shift6
+        rr[p] = _sector(h6 + np.float32(5.0), chroma, maxc)
+        gg[p] = _sector(h6 + np.float32(3.0), chroma, maxc)
+        bb[p] = _sector(h6 + np.float32(1.0), chroma, maxc)
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, executor)
+_pool_lock = threading.Lock()
+
+
+def _executor(threads: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``threads`` workers, made again after a fork or a thread-count change."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] != threads:
+            if _pool is not None and _pool[0] == os.getpid():
+                _pool[2].shutdown(wait=False)
+            _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="selfsup-views"))
+        return _pool[2]
+
+
+def crop_jitter_gray(
+    src: torch.Tensor, size: int, boxes: torch.Tensor, flip: torch.Tensor, jit: torch.Tensor, order: torch.Tensor,
+    factors: torch.Tensor, active: tuple[bool, ...], gray: torch.Tensor,
+    finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
+) -> torch.Tensor:
+    """[N, 3, size, size] views: sample i is source row ``i % B`` of ``src`` [B, H, W, 3] (CPU, contiguous,
+    uint8 or float32 in [0, 1]), cropped to ``boxes[i]`` and flipped by ``flip[i]``, then (if ``jit[i]``)
+    colour-jittered in the op order ``order[i]`` with ``factors[:, i]``, then grayed if ``gray[i]``: what
+    ``resized_crop`` + ``colour_jitter_`` + ``to_grayscale`` compute, in one pass (module docstring).
+
+    Without ``finish`` the result is float32 in [0, 1], contiguous. ``finish = (mean, std, channels_last,
+    dtype)`` (dtype float32 or bfloat16) also normalises and writes the final layout and dtype, as
+    ``views._finish`` would: no further pass over the views.
+    """
+    n = boxes.shape[0]
+    b = src.shape[0]
+    if finish is None:
+        out, nhwc, bf16 = torch.empty(n, 3, size, size, dtype=torch.float32), False, False
+        norm = np.zeros((0, 3), np.float32)
+    else:
+        mean, std, nhwc, dtype = finish
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"crop_jitter_gray: finish dtype must be float32 or bfloat16, got {dtype}")
+        bf16 = dtype == torch.bfloat16
+        shape = (n, size, size, 3) if nhwc else (n, 3, size, size)
+        out = torch.empty(shape, dtype=torch.int16 if bf16 else torch.float32)
+        s64, m64 = np.asarray(std, np.float64), np.asarray(mean, np.float64)
+        norm = np.stack([1.0 / s64, -m64 / s64]).astype(np.float32)  # views.normalize's constants
+    none32 = np.zeros((0, 3, 1, 1), np.float32)
+    none16 = np.zeros((0, 3, 1, 1), np.uint16)
+    out_np = out.numpy()
+    args = (
+        src.numpy(),
+        np.float32(1.0 / 255.0 if src.dtype == torch.uint8 else 1.0),
+        np.arange(n, dtype=np.int64) % b,
+        boxes.to(torch.float32).contiguous().numpy(),
+        flip.contiguous().numpy(),
+        jit.contiguous().numpy(),
+        order.to(torch.int64).contiguous().numpy(),
+        factors.to(torch.float32).contiguous().numpy(),
+        np.array(active, dtype=np.bool_),
+        gray.contiguous().numpy(),
+        size,
+        norm,
+        none32 if bf16 else out_np,
+        out_np.view(np.uint16) if bf16 else none16,
+        nhwc,
+    )
+    if n:
+        threads = max(1, min(torch.get_num_threads(), n // 16))
+        if threads == 1:
+            _samples(*args, 0, n)
+        else:
+            cuts = np.linspace(0, n, threads + 1).astype(int).tolist()
+            futures = [_executor(threads).submit(_samples, *args, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:])]
+            for fut in futures:
+                fut.result()
+    if bf16:
+        out = out.view(torch.bfloat16)
+    return out.permute(0, 3, 1, 2) if nhwc else out
