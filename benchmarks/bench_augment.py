@@ -8,8 +8,10 @@ grayscale p 0.2, no blur, normalise):
   and the same transform in the main process (per-core cost);
 - torchvision v2 per sample: a Python loop calling a v2 pipeline on each uint8 tensor image.
 
-selfsup is measured with its exact torchvision colour ops (the default) and with ``colour="linear"`` (the
-same jitter as one per-sample affine colour map, YIQ hue rotation; see ``selfsup.views.make_views``).
+selfsup is measured with its exact torchvision colour ops in both backends (the default on a CPU: the fused
+numba kernel, ``selfsup.view_kernel``; and the batched torch ops, ``backend="torch"``, what CUDA runs) and with
+``colour="linear"`` (the same jitter as one per-sample affine colour map, YIQ hue rotation; see
+``selfsup.views.make_views``).
 
     .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5] [--compile]
 """
@@ -33,22 +35,23 @@ from selfsup.views import ViewRecipe, make_views, simclr_recipe  # noqa: E402
 
 def views_of_a_random_batch(images: np.ndarray, batch: int, rng: np.random.Generator, recipe: ViewRecipe,
                             gen: torch.Generator, dtype: torch.dtype, compiled: bool = False,
-                            colour: str = "exact") -> None:
+                            colour: str = "exact", backend: str = "auto") -> None:
     """One training-loop step's augmentation: a sorted memmap gather of ``batch`` random images, make_views."""
     idx = np.sort(rng.choice(images.shape[0], batch, replace=False))
     x = torch.from_numpy(images[idx])  # fancy indexing copies: contiguous and writable
-    make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled, colour=colour)
+    make_views(x, recipe, gen, channels_last=True, dtype=dtype, compiled=compiled, colour=colour, backend=backend)
 
 
 def bench_ours(images: np.ndarray, batch: int, repeats: int, dtype: torch.dtype,
-               compiled: bool = False, colour: str = "exact") -> tuple[list[float], bool]:
+               compiled: bool = False, colour: str = "exact", backend: str = "auto") -> tuple[list[float], bool]:
     recipe = simclr_recipe(32, strength=0.5)
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
-    times = common.timed(lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, dtype, compiled, colour),
-                         repeats, warmup=2)
+    times = common.timed(
+        lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, dtype, compiled, colour, backend),
+        repeats, warmup=2)
     x = torch.from_numpy(np.array(images[:batch]))
-    _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype, colour=colour)
+    _, params = make_views(x, recipe, gen, channels_last=True, dtype=dtype, colour=colour, backend=backend)
     per_sample = all(torch.unique(p.boxes, dim=0).shape[0] == batch for p in params)
     return [t / batch * 1e6 for t in times], per_sample
 
@@ -85,19 +88,22 @@ def bench_paired(images: np.ndarray, batch: int, rounds: int) -> dict[str, list[
     lightly_images = images[:batch]
     threads = common.cores()
 
-    def ours_us(nthreads: int, colour: str = "exact") -> float:
+    def ours_us(nthreads: int, colour: str = "exact", backend: str = "auto") -> float:
         torch.set_num_threads(nthreads)
         (t,) = common.timed(
-            lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, torch.bfloat16, colour=colour), 1, 0)
+            lambda: views_of_a_random_batch(images, batch, rng, recipe, gen, torch.bfloat16, colour=colour,
+                                            backend=backend), 1, 0)
         return t / batch * 1e6
 
-    ours_us(threads), ours_us(1), ours_us(threads, "linear")  # warm-up
-    out: dict[str, list[float]] = {"lightly": [], "ours": [], "ours_1t": [], "ours_linear": []}
+    arms = {"ours": (threads, "exact", "auto"), "ours_1t": (1, "exact", "auto"),
+            "ours_torch": (threads, "exact", "torch"), "ours_linear": (threads, "linear", "auto")}
+    for arm in arms.values():  # warm-up
+        ours_us(*arm)
+    out: dict[str, list[float]] = {"lightly": [], **{k: [] for k in arms}}
     for _ in range(rounds):
         out["lightly"].extend(bench_lightly(lightly_images, 0, 1))
-        out["ours"].append(min(ours_us(threads) for _ in range(2)))
-        out["ours_1t"].append(min(ours_us(1) for _ in range(2)))
-        out["ours_linear"].append(min(ours_us(threads, "linear") for _ in range(2)))
+        for key, arm in arms.items():
+            out[key].append(min(ours_us(*arm) for _ in range(2)))
     common.set_threads()
     return out
 
@@ -147,21 +153,26 @@ def main() -> None:
 
     for dtype in (torch.bfloat16, torch.float32):
         us, ps = bench_ours(images, args.batch, args.repeats, dtype)
-        add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last", us,
-            f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
+        add(f"selfsup make_views, batch {args.batch}, {str(dtype)[6:]} channels_last (numba kernel, default)", us,
+            f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} threads")
+    us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, backend="torch")
+    add(f"selfsup make_views, batch {args.batch}, bfloat16, torch ops (view_backend=torch)", us,
+        f"per-sample params: {'yes' if ps else 'NO'}; {common.cores()} intra-op threads")
     us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, colour="linear")
     add(f"selfsup make_views, batch {args.batch}, bfloat16, linear colour (data.colour=linear)", us,
         f"per-sample params: {'yes' if ps else 'NO'}; one affine colour map per sample, YIQ hue")
     if args.compile:
         t0 = time.perf_counter()
-        bench_ours(images, args.batch, 0, torch.bfloat16, compiled=True)  # compiles (not timed below)
+        bench_ours(images, args.batch, 0, torch.bfloat16, compiled=True, backend="torch")  # compiles (not timed)
         t_compile = time.perf_counter() - t0
-        us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, compiled=True)
-        add(f"selfsup make_views, batch {args.batch}, bfloat16, compiled colour ops (--compile)", us,
+        us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, compiled=True, backend="torch")
+        add(f"selfsup make_views, batch {args.batch}, bfloat16, torch ops compiled (--compile, view_backend=torch)", us,
             f"per-sample params: {'yes' if ps else 'NO'}; first call {t_compile:.0f} s (compilation)")
     torch.set_num_threads(1)  # per-core cost, comparable with lightly's main-process row; robust to load
     us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16)
-    add(f"selfsup make_views, batch {args.batch}, bfloat16, 1 thread", us, "per-core cost")
+    add(f"selfsup make_views, batch {args.batch}, bfloat16, 1 thread (numba kernel)", us, "per-core cost")
+    us, ps = bench_ours(images, args.batch, args.repeats, torch.bfloat16, backend="torch")
+    add(f"selfsup make_views, batch {args.batch}, bfloat16, 1 thread (torch ops)", us, "per-core cost")
     common.set_threads()
     add("lightly SimCLRTransform + DataLoader(2 workers), PIL", bench_lightly(sub, 2, max(2, args.repeats // 2)),
         "2 worker processes, batch 128")
@@ -179,7 +190,8 @@ def main() -> None:
         p = bench_paired(images, args.batch, args.paired_rounds)
         lt = np.array(p["lightly"])
         prow = []
-        for key, what in (("ours", f"{common.cores()} threads"), ("ours_1t", "1 thread"),
+        for key, what in (("ours", f"numba kernel, {common.cores()} threads"), ("ours_1t", "numba kernel, 1 thread"),
+                          ("ours_torch", f"torch ops, {common.cores()} threads"),
                           ("ours_linear", f"{common.cores()} threads, linear colour")):
             ratio = lt / np.array(p[key])
             prow.append({"ratio": f"lightly SimCLRTransform (1 core) / selfsup bf16 ({what})",
@@ -190,7 +202,7 @@ def main() -> None:
         paired = common.table(prow, list(prow[0]))
         print(paired)
         paired = (f"\n\nInterleaved ({args.paired_rounds} rounds; each: lightly on {args.batch} images in this "
-                  f"process, then selfsup on one batch of {args.batch}, best of 2; ratio per round, then the "
+                  f"process, then selfsup's arms on one batch of {args.batch} each, best of 2; ratio per round, then the "
                   "median):\n\n" + paired)
     if not args.no_write:
         body = common.header({"data": source, "target": "selfsup >= 20x cheaper than lightly's DataLoader path"})
