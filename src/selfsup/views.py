@@ -3,10 +3,10 @@
 Why our own code: ``torchvision.transforms.v2`` draws ONE set of random parameters per call, i.e. per
 batch when given a batched tensor, so independent per-sample randomness (what every SSL paper assumes)
 needs a Python loop over images (or per-image PIL transforms in DataLoader workers). Here every sample
-of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``, and the
-image work is a handful of batched tensor ops: 16-20x cheaper per image than lightly's per-sample PIL
-SimCLRTransform on one CPU core with the exact colour ops, ~36x with ``colour="linear"`` (benchmarks/RESULTS.md,
-augmentation), and it runs unchanged on the GPU.
+of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``. The image
+work is either a handful of batched tensor ops (any device; 12-20x cheaper per image than lightly's per-sample
+PIL SimCLRTransform on one CPU core) or, on a CPU, one fused compiled pass per sample over the same parameters
+(:mod:`selfsup.view_kernel`; 66-75x, benchmarks/RESULTS.md, augmentation).
 
 Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
 al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling: a
@@ -775,7 +775,7 @@ def make_views(
     are replicated to 3. All randomness comes from ``generator`` (drawn on its device, then moved to the
     images' device), so the result is a deterministic function of the generator state.
     Returns per view a normalised ``dtype`` tensor [B, 3, size, size] (channels_last memory format if
-    requested) and its :class:`ViewParams`. ``compiled=True`` runs the colour ops through ``torch.compile``
+    requested) and its :class:`ViewParams`. ``compiled=True`` runs the torch colour ops through ``torch.compile``
     (what ``--compile`` turns on; same results up to float rounding).
 
     ``colour`` picks the colour jitter + grayscale implementation (both draw the same random parameters):
