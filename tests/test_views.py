@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -223,6 +224,12 @@ def test_numba_kernel_inputs_layouts_dtypes_and_threads() -> None:
     _backends_agree(imgs.float() / 255, rec, seed=1, channels_last=False)
     _backends_agree(imgs[..., :1], V.simclr_recipe(12, grayscale_input=True), seed=1)
     _backends_agree(imgs, rec, seed=1, dtype=torch.bfloat16)
+    _backends_agree(imgs, rec, seed=1, dtype=torch.bfloat16, channels_last=False)
+    frozen = imgs.numpy().copy()
+    frozen.flags.writeable = False  # a read-only memmap's rows (the kernel copies them, not recompiles)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # torch: "The given NumPy array is not writable"
+        _backends_agree(torch.from_numpy(frozen), rec, seed=1)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)

@@ -248,8 +248,11 @@ def crop_jitter_gray(
     none32 = np.zeros((0, 3, 1, 1), np.float32)
     none16 = np.zeros((0, 3, 1, 1), np.uint16)
     out_np = out.numpy()
+    src_np = src.numpy()
+    if not src_np.flags.writeable:  # e.g. a read-only memmap: numba would compile a separate read-only variant
+        src_np = src_np.copy()
     args = (
-        src.numpy(),
+        src_np,
         np.float32(1.0 / 255.0 if src.dtype == torch.uint8 else 1.0),
         np.arange(n, dtype=np.int64) % b,
         boxes.to(torch.float32).contiguous().numpy(),
