@@ -10,8 +10,9 @@ SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD, fp32. Measured twice: in t
 selfsup's malloc tuning and thread settings, see common.set_threads) and, as a user would run it, in a fresh
 child process with glibc's malloc defaults and torch's default threads (``--lightly-child``); 'vs lightly' is
 against the plain child when it ran.
-roofline: FLOPs per pair (FlopCounterMode over one selfsup forward + backward) against a bf16 matmul
-peak measured in the same run.
+roofline: FLOPs per pair (FlopCounterMode over one selfsup forward + backward) against the matmul peak,
+measured in the same run, of the precision selfsup's ``precision: auto`` picks: bf16 on CPUs with native bf16
+(AVX512-BF16 / AMX), else fp32 (emulated bf16 is slower than fp32, and timing its peak takes minutes).
 
 Throughput is in pairs/s (source images/s; each pair = 2 views = 2 image-steps). Wall time AND process CPU
 time are recorded: on a shared machine the wall time is inflated by other processes.
@@ -41,7 +42,7 @@ from selfsup.config import PretrainConfig, apply_overrides  # noqa: E402
 from selfsup.methods import Batch, Progress  # noqa: E402
 from selfsup.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
 from selfsup.presets import load_preset  # noqa: E402
-from selfsup.runtime import autocast, resolve_precision  # noqa: E402
+from selfsup.runtime import autocast, cpu_supports_bf16, resolve_precision  # noqa: E402
 from selfsup.train import EpochSampler, resolve_config, step_seed  # noqa: E402
 from selfsup.views import make_views  # noqa: E402
 
@@ -204,33 +205,35 @@ def main() -> None:
     root = common.ensure_cifar()
     rows: list[dict[str, Any]] = []
 
-    with common.note("bf16 / fp32 matmul peak"):
-        peak_bf16 = common.matmul_peak(torch.bfloat16)
+    prec = "bf16" if cpu_supports_bf16() else "fp32"  # what precision=auto trains in here
+    with common.note(f"{prec} / fp32 matmul peak"):
         peak_fp32 = common.matmul_peak(torch.float32)
-    print(f"matmul peak: bf16 {peak_bf16:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s")
+        peak = common.matmul_peak(torch.bfloat16) if prec == "bf16" else peak_fp32
+    print(f"matmul peak: {prec} {peak:.0f} GFLOP/s, fp32 {peak_fp32:.0f} GFLOP/s")
 
     ours = OurStep(images, args.batch, "auto")
     views, params, idx = ours.views()
     flops = common.count_flops(lambda: ours.train_on(views, params, idx))
     flops_pair = flops / args.batch
-    roof_pairs = peak_bf16 * 1e9 / flops_pair
+    roof_pairs = peak * 1e9 / flops_pair
+    roof_col = f"% {prec} roofline"
     print(f"FLOPs per step {flops / 1e9:.1f} G = {flops_pair / 1e9:.2f} GFLOP per pair "
-          f"({flops_pair / 2e9:.2f} per image-step); bf16 roofline {roof_pairs:.1f} pairs/s")
+          f"({flops_pair / 2e9:.2f} per image-step); {prec} roofline {roof_pairs:.1f} pairs/s")
 
     def add(name: str, wall: list[float], cpu: list[float], pairs: int, notes: str = "") -> None:
         best, med = common.summary(wall)
         r = {"contender": name, "pairs/s (best)": pairs / best, "pairs/s (median)": pairs / med,
              "pairs/s (CPU time)": pairs * threads / float(np.median(cpu)) if cpu else float("nan"),
-             "% bf16 roofline": 100 * pairs / best / roof_pairs, "load": common.load(), "notes": notes}
+             roof_col: 100 * pairs / best / roof_pairs, "load": common.load(), "notes": notes}
         rows.append(r)
         print(f"{name:48s} {r['pairs/s (best)']:6.1f} pairs/s best, {r['pairs/s (median)']:6.1f} median, "
               f"{r['pairs/s (CPU time)']:6.1f} by CPU time; load {r['load']}", flush=True)
 
     with common.note("selfsup step (cpu-32px preset)"):
-        add(f"selfsup whole step, bf16, batch {args.batch}", *run_steps(ours, args.steps, args.warmup), args.batch,
+        add(f"selfsup whole step, {prec}, batch {args.batch}", *run_steps(ours, args.steps, args.warmup), args.batch,
             "uint8 cache + views + fwd/bwd + LARS")
     with common.note("selfsup model only (views made once)"):
-        add(f"selfsup model only, bf16, batch {args.batch}",
+        add(f"selfsup model only, {prec}, batch {args.batch}",
             *run_steps(lambda: ours.train_on(views, params, idx), args.steps, 0), args.batch,
             "fwd/bwd + LARS, no data/views")
     if args.fp32:
@@ -241,7 +244,7 @@ def main() -> None:
     if args.compile:
         with common.note("selfsup torch.compile"):
             oc = OurStep(images, args.batch, "auto", compile=True)
-            add(f"selfsup whole step, bf16, compile, batch {args.batch}",
+            add(f"selfsup whole step, {prec}, compile, batch {args.batch}",
                 *run_steps(oc, args.steps, args.warmup + 1), args.batch, "2 warm-up steps (compilation)")
             del oc
     if not args.skip_lightly:
@@ -273,7 +276,7 @@ def main() -> None:
                                         set=[f"train.log_every={n}", "train.progress=false"])
                 ips = float(summ["images_per_s"] or 0.0)
             rows.append({"contender": f"selfsup.pretrain (real loop), {n} steps", "pairs/s (best)": ips,
-                         "pairs/s (median)": ips, "% bf16 roofline": 100 * ips / roof_pairs, "load": common.load(),
+                         "pairs/s (median)": ips, roof_col: 100 * ips / roof_pairs, "load": common.load(),
                          "notes": "images_per_s over all steps incl. the first"})
     prof = ""
     if args.profile:
@@ -284,17 +287,17 @@ def main() -> None:
     ref = next((r["pairs/s (best)"] for r in rows if r["contender"].startswith("lightly recipe, plain")), None)
     for r in rows:
         r["vs lightly"] = f"{r['pairs/s (best)'] / ref:.2f}x" if ref else ""
-    cols = ["contender", "pairs/s (best)", "pairs/s (median)", "pairs/s (CPU time)", "vs lightly", "% bf16 roofline",
+    cols = ["contender", "pairs/s (best)", "pairs/s (median)", "pairs/s (CPU time)", "vs lightly", roof_col,
             "load", "notes"]
     tab = common.table(rows, cols)
     print(tab)
     if not args.no_write:
         body = common.header({
             "data": source,
-            "bf16 matmul peak (measured now)": f"{peak_bf16:.0f} GFLOP/s (fp32 {peak_fp32:.0f})",
-            "FLOPs (FlopCounterMode, fwd+bwd)": f"{flops_pair / 1e9:.2f} GFLOP per pair -> bf16 roofline "
+            f"{prec} matmul peak (measured now)": f"{peak:.0f} GFLOP/s (fp32 {peak_fp32:.0f})",
+            "FLOPs (FlopCounterMode, fwd+bwd)": f"{flops_pair / 1e9:.2f} GFLOP per pair -> {prec} roofline "
                                                  f"{roof_pairs:.1f} pairs/s",
-            "targets": ">= 2.5x lightly, >= 80% of the bf16 roofline",
+            "targets": f">= 2.5x lightly, >= 80% of the {prec} roofline",
         })
         body += ("\n\npairs/s = source images per second (2 views each). 'CPU time' = pairs x threads / process CPU "
                  "seconds: an estimate for an idle machine when the wall clock is inflated by load.\n\n" + tab)

@@ -311,7 +311,8 @@ def _refit_budget(
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
-    from .views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe
+    from . import view_kernel
+    from .views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe, uses_kernel
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
@@ -418,6 +419,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                       "draws and BatchNorm statistics are per process, so losses will not match bit for bit",
                       file=sys.stderr)
     metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step if resume else None)
+    if uses_kernel(device, cfg.data.colour, cfg.data.view_backend):
+        t_compile = view_kernel.warm_up()  # here, not inside the first timed step
+        if main and t_compile > 2.0:
+            print(f"views: compiled the fused CPU view kernel in {t_compile:.0f} s (numba; cached on disk for later "
+                  "runs)", file=sys.stderr)
 
     def save(at_step: int) -> None:
         if main:

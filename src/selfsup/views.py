@@ -745,11 +745,11 @@ def _finish(
     return _cast(normalize(x, mean, std, inplace=True), channels_last, dtype)  # x is its caller's own buffer
 
 
-def _use_kernel(images: torch.Tensor, colour: str, backend: str) -> bool:
-    """Whether make_views runs the fused CPU kernel (see make_views' ``backend``)."""
+def uses_kernel(device: torch.device | str, colour: str, backend: str) -> bool:
+    """Whether make_views runs the fused CPU kernel for images on ``device`` (see make_views' ``backend``)."""
     if backend not in VIEW_BACKENDS:
         raise ConfigError(f"views: backend must be one of {VIEW_BACKENDS}, got {backend!r}")
-    fits = images.device.type == "cpu" and colour == "exact"
+    fits = torch.device(device).type == "cpu" and colour == "exact"
     if backend == "numba":
         if not fits:
             raise ConfigError(
@@ -796,7 +796,7 @@ def make_views(
     """
     if colour not in COLOUR_MODES:
         raise ConfigError(f"views: colour must be one of {COLOUR_MODES}, got {colour!r}")
-    kernel = _use_kernel(images, colour, backend)
+    kernel = uses_kernel(images.device, colour, backend)
     # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
     # maths: augment in fp32 and cast once, with the layout change, in _cast (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
@@ -868,4 +868,5 @@ __all__ = [
     "solarize",
     "simclr_recipe",
     "to_grayscale",
+    "uses_kernel",
 ]
