@@ -6,7 +6,7 @@ needs a Python loop over images (or per-image PIL transforms in DataLoader worke
 of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``. The image
 work is either a handful of batched tensor ops (any device; 12-20x cheaper per image than lightly's per-sample
 PIL SimCLRTransform on one CPU core) or, on a CPU, one fused compiled pass per sample over the same parameters
-(:mod:`selfsup.view_kernel`; 66-75x, benchmarks/RESULTS.md, augmentation).
+(:mod:`selfsup.view_kernel`; ~66x, 3.7x cheaper than the torch ops; benchmarks/RESULTS.md, augmentation).
 
 Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
 al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling: a
