@@ -27,7 +27,7 @@ class DataConfig:
     cache_dir: str | None = None  # None = $SELFSUP_CACHE or ~/.cache/selfsup
     strict: bool = False  # fail on the first corrupt image instead of skipping and counting it
     grayscale: bool = False  # images are grayscale (MNIST): skip colour ops in the views
-    colour: str = "exact"  # colour jitter + grayscale: exact (torchvision's) | linear (one affine map, faster; views.py)
+    colour: str = "exact"  # colour jitter + grayscale: exact (torchvision's) | linear (one affine map; faster on GPUs)
     view_backend: str = "auto"  # auto (fused numba kernel for exact colour on CPU, else torch ops) | torch | numba
     low_res_size: int = 0  # > 0: views this many px (local crops scaled alike) for the first low_res_fraction of
     low_res_fraction: float = 0.5  # the steps, then image_size (cheaper early steps; convolutional backbones only)
