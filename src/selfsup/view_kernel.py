@@ -143,12 +143,14 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
 # One function per colour op, on the three channel planes of one sample (1-D, npix). Straight-line bodies
 # (selects, no branches in the pixel loops) so LLVM vectorises them.
 
+
 @njit(nogil=True, cache=True)
 def _brightness(rr, gg, bb, f):
     for p in range(rr.shape[0]):  # clamp(f x)
         rr[p] = _clamp01(rr[p] * f)
         gg[p] = _clamp01(gg[p] * f)
         bb[p] = _clamp01(bb[p] * f)
+
 
 @njit(nogil=True, cache=True)
 def _contrast(rr, gg, bb, f):
@@ -160,6 +162,7 @@ def _contrast(rr, gg, bb, f):
         rr[p] = _clamp01(rr[p] * f + shift)
         gg[p] = _clamp01(gg[p] * f + shift)
         bb[p] = _clamp01(bb[p] * f + shift)
+
 
 @njit(nogil=True, cache=True)
 def _saturation(rr, gg, bb, f):
@@ -178,11 +181,13 @@ def _saturation(rr, gg, bb, f):
             gg[p] = _clamp01(gg[p] - (gg[p] - gv) * (one - f))
             bb[p] = _clamp01(bb[p] - (bb[p] - gv) * (one - f))
 
+
 @njit(nogil=True, cache=True)
 def _sector(k, chroma, maxc):
     k = k - np.float32(6.0) * np.floor(k * np.float32(1.0 / 6.0))  # mod 6
     w = min(max(min(k, np.float32(4.0) - k), np.float32(0.0)), np.float32(1.0))
     return maxc - w * chroma
+
 
 @njit(nogil=True, cache=True)
 def _hue(rr, gg, bb, f):

@@ -750,11 +750,8 @@ def uses_kernel(device: torch.device | str, colour: str, backend: str) -> bool:
     if backend not in VIEW_BACKENDS:
         raise ConfigError(f"views: backend must be one of {VIEW_BACKENDS}, got {backend!r}")
     fits = torch.device(device).type == "cpu" and colour == "exact"
-    if backend == "numba":
-        if not fits:
-            raise ConfigError(
-                "views: the numba backend runs on CPU images with colour='exact' only; use backend='auto'"
-            )
+    if backend == "numba" and not fits:
+        raise ConfigError("views: the numba backend runs on CPU images with colour='exact' only; use backend='auto'")
     return backend == "numba" or (backend == "auto" and fits)
 
 
