@@ -204,9 +204,10 @@ def main() -> None:
         paired = (f"\n\nInterleaved ({args.paired_rounds} rounds; each: lightly on {args.batch} images in this "
                   f"process, then selfsup's arms on one batch of {args.batch} each, best of 2; ratio per round, then the "
                   "median):\n\n" + paired)
+    head = common.header({"data": source, "target": "selfsup >= 20x cheaper than lightly's DataLoader path"})
+    print(head)  # also with --no-write: command, date, machine, peak RSS for a hand-written RESULTS entry
     if not args.no_write:
-        body = common.header({"data": source, "target": "selfsup >= 20x cheaper than lightly's DataLoader path"})
-        body += ("\n\nµs per image for BOTH views (lower is better); best and median of the repeats. "
+        body = head + ("\n\nµs per image for BOTH views (lower is better); best and median of the repeats. "
                  "'load' is the 1/5/15-min load average when the row finished.\n\n" + tab + paired)
         common.update_section("Augmentation: 2 SimCLR views at 32 px (bench_augment.py)", body)
 

@@ -291,15 +291,16 @@ def main() -> None:
             "load", "notes"]
     tab = common.table(rows, cols)
     print(tab)
+    head = common.header({
+        "data": source,
+        f"{prec} matmul peak (measured now)": f"{peak:.0f} GFLOP/s (fp32 {peak_fp32:.0f})",
+        "FLOPs (FlopCounterMode, fwd+bwd)": f"{flops_pair / 1e9:.2f} GFLOP per pair -> {prec} roofline "
+                                             f"{roof_pairs:.1f} pairs/s",
+        "targets": f">= 2.5x lightly, >= 80% of the {prec} roofline",
+    })
+    print(head)  # also with --no-write: command, date, machine, peak RSS for a hand-written RESULTS entry
     if not args.no_write:
-        body = common.header({
-            "data": source,
-            f"{prec} matmul peak (measured now)": f"{peak:.0f} GFLOP/s (fp32 {peak_fp32:.0f})",
-            "FLOPs (FlopCounterMode, fwd+bwd)": f"{flops_pair / 1e9:.2f} GFLOP per pair -> {prec} roofline "
-                                                 f"{roof_pairs:.1f} pairs/s",
-            "targets": f">= 2.5x lightly, >= 80% of the {prec} roofline",
-        })
-        body += ("\n\npairs/s = source images per second (2 views each). 'CPU time' = pairs x threads / process CPU "
+        body = head + ("\n\npairs/s = source images per second (2 views each). 'CPU time' = pairs x threads / process CPU "
                  "seconds: an estimate for an idle machine when the wall clock is inflated by load.\n\n" + tab)
         if prof:
             body += "\n\nProfile of the selfsup step (top ops by self CPU time):\n\n```\n" + prof.strip() + "\n```"
