@@ -124,14 +124,17 @@ def test_colour_mode_reaches_the_views(tmp_path, monkeypatch):
     assert seen and set(seen) == {("linear", "torch")}
 
 
-@pytest.mark.parametrize("field, value, allowed", [
-    ("colour", "fast", r"\('exact', 'linear'\)"),
-    ("view_backend", "cuda", r"\('auto', 'torch', 'numba'\)"),
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "fast"}, r"data.colour must be one of \('exact', 'linear'\), got 'fast'"),
+    ({"view_backend": "cuda"}, r"data.view_backend must be one of \('auto', 'torch', 'numba'\), got 'cuda'"),
+    ({"view_backend": "numba", "colour": "linear"}, r"numba backend .* colour='exact' only"),
 ])
-def test_unknown_colour_mode_or_view_backend_is_a_config_error_and_leaves_no_folder(tmp_path, field, value, allowed):
-    cfg = tiny_config("x", str(tmp_path / "run"))
-    setattr(cfg.data, field, value)
-    with pytest.raises(ConfigError, match=rf"data.{field} must be one of {allowed}, got '{value}'"):
+def test_bad_colour_mode_or_view_backend_is_a_config_error_and_leaves_no_folder(tmp_path, change, message):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
+    cfg = tiny_config(str(data), str(tmp_path / "run"))
+    for field, value in change.items():
+        setattr(cfg.data, field, value)
+    with pytest.raises(ConfigError, match=message):
         pretrain(cfg)
     assert not (tmp_path / "run").exists()
 

@@ -195,9 +195,12 @@ def _backends_agree(imgs: torch.Tensor, recipe: V.ViewRecipe, seed: int, **kw: o
     got, pg = V.make_views(imgs, recipe, _gen(seed), backend="numba", **kw)  # type: ignore[arg-type]
     for a, b, qa, qb in zip(ref, got, pr, pg):
         assert b.dtype == a.dtype and b.shape == a.shape and b.stride() == a.stride()
-        # fp32 rounding of the crop weights and the hue round trip, times 1 / std ~ 4.4
+        # fp32 rounding of the crop weights and the hue round trip, times 1 / std ~ 4.4 (bf16: one step, 2^-7)
         torch.testing.assert_close(b.float(), a.float(), atol=2e-5 if a.dtype == torch.float32 else 2e-2, rtol=0)
         assert torch.equal(qa.boxes, qb.boxes) and torch.equal(qa.flip, qb.flip)
+    if kw.get("dtype") == torch.bfloat16:  # the kernel's own bf16 rounding is torch's (nearest even), bit for bit
+        fp32, _ = V.make_views(imgs, recipe, _gen(seed), backend="numba", **{**kw, "dtype": torch.float32})  # type: ignore[arg-type]
+        assert all(torch.equal(b, f.to(torch.bfloat16)) for b, f in zip(got, fp32))
 
 
 @pytest.mark.parametrize("name", ["simclr", "byol", "multicrop", "strong"])
@@ -241,6 +244,35 @@ def test_numba_kernel_inputs_layouts_dtypes_and_threads() -> None:
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
+def test_numba_kernel_from_concurrent_threads() -> None:
+    """Several Python threads making views at once (different batch sizes, so different thread shares) get
+    what each gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rec = V.multicrop_recipe(V.simclr_recipe(12), n_local=2)
+    batches = [_images(n, 16, 16, seed=n) for n in (17, 40, 33, 64)]
+    alone = [V.make_views(x, rec, _gen(i), backend="numba")[0] for i, x in enumerate(batches)]
+    jobs = [i % len(batches) for i in range(3 * len(batches))]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)  # shares of 3 and 4 threads (n // 16) among these batch sizes
+        with ThreadPoolExecutor(4) as ex:
+            together = list(ex.map(lambda i: V.make_views(batches[i], rec, _gen(i), backend="numba")[0], jobs))
+    finally:
+        torch.set_num_threads(threads)
+    for i, views in zip(jobs, together):
+        assert all(torch.equal(a, b) for a, b in zip(views, alone[i]))
+
+
+def test_view_kernel_pool_grows_without_breaking_its_users() -> None:
+    from selfsup import view_kernel as K
+
+    small = K._executor(1)
+    big = K._executor(3)
+    assert small.submit(int, "1").result() == 1  # a caller still holding the replaced pool keeps working
+    assert K._executor(2) is big and K._executor(3) is big  # no new pool for the same or fewer threads
+
+
 def test_backend_choice_and_errors() -> None:
     imgs = _images(4, 8, 8)
     auto, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1))
@@ -250,6 +282,10 @@ def test_backend_choice_and_errors() -> None:
         V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="fast")
     with pytest.raises(UserError, match="colour='exact' only"):
         V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", colour="linear")
+    with pytest.raises(UserError, match="float32 or bfloat16 views"):
+        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", dtype=torch.float16)
+    half, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), dtype=torch.float64)  # auto: the torch ops
+    torch.testing.assert_close(half[0], auto[0].double(), atol=2e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- single ops

@@ -322,6 +322,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise ConfigError(
             f"data.view_backend must be one of {VIEW_BACKENDS}, got {cfg.data.view_backend!r} (see README, Data)")
     device = resolve_device(cfg.train.device)
+    kernel_views = uses_kernel(device, cfg.data.colour, cfg.data.view_backend)  # before any folder is made
     dinfo = distributed.setup(device)
     if device.type == "cuda" and dinfo.enabled:
         device = torch.device("cuda", dinfo.local_rank)
@@ -419,11 +420,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                       "draws and BatchNorm statistics are per process, so losses will not match bit for bit",
                       file=sys.stderr)
     metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step if resume else None)
-    if uses_kernel(device, cfg.data.colour, cfg.data.view_backend):
-        t_compile = view_kernel.warm_up()  # here, not inside the first timed step
-        if main and t_compile > 2.0:
-            print(f"views: compiled the fused CPU view kernel in {t_compile:.0f} s (numba; cached on disk for later "
-                  "runs)", file=sys.stderr)
+    if kernel_views:
+        view_kernel.warm_up()  # compiles once per install (it says so): here, not inside the first timed step
 
     def save(at_step: int) -> None:
         if main:

@@ -22,6 +22,7 @@ threading layer, which would compete with torch's OpenMP pool, is never started)
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +31,20 @@ import numpy as np
 import torch
 from numba import njit
 
-# torchvision's grayscale weights (views._GRAY) as float32, like the torch path's scalar ops
-_W_R, _W_G, _W_B = np.float32(0.2989), np.float32(0.587), np.float32(0.114)
+from .views import _GRAY
+
+# torchvision's grayscale weights as float32, like the torch path's scalar ops
+_W_R, _W_G, _W_B = (np.float32(w) for w in _GRAY)
 
 
 @njit(nogil=True, cache=True)
 def _clamp01(v):
     return min(max(v, np.float32(0.0)), np.float32(1.0))
+
+
+@njit(nogil=True, cache=True)
+def _luma(r, g, b):
+    return _W_R * r + _W_G * g + _W_B * b
 
 
 @njit(nogil=True, cache=True)
@@ -63,6 +71,7 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
     y1 = np.empty(size, np.uintp)
     ay = np.empty(size, np.float32)
     tmp = np.empty((3, n_src_h, size), np.float32)  # x-interpolated source rows
+    done = np.full(n_src_h, -1, np.int64)  # done[y] == i: row y of sample i is in tmp
     o = np.empty((3, size, size), np.float32)  # the sample being made
     flat = np.empty(3 * npix, np.float32)  # its normalised values, pixel-major when nhwc
     bits = flat.view(np.uint32)
@@ -82,10 +91,13 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
             x0[j], y0[j] = int(fx), int(fy)
             x1[j], y1[j] = min(int(fx) + 1, n_src_w - 1), min(int(fy) + 1, n_src_h - 1)
             ax[j], ay[j] = one - (ix - fx), one - (iy - fy)
-        # separable: first along x for the source rows the crop touches (gathers), then along y (contiguous)
+        # separable: first along x for the source rows the output uses (gathers), then along y (contiguous)
         r = rows[i]
-        ylo, yhi = y0[0], y1[size - 1]
-        for yy in range(ylo, yhi + 1):
+        for py in range(2 * size):
+            yy = y0[py // 2] if py % 2 == 0 else y1[py // 2]
+            if done[yy] == i:  # rows repeat when the crop is enlarged
+                continue
+            done[yy] = i
             for px in range(size):
                 wx0 = ax[px] * scale
                 wx1 = (one - ax[px]) * scale
@@ -115,7 +127,7 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
                         _hue(rr, gg, bb, f)
         if gray[i]:  # random grayscale (views.to_grayscale)
             for p in range(npix):
-                gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+                gv = _luma(rr[p], gg[p], bb[p])
                 rr[p] = gv
                 gg[p] = gv
                 bb[p] = gv
@@ -156,7 +168,7 @@ def _brightness(rr, gg, bb, f):
 def _contrast(rr, gg, bb, f):
     acc = 0.0  # float64 sum (torch's fp32 mean sums pairwise: equal up to rounding)
     for p in range(rr.shape[0]):
-        acc += _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+        acc += _luma(rr[p], gg[p], bb[p])
     shift = (np.float32(1.0) - f) * np.float32(acc / rr.shape[0])
     for p in range(rr.shape[0]):  # clamp(f x + (1 - f) mean_gray)
         rr[p] = _clamp01(rr[p] * f + shift)
@@ -170,13 +182,13 @@ def _saturation(rr, gg, bb, f):
     one = np.float32(1.0)
     if abs(f) < 0.5:
         for p in range(rr.shape[0]):
-            gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+            gv = _luma(rr[p], gg[p], bb[p])
             rr[p] = _clamp01(gv + f * (rr[p] - gv))
             gg[p] = _clamp01(gv + f * (gg[p] - gv))
             bb[p] = _clamp01(gv + f * (bb[p] - gv))
     else:
         for p in range(rr.shape[0]):
-            gv = _W_R * rr[p] + _W_G * gg[p] + _W_B * bb[p]
+            gv = _luma(rr[p], gg[p], bb[p])
             rr[p] = _clamp01(rr[p] - (rr[p] - gv) * (one - f))
             gg[p] = _clamp01(gg[p] - (gg[p] - gv) * (one - f))
             bb[p] = _clamp01(bb[p] - (bb[p] - gv) * (one - f))
@@ -212,25 +224,27 @@ _pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, threads, execu
 _pool_lock = threading.Lock()
 
 
-def _executor(threads: int) -> ThreadPoolExecutor:
-    """A process-wide pool of ``threads`` workers, made again after a fork or a thread-count change."""
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool with at least ``workers`` threads (started lazily by the executor). Made again after a
+    fork or when more threads are wanted; a replaced pool is never shut down, so a concurrent caller that
+    still holds it keeps working (its idle threads exit when it is garbage-collected)."""
     global _pool
     with _pool_lock:
-        if _pool is None or _pool[0] != os.getpid() or _pool[1] != threads:
-            if _pool is not None and _pool[0] == os.getpid():
-                _pool[2].shutdown(wait=False)
-            _pool = (os.getpid(), threads, ThreadPoolExecutor(threads, thread_name_prefix="selfsup-views"))
+        if _pool is None or _pool[0] != os.getpid() or _pool[1] < workers:
+            _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="selfsup-views"))
         return _pool[2]
 
 
-def warm_up() -> float:
-    """Compile (or load from numba's on-disk cache) the kernel for uint8 sources; returns the seconds it took
-    (~15 s on a fresh install, well under 1 s from the cache)."""
-    t0 = time.perf_counter()
+def warm_up() -> None:
+    """Compile (or load from numba's on-disk cache) the kernel for uint8 sources: ~15 s on a fresh install,
+    well under 1 s from the cache. ``pretrain`` calls it before its first step."""
     one = torch.ones(1, dtype=torch.bool)
     crop_jitter_gray(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), 4, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), one, one,
                      torch.arange(4)[None], torch.ones(4, 1), (True,) * 4, one)
-    return time.perf_counter() - t0
+
+
+def _compiles() -> int:
+    return sum(_samples.stats.cache_misses.values())
 
 
 def crop_jitter_gray(
@@ -264,7 +278,7 @@ def crop_jitter_gray(
     none32 = np.zeros((0, 3, 1, 1), np.float32)
     none16 = np.zeros((0, 3, 1, 1), np.uint16)
     out_np = out.numpy()
-    src_np = src.numpy()
+    src_np = src.contiguous().numpy()  # (a strided source would compile another variant)
     if not src_np.flags.writeable:  # e.g. a read-only memmap: numba would compile a separate read-only variant
         src_np = src_np.copy()
     args = (
@@ -284,17 +298,21 @@ def crop_jitter_gray(
         out_np.view(np.uint16) if bf16 else none16,
         nhwc,
     )
+    compiled_before, t0 = _compiles(), time.perf_counter()
     if n:
         threads = max(1, min(torch.get_num_threads(), n // 16))
         if threads == 1:
             _samples(*args, 0, n)
         else:
             cuts = np.linspace(0, n, threads + 1).astype(int).tolist()
-            pool = _executor(threads - 1)
+            pool = _executor(torch.get_num_threads() - 1)  # sized by the setting, not by n: no churn
             futures = [pool.submit(_samples, *args, lo, hi) for lo, hi in zip(cuts[1:-1], cuts[2:])]
             _samples(*args, cuts[0], cuts[1])  # the first share in this thread: one wake-up fewer
             for fut in futures:
                 fut.result()
+    if _compiles() > compiled_before and os.environ.get("RANK", "0") == "0":  # once per install and source dtype
+        print(f"views: compiled the fused CPU view kernel in {time.perf_counter() - t0:.0f} s (numba; cached in "
+              f"{_samples.stats.cache_path} for later runs)", file=sys.stderr)
     if bf16:
         out = out.view(torch.bfloat16)
     return out.permute(0, 3, 1, 2) if nhwc else out

@@ -37,7 +37,6 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from . import view_kernel
 from .errors import ConfigError, DataError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -665,8 +664,10 @@ def _augment_views(
     gray = _below(u[:, _C_GRAY], specs, "gray_p")
 
     if kernel:
+        from .view_kernel import crop_jitter_gray  # here: numba's import costs CUDA-only users 0.2 s
+
         fs, order = _jitter_params(u, strengths)
-        x = view_kernel.crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish)
+        x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish)
     else:
         if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
             src = torch.cat([src] * g)  # keeps src's (channels-last) strides; 30x faster than .repeat here
@@ -745,13 +746,16 @@ def _finish(
     return _cast(normalize(x, mean, std, inplace=True), channels_last, dtype)  # x is its caller's own buffer
 
 
-def uses_kernel(device: torch.device | str, colour: str, backend: str) -> bool:
+def uses_kernel(
+    device: torch.device | str, colour: str, backend: str, dtype: torch.dtype = torch.float32
+) -> bool:
     """Whether make_views runs the fused CPU kernel for images on ``device`` (see make_views' ``backend``)."""
     if backend not in VIEW_BACKENDS:
         raise ConfigError(f"views: backend must be one of {VIEW_BACKENDS}, got {backend!r}")
-    fits = torch.device(device).type == "cpu" and colour == "exact"
+    fits = torch.device(device).type == "cpu" and colour == "exact" and dtype in (torch.float32, torch.bfloat16)
     if backend == "numba" and not fits:
-        raise ConfigError("views: the numba backend runs on CPU images with colour='exact' only; use backend='auto'")
+        raise ConfigError("views: the numba backend makes float32 or bfloat16 views of CPU images with "
+                          "colour='exact' only; use backend='auto'")
     return backend == "numba" or (backend == "auto" and fits)
 
 
@@ -788,12 +792,12 @@ def make_views(
     ``backend`` picks how the exact path runs: ``"numba"`` makes crop + flip + colour jitter + grayscale of
     each sample in one fused, compiled CPU pass (:mod:`selfsup.view_kernel`: the same parameters and
     formulas as the torch ops, equal up to float rounding, several times cheaper); ``"torch"`` runs the
-    batched torch ops (any device; ``compiled`` applies to them); ``"auto"`` is numba for CPU images with
-    exact colour, torch otherwise.
+    batched torch ops (any device; ``compiled`` applies to them); ``"auto"`` is numba for float32 / bfloat16
+    views of CPU images with exact colour, torch otherwise.
     """
     if colour not in COLOUR_MODES:
         raise ConfigError(f"views: colour must be one of {COLOUR_MODES}, got {colour!r}")
-    kernel = uses_kernel(images.device, colour, backend)
+    kernel = uses_kernel(images.device, colour, backend, dtype)
     # bf16 elementwise ops are slower than fp32 on CPUs (no native bf16 ALU for them) and round the colour
     # maths: augment in fp32 and cast once, with the layout change, in _cast (measured ~25% faster).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
@@ -806,8 +810,7 @@ def make_views(
     for idx in groups.values():
         specs = [recipe.views[i] for i in idx]
         # the kernel finishes the views itself unless blur or solarize (torch ops) come after it
-        fused = kernel and dtype in (torch.float32, torch.bfloat16) and not any(
-            v.blur_p or v.solarize_p for v in specs)
+        fused = kernel and not any(v.blur_p or v.solarize_p for v in specs)
         finish = (recipe.mean, recipe.std, channels_last, dtype) if fused else None
         x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish)
         if not fused:
