@@ -9,6 +9,8 @@ small enough that a fixture costs a few milliseconds.
 - ``write_image(path, size=(w, h), mode="RGB", seed=0)``: one random image; format from the suffix.
 - ``corrupt_image(path)``, ``truncated_image(path)``, ``zero_byte_image(path)``: broken files.
 - autouse: ``$SELFSUP_CACHE`` points at a fresh temporary folder, so no test writes to ~/.cache.
+- autouse, once per session: the numba view kernel is compiled (or loaded from numba's cache) for uint8 and
+  float sources before the first test, so no test's timing or stderr depends on whether it came first.
 """
 
 from __future__ import annotations
@@ -97,6 +99,17 @@ def _make_class_folder(
             mode = modes[j % len(modes)]
             _write_image(root / name / f"{j:02d}{ext}", size=sz, mode=mode, seed=seed)
     return root
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _view_kernel_compiled() -> None:
+    import torch
+
+    from selfsup import views as V
+
+    gen = torch.Generator().manual_seed(0)
+    for images in (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, 8, 8, 3)):
+        V.make_views(images, V.simclr_recipe(4), gen, backend="numba")
 
 
 @pytest.fixture(autouse=True)

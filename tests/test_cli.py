@@ -146,3 +146,28 @@ def test_every_command_has_help_with_an_example(capsys):
 def test_methods_lists_family_and_paper(capsys):
     code, out, _ = _run(capsys, "methods")
     assert code == 0 and "simclr" in out and "contrastive" in out and "arXiv 2002.05709" in out
+
+
+@pytest.mark.parametrize("bf16, minutes", [(True, 5.0), (False, 14.0)])
+def test_demo_takes_longer_without_native_bf16(monkeypatch, tmp_path, capsys, bf16, minutes):
+    """5 minutes with native bf16; 14 in fp32 (about the same number of steps), with a note saying why."""
+    from selfsup import runtime, train
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_pretrain(cfg, **kw):
+        seen["budget"] = cfg.train.time_budget
+        raise Stop
+
+    monkeypatch.setattr(runtime, "resolve_device", lambda name="auto": torch.device("cpu"))  # also on a GPU host
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: bf16)
+    monkeypatch.setattr(train, "pretrain", fake_pretrain)
+    with pytest.raises(Stop):
+        main(["demo", "--out", str(tmp_path / "demo")])
+    assert seen["budget"] == minutes
+    out = capsys.readouterr().out
+    assert ("14 minutes instead of 5" in out) == (not bf16)
+
