@@ -284,8 +284,8 @@ def test_backend_choice_and_errors() -> None:
         V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", colour="linear")
     with pytest.raises(UserError, match="float32 or bfloat16 views"):
         V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", dtype=torch.float16)
-    half, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), dtype=torch.float64)  # auto: the torch ops
-    torch.testing.assert_close(half[0], auto[0].double(), atol=2e-5, rtol=0)
+    double, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), dtype=torch.float64)  # auto: the torch ops
+    torch.testing.assert_close(double[0], auto[0].double(), atol=2e-5, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------- single ops
