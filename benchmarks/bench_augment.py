@@ -2,16 +2,16 @@
 
 Contenders (same SimCLR CIFAR recipe: random resized crop 0.08-1, flip, colour jitter s=0.5 p 0.8,
 grayscale p 0.2, no blur, normalise):
-- selfsup: ``selfsup.views.make_views`` on uint8 batches from the cache (bf16 and fp32 output, channels_last);
+- selfsup: ``selfsup.augment.views.make_views`` on uint8 batches from the cache (bf16 and fp32 output, channels_last);
   every sample gets its own parameters (checked below);
 - lightly: ``SimCLRTransform`` on PIL images in a DataLoader with 2 workers (its documented CPU setup),
   and the same transform in the main process (per-core cost);
 - torchvision v2 per sample: a Python loop calling a v2 pipeline on each uint8 tensor image.
 
 selfsup is measured with its exact torchvision colour ops in both backends (the default on a CPU: the fused
-numba kernel, ``selfsup.view_kernel``; and the batched torch ops, ``backend="torch"``, what CUDA runs) and with
+numba kernel, ``selfsup.augment.kernel``; and the batched torch ops, ``backend="torch"``, what CUDA runs) and with
 ``colour="linear"`` (the same jitter as one per-sample affine colour map, YIQ hue rotation; see
-``selfsup.views.make_views``).
+``selfsup.augment.views.make_views``).
 
     .venv/bin/python benchmarks/bench_augment.py [--batch 256] [--images 2048] [--repeats 5] [--compile]
 """
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from selfsup.views import ViewRecipe, make_views, simclr_recipe  # noqa: E402
+from selfsup.augment.views import ViewRecipe, make_views, simclr_recipe  # noqa: E402
 
 
 def views_of_a_random_batch(images: np.ndarray, batch: int, rng: np.random.Generator, recipe: ViewRecipe,

@@ -17,10 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from selfsup.backbones import build_backbone
+from selfsup.augment.views import make_views
 from selfsup.config import BackboneConfig
 from selfsup.methods import Batch, Progress, registry
-from selfsup.views import make_views
+from selfsup.models.backbones import build_backbone
 
 
 def setup(name: str, imgs: torch.Tensor, device: torch.device) -> tuple[Callable[[], None], float]:

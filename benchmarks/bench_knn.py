@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from selfsup.backbones import build_backbone  # noqa: E402
 from selfsup.config import BackboneConfig  # noqa: E402
 from selfsup.eval.features import extract_features  # noqa: E402
 from selfsup.eval.knn import faiss_available, knn_predict  # noqa: E402
+from selfsup.models.backbones import build_backbone  # noqa: E402
 from selfsup.runtime import cpu_supports_bf16  # noqa: E402
 
 

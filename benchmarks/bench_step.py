@@ -1,6 +1,6 @@
 """SimCLR training throughput on ResNet-18 (CIFAR stem, 32 px): selfsup's whole step vs lightly's recipe vs the roofline.
 
-selfsup: an exact replica of one iteration of ``selfsup.train.pretrain`` with the ``cpu-32px`` preset
+selfsup: an exact replica of one iteration of ``selfsup.training.loop.pretrain`` with the ``cpu-32px`` preset
 (sampler indices -> sorted uint8 memmap gather -> ``make_views`` -> autocast forward -> loss ->
 zero_grad/backward -> optimizer step), data from the CIFAR-10 uint8 cache. ``--real-loop`` also runs the
 real ``selfsup.pretrain`` for a few steps and reports its logged images/s.
@@ -38,13 +38,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
+from selfsup.augment.views import make_views  # noqa: E402
 from selfsup.config import PretrainConfig, apply_overrides  # noqa: E402
+from selfsup.config.presets import load_preset  # noqa: E402
 from selfsup.methods import Batch, Progress  # noqa: E402
-from selfsup.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
-from selfsup.presets import load_preset  # noqa: E402
 from selfsup.runtime import autocast, cpu_supports_bf16, resolve_precision  # noqa: E402
-from selfsup.train import EpochSampler, resolve_config, step_seed  # noqa: E402
-from selfsup.views import make_views  # noqa: E402
+from selfsup.training.loop import EpochSampler, resolve_config, step_seed  # noqa: E402
+from selfsup.training.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
 
 
 def step_layer() -> dict[str, Any]:
@@ -54,10 +54,10 @@ def step_layer() -> dict[str, Any]:
 
 
 class OurStep:
-    """One iteration of selfsup.train.pretrain's loop (same calls, same order), minus logging/checkpoints."""
+    """One iteration of selfsup.training.loop.pretrain's loop (same calls, same order), minus logging/checkpoints."""
 
     def __init__(self, images: np.ndarray, batch: int, precision: str, compile: bool = False) -> None:
-        from selfsup.backbones import build_backbone
+        from selfsup.models.backbones import build_backbone
 
         cfg = PretrainConfig()
         apply_overrides(cfg, step_layer(), "preset cpu-32px on ResNet-18")

@@ -9,7 +9,7 @@ both contenders could amortise; lightly reads the JPEGs directly).
   that fit; final kNN inside the budget; no online kNN).
 - lightly: its documented CIFAR-10 recipe (benchmarks/common.py: LightlyDataset + SimCLRTransform, 2 workers,
   batch 128, ResNetGenerator('resnet-18'), SimCLRProjectionHead(512, 512, 128), NTXentLoss, SGD 0.06, fp32)
-  with its cosine schedule fitted to the same budget by selfsup's own ``selfsup.budget.TimeBudget`` (the steps
+  with its cosine schedule fitted to the same budget by selfsup's own ``selfsup.training.budget.TimeBudget`` (the steps
   that fit, re-estimated at every step from the recent step times, before the deadline minus a reserve for
   feature extraction + kNN, measured on 512 images before training as selfsup measures its own). Features: its backbone, fp32,
   on the normalised 32 px images (its benchmark's test transform); kNN: the same selfsup.eval.knn for both.
@@ -43,10 +43,10 @@ def run_lightly(root: Path, minutes: float, out: Path) -> dict[str, Any]:
     """lightly's recipe under a wall-clock budget (runs inside its own subprocess; t0 = process start)."""
     t0 = T_PROCESS
     common.set_threads()
-    from selfsup.budget import TimeBudget
     from selfsup.data import open_dataset
     from selfsup.eval.features import extract_features
     from selfsup.eval.knn import knn_accuracy, knn_search_seconds
+    from selfsup.training.budget import TimeBudget
 
     torch.manual_seed(0)
     model = common.LightlySimCLR()

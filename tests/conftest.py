@@ -105,7 +105,7 @@ def _make_class_folder(
 def _view_kernel_compiled() -> None:
     import torch
 
-    from selfsup import views as V
+    from selfsup.augment import views as V
 
     gen = torch.Generator().manual_seed(0)
     for images in (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, 8, 8, 3)):

@@ -1,11 +1,11 @@
-"""The bf16 CPU small-map guard (``selfsup.backbones.check_bf16_cpu_conv_sizes``)."""
+"""The bf16 CPU small-map guard (``selfsup.models.backbones.check_bf16_cpu_conv_sizes``)."""
 
 import pytest
 import torch
 from torch import nn
 
-from selfsup.backbones import CompactCNN, ResNetEncoder, check_bf16_cpu_conv_sizes
 from selfsup.errors import ConfigError
+from selfsup.models.backbones import CompactCNN, ResNetEncoder, check_bf16_cpu_conv_sizes
 
 
 def test_compact_cnn_refuses_4px_and_names_the_smallest_safe_side():

@@ -151,7 +151,8 @@ def test_methods_lists_family_and_paper(capsys):
 @pytest.mark.parametrize("bf16, minutes", [(True, 5.0), (False, 14.0)])
 def test_demo_takes_longer_without_native_bf16(monkeypatch, tmp_path, capsys, bf16, minutes):
     """5 minutes with native bf16; 14 in fp32 (about the same number of steps), with a note saying why."""
-    from selfsup import runtime, train
+    from selfsup import runtime
+    from selfsup.training import loop as train
 
     seen = {}
 

@@ -285,7 +285,7 @@ def test_killing_one_rank_stops_the_job_and_the_checkpoint_resumes_on_one_proces
 
 def test_process_count_that_does_not_divide_the_global_batch_is_a_clear_error():
     from selfsup.errors import ConfigError
-    from selfsup.train import EpochSampler
+    from selfsup.training.loop import EpochSampler
 
     with pytest.raises(ConfigError, match=r"--batch-size 8 \(global\) is not divisible by 3 processes"):
         EpochSampler(32, 8, seed=0, rank=0, world_size=3)
@@ -294,7 +294,7 @@ def test_process_count_that_does_not_divide_the_global_batch_is_a_clear_error():
 def test_sync_bn_on_cpu_is_a_clear_error(tmp_path, monkeypatch):
     from selfsup import distributed
     from selfsup.errors import ConfigError
-    from selfsup.train import pretrain
+    from selfsup.training.loop import pretrain
 
     from .helpers import tiny_config
 
@@ -372,7 +372,7 @@ def test_stream_spec_errors(tmp_path):
 
 @pytest.mark.integration
 def test_pretrain_from_shards_one_and_two_processes(tmp_path):
-    from selfsup.train import pretrain
+    from selfsup.training.loop import pretrain
 
     from .helpers import tiny_config
 

@@ -174,8 +174,8 @@ def test_stratified_subset_and_fractions():
 
 
 def test_encoder_blocks_follow_forward_order():
-    from selfsup.backbones import build_backbone
     from selfsup.config import BackboneConfig
+    from selfsup.models.backbones import build_backbone
 
     enc = build_backbone(BackboneConfig(name="cnn-compact", width=2), 8)
     names = [n for n, _ in encoder_blocks(enc, 8)]

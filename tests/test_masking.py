@@ -1,4 +1,4 @@
-"""Masking utilities and FAMT weights vs slow references (selfsup.masking)."""
+"""Masking utilities and FAMT weights vs slow references (selfsup.augment.masking)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from selfsup.errors import ConfigError
-from selfsup.masking import (
+from selfsup.augment.masking import (
     MASKED,
     THROWN,
     VISIBLE,
@@ -27,7 +26,8 @@ from selfsup.masking import (
     weighted_permutation,
     weights_to_view,
 )
-from selfsup.views import resized_crop
+from selfsup.augment.views import resized_crop
+from selfsup.errors import ConfigError
 
 
 def _ref_attention_weights(a: np.ndarray) -> np.ndarray:

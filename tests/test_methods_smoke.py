@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from selfsup.backbones import build_backbone
+from selfsup.augment.views import make_views
 from selfsup.config import BackboneConfig, from_dict
 from selfsup.methods import Batch, Progress, registry
-from selfsup.views import make_views
+from selfsup.models.backbones import build_backbone
 
 from .helpers import make_class_folder, tiny_config, tiny_method_overrides
 
@@ -54,7 +54,7 @@ def test_one_step_finite_loss_and_gradients_reach_every_parameter(name):
 @pytest.mark.integration
 @pytest.mark.parametrize("name", METHODS)
 def test_three_training_steps_through_the_loop(name, tmp_path):
-    from selfsup.train import pretrain
+    from selfsup.training.loop import pretrain
 
     data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
     cfg = tiny_config(str(data), str(tmp_path / "run"), method=name, max_steps=3, epochs=2)

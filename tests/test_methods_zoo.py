@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from selfsup.backbones import CompactCNN
+from selfsup.augment.views import make_views
 from selfsup.losses.dino import dino_center_update
 from selfsup.methods import Batch, Progress, registry
 from selfsup.methods.rotnet import rotate_batch
-from selfsup.views import make_views
+from selfsup.models.backbones import CompactCNN
 
 TINY = dict(proj_hidden_dim=16, proj_out_dim=8, pred_hidden_dim=8, queue_size=32, out_dim=32, head_hidden_dim=16,
             head_bottleneck_dim=8, num_prototypes=6, n_local_crops=1, queue_start_epoch=0)

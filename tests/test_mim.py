@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.backbones import build_backbone
+from selfsup.augment.masking import MASKED, THROWN, expand_cell_split, sample_split
+from selfsup.augment.views import make_views
 from selfsup.config import BackboneConfig
 from selfsup.errors import ConfigError
-from selfsup.masking import MASKED, THROWN, expand_cell_split, sample_split
 from selfsup.methods import Batch, Progress, registry
 from selfsup.methods.mae import mae_loss
-from selfsup.views import make_views
+from selfsup.models.backbones import build_backbone
 
 SIZE, PATCH = 16, 4  # 4 x 4 = 16 patches
 
@@ -179,8 +179,8 @@ def test_refresh_schedule_and_training_mode_restored():
 
 
 def test_refresh_weights_follow_the_formulas():
-    from selfsup.masking import famt_weights, vit_attention_and_tokens
-    from selfsup.views import eval_transform
+    from selfsup.augment.masking import famt_weights, vit_attention_and_tokens
+    from selfsup.augment.views import eval_transform
 
     m = _build("famt-mae")
     imgs = _images(3)

@@ -109,7 +109,7 @@ def test_all_four_orientations_occur_and_are_balanced():
 def test_monte_carlo_na_layout_beats_random_layout():
     """P(view 1 >= 90% in the triggered shadow part and contains the trigger, view 2 >= 90% in the reference half).
 
-    Same crop distribution as training (scale (0.08, 1), ratio (3/4, 4/3), selfsup.views.sample_boxes). The
+    Same crop distribution as training (scale (0.08, 1), ratio (3/4, 4/3), selfsup.augment.views.sample_boxes). The
     random layout keeps the canvas and the half-size reference block but places it at a uniformly random
     offset along the long side, with the trigger uniformly in the remaining shadow part.
     """

@@ -13,8 +13,8 @@ import torch
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.errors import ConfigError, TrainingDiverged
-from selfsup.optim import lr_at
-from selfsup.train import EpochSampler, pretrain
+from selfsup.training.loop import EpochSampler, pretrain
+from selfsup.training.optim import lr_at
 
 from .helpers import make_class_folder, tiny_config
 
@@ -105,7 +105,7 @@ def test_compile_without_a_cpp_compiler_is_a_config_error_and_leaves_no_folder(t
 
 @pytest.mark.integration
 def test_colour_mode_reaches_the_views(tmp_path, monkeypatch):
-    from selfsup import views
+    from selfsup.augment import views
 
     seen = []
     real = views.make_views
@@ -236,7 +236,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def test_time_budget_fits_steps_to_the_deadline():
-    from selfsup.budget import TimeBudget
+    from selfsup.training.budget import TimeBudget
 
     b = TimeBudget(minutes=1.0, t0=0.0, calibration_steps=2, window=4)
     assert b.observe(1, 1.0) is None and b.observe(2, 2.0) is None  # calibrating, then mark
@@ -252,7 +252,7 @@ def test_time_budget_fits_steps_to_the_deadline():
 
 
 def test_time_budget_phases_fit_the_cheaper_early_steps():
-    from selfsup.budget import TimeBudget
+    from selfsup.training.budget import TimeBudget
 
     phases = ((0.0, 0.5), (0.3, 1.0))
     b = TimeBudget(minutes=1.0, t0=0.0, phases=phases)
@@ -285,8 +285,8 @@ def test_time_budget_phases_fit_the_cheaper_early_steps():
 
 
 def test_time_budget_too_short_for_the_final_knn_warns(capsys):
-    from selfsup.budget import TimeBudget
-    from selfsup.train import _refit_budget
+    from selfsup.training.budget import TimeBudget
+    from selfsup.training.loop import _refit_budget
 
     now = time.perf_counter()
     # 6 s budget, 0.5 s per step measured; the final kNN over 10,000 images at 0.5 / (8 * 2) / 3 s each ~ 104 s
@@ -364,7 +364,7 @@ def test_malloc_tuning_applies_on_glibc_and_can_be_switched_off(monkeypatch):
 
 
 def test_preset_per_method_adjustments_apply_only_to_that_method():
-    from selfsup.presets import preset_layer
+    from selfsup.config.presets import preset_layer
 
     preset = {"backbone": {"name": "cnn-compact"}, "method": {"name": "simclr", "temperature": 0.2},
               "optim": {"name": "lars", "base_lr": 1.2, "warmup_epochs": 0.25},
@@ -378,7 +378,7 @@ def test_preset_per_method_adjustments_apply_only_to_that_method():
 
 def test_a_copied_preset_file_works_as_config_and_a_plain_config_is_untouched():
     from selfsup.config import PretrainConfig, apply_overrides, load_yaml
-    from selfsup.presets import config_file_layer, preset_path
+    from selfsup.config.presets import config_file_layer, preset_path
 
     cfg = PretrainConfig()  # a preset file has a 'methods:' section that a plain config does not know
     apply_overrides(cfg, config_file_layer(load_yaml(preset_path("cpu-32px")), "barlowtwins"), "config")

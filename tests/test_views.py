@@ -11,7 +11,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
-from selfsup import views as V
+from selfsup.augment import views as V
 from selfsup.errors import UserError
 
 MEAN = torch.tensor(V.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -265,7 +265,7 @@ def test_numba_kernel_from_concurrent_threads() -> None:
 
 
 def test_view_kernel_pool_grows_without_breaking_its_users() -> None:
-    from selfsup import view_kernel as K
+    from selfsup.augment import kernel as K
 
     small = K._executor(1)
     big = K._executor(3)

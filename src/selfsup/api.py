@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .checkpoint import load_encoder
-from .config import PretrainConfig, apply_overrides, load_yaml, parse_set
-from .embed import embed_folder as embed
-from .eval.api import evaluate
+from selfsup.checkpoint import load_encoder
+from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup.embed import embed_folder as embed
+from selfsup.eval.api import evaluate
 
 
 def pretrain(
@@ -36,14 +36,14 @@ def pretrain(
     ``config`` is a YAML path, a dict of PretrainConfig fields, or a PretrainConfig; the keyword arguments
     and ``set`` (``["optim.lr=0.1", ...]``) override it, like CLI flags override ``--config``.
     """
-    from .train import pretrain as _pretrain
+    from selfsup.training.loop import pretrain as _pretrain
 
     if isinstance(config, PretrainConfig):
         cfg = config
     else:
         cfg = PretrainConfig()
         if isinstance(config, str):
-            from .presets import config_file_layer
+            from selfsup.config.presets import config_file_layer
 
             apply_overrides(cfg, config_file_layer(load_yaml(config), method), config)
         elif isinstance(config, dict):

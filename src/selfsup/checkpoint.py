@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from selfsup.errors import CheckpointError
 
 FORMAT = "selfsup-checkpoint"
 VERSION = 1
@@ -135,14 +135,14 @@ def export_encoder(run_dir: str | Path, encoder: nn.Module, info: dict[str, Any]
 def load_encoder(path: str | Path, expect_backbone: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the pretrained encoder from a run folder, ``checkpoint.pt`` or ``encoder.safetensors``,
     or build a torchvision/timm model with local weights from ``torchvision:NAME:WEIGHTS`` /
-    ``timm:NAME:WEIGHTS`` (see :mod:`selfsup.external`; info then also has ``external``).
+    ``timm:NAME:WEIGHTS`` (see :mod:`selfsup.models.external`; info then also has ``external``).
 
     Returns ``(encoder in eval mode, info)`` where info holds ``backbone`` (a BackboneConfig dict),
     ``image_size`` and ``source``. Raises :class:`CheckpointError` with a one-line message otherwise.
     """
-    from .backbones import build_backbone
-    from .config import BackboneConfig, from_dict
-    from .external import is_external, load_external
+    from selfsup.config import BackboneConfig, from_dict
+    from selfsup.models.backbones import build_backbone
+    from selfsup.models.external import is_external, load_external
 
     if is_external(str(path)) and not Path(path).exists():  # torchvision:NAME:WEIGHTS / timm:NAME:WEIGHTS
         net, ext_info = load_external(str(path))

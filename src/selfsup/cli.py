@@ -35,11 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import UserError
+    from selfsup.errors import UserError
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .runtime import tune_allocator
+    from selfsup.runtime import tune_allocator
 
     tune_allocator()  # before any tensor is allocated: every command allocates and frees large tensors
     debug = args.debug or os.environ.get("SELFSUP_DEBUG") == "1"
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print("selfsup: interrupted", file=sys.stderr)
         return 130
     finally:
-        from . import distributed
+        from selfsup import distributed
 
         distributed.cleanup()
 

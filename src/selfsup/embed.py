@@ -8,16 +8,16 @@ from typing import Any
 
 import numpy as np
 
-from .checkpoint import atomic_write
-from .errors import ConfigError
+from selfsup.checkpoint import atomic_write
+from selfsup.errors import ConfigError
 
 
 def embed_folder(checkpoint: str, data: str, out: str, *, batch_size: int = 256, precision: str = "auto",
                  strict: bool = False, progress: bool = True) -> dict[str, Any]:
     """Write the features of every image under ``data`` to ``out`` (.safetensors or .npz), one row per file."""
-    from .checkpoint import load_encoder
-    from .data import open_dataset
-    from .eval.features import extract_features
+    from selfsup.checkpoint import load_encoder
+    from selfsup.data import open_dataset
+    from selfsup.eval.features import extract_features
 
     out_path = Path(out)
     if out_path.suffix not in (".safetensors", ".npz"):

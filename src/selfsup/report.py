@@ -173,7 +173,7 @@ def neighbour_figure(images: np.ndarray, features: np.ndarray, labels: np.ndarra
 
 
 def _eval_table(results: dict[str, Any]) -> str:
-    from .eval.suite import table_rows
+    from selfsup.eval.suite import table_rows
 
     rows = table_rows(results)
     if not rows:
@@ -205,9 +205,9 @@ window.addEventListener("load", function () {
 
 
 def _embedding_sections(run: Path, test: str, max_points: int, seed: int) -> tuple[list[str], list[str]]:
-    from .checkpoint import load_encoder
-    from .data import open_dataset
-    from .eval.features import extract_features
+    from selfsup.checkpoint import load_encoder
+    from selfsup.data import open_dataset
+    from selfsup.eval.features import extract_features
 
     encoder, info = load_encoder(run)
     size = int(info["image_size"])
@@ -235,8 +235,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, test: st
     matplotlib.use("Agg")
     import yaml
 
-    from .checkpoint import atomic_write_text
-    from .errors import ConfigError
+    from selfsup.checkpoint import atomic_write_text
+    from selfsup.errors import ConfigError
 
     run = Path(run_dir)
     if not run.is_dir():

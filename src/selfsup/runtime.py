@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from selfsup.errors import ConfigError
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 

@@ -77,7 +77,7 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from ..security.audit import AuditConfig
+    from selfsup.security.audit import AuditConfig
 
     return AuditConfig(train=args.train or "", test=args.test or "", out=args.out, image_size=args.image_size,
                        method=args.method, backbone=args.backbone, width=args.width, epochs=args.epochs,
@@ -92,8 +92,8 @@ def _print(report: dict[str, Any]) -> int:
 
 
 def run_backdoor(args: argparse.Namespace) -> int:
-    from ..security.audit import backdoor_audit
-    from ..security.poison import PoisonSpec, check_rate
+    from selfsup.security.audit import backdoor_audit
+    from selfsup.security.poison import PoisonSpec, check_rate
 
     check_rate(args.poison_rate)
     spec = PoisonSpec(attack=args.attack, rate=args.poison_rate, trigger_size=args.trigger_size, alpha=args.alpha,
@@ -102,7 +102,7 @@ def run_backdoor(args: argparse.Namespace) -> int:
 
 
 def run_adversarial(args: argparse.Namespace) -> int:
-    from ..security.audit import adversarial_audit
+    from selfsup.security.audit import adversarial_audit
 
     return _print(adversarial_audit(_cfg(args), checkpoint=args.checkpoint, attacker_data=args.attacker_data,
                                     other_train=args.other_train, other_test=args.other_test, eps=args.eps,
@@ -110,7 +110,7 @@ def run_adversarial(args: argparse.Namespace) -> int:
 
 
 def run_unlearnable(args: argparse.Namespace) -> int:
-    from ..security.audit import unlearnable_audit
+    from selfsup.security.audit import unlearnable_audit
 
     return _print(unlearnable_audit(_cfg(args), surrogate=args.surrogate, clusters=args.clusters, eps=args.eps,
                                     steps=args.steps))

@@ -47,12 +47,12 @@ def add_parser(sub: Any, formatter: type) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from ..config import PretrainConfig, apply_overrides
-    from ..eval.suite import evaluate_suite
-    from ..report import write_report
-    from ..runtime import resolve_device, resolve_precision
-    from ..train import pretrain
-    from .eval import format_table
+    from selfsup.commands.eval import format_table
+    from selfsup.config import PretrainConfig, apply_overrides
+    from selfsup.eval.suite import evaluate_suite
+    from selfsup.report import write_report
+    from selfsup.runtime import resolve_device, resolve_precision
+    from selfsup.training.loop import pretrain
 
     out = Path(args.out)
     if out.exists() and (args.fresh or not (out / "summary.json").exists()):

@@ -26,7 +26,7 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..embed import embed_folder
+    from selfsup.embed import embed_folder
 
     out = embed_folder(args.checkpoint, args.data, args.out, batch_size=args.batch_size,
                        precision=args.precision, strict=args.strict)

@@ -91,7 +91,7 @@ def format_table(protocol: str, results: dict[str, dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.api import evaluate
+    from selfsup.eval.api import evaluate
 
     kwargs: dict[str, Any] = {}
     if args.protocol == "knn":
@@ -127,8 +127,8 @@ def run_suite(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from ..errors import ConfigError
-    from ..eval.suite import PROTOCOLS, evaluate_suite, format_suite_table
+    from selfsup.errors import ConfigError
+    from selfsup.eval.suite import PROTOCOLS, evaluate_suite, format_suite_table
 
     if args.protocol == "all":
         skip = {s.strip() for s in args.skip.split(",") if s.strip()}

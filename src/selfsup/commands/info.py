@@ -26,7 +26,7 @@ def add_parser(sub: Any, formatter: type) -> None:
 def run_methods(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from ..methods import registry
+    from selfsup.methods import registry
 
     specs = registry()
     print(f"{'method':<14}{'family':<22}paper")
@@ -43,14 +43,14 @@ def run_methods(args: argparse.Namespace) -> int:
 
 
 def run_backbones(args: argparse.Namespace) -> int:
-    from .. import backbones
+    from selfsup.models import backbones
 
     print(backbones.__doc__.split("\n\n", 2)[2] if backbones.__doc__ else "")
     return 0
 
 
 def run_datasets(args: argparse.Namespace) -> int:
-    from ..data import list_builtin
+    from selfsup.data import list_builtin
 
     for name, desc in list_builtin().items():
         print(f"builtin:{name:<12} {desc}")
@@ -58,7 +58,7 @@ def run_datasets(args: argparse.Namespace) -> int:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from ..presets import list_presets
+    from selfsup.config.presets import list_presets
 
     for name, desc in list_presets().items():
         print(f"{name:<16} {desc}")

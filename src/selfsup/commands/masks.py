@@ -28,11 +28,11 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 def build_from_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
     """(method in eval mode with the checkpoint's weights, saved config dict)."""
-    from ..backbones import build_backbone
-    from ..checkpoint import load_checkpoint, load_state_strict
-    from ..config import BackboneConfig, from_dict
-    from ..errors import CheckpointError
-    from ..methods import registry
+    from selfsup.checkpoint import load_checkpoint, load_state_strict
+    from selfsup.config import BackboneConfig, from_dict
+    from selfsup.errors import CheckpointError
+    from selfsup.methods import registry
+    from selfsup.models.backbones import build_backbone
 
     payload = load_checkpoint(path)
     cfg = payload.get("config", {})
@@ -53,7 +53,7 @@ def build_from_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
 
 def draw_split(method: Any, view_weights: Any, generator: Any) -> Any:
     """The split the method would draw for these views; FAMT methods use ``view_weights`` [B, L]."""
-    from ..masking import expand_cell_split, pool_to_cells, sample_split
+    from selfsup.augment.masking import expand_cell_split, pool_to_cells, sample_split
 
     b = view_weights.shape[0]
     weighted = hasattr(method, "famt")
@@ -75,11 +75,17 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from ..checkpoint import atomic_write
-    from ..data import open_dataset
-    from ..errors import ConfigError
-    from ..masking import MASKED, THROWN, famt_weights, vit_attention_and_tokens, weights_to_view
-    from ..views import eval_transform, make_views
+    from selfsup.augment.masking import (
+        MASKED,
+        THROWN,
+        famt_weights,
+        vit_attention_and_tokens,
+        weights_to_view,
+    )
+    from selfsup.augment.views import eval_transform, make_views
+    from selfsup.checkpoint import atomic_write
+    from selfsup.data import open_dataset
+    from selfsup.errors import ConfigError
 
     if args.num < 1:
         raise ConfigError(f"--num must be at least 1, got {args.num}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
 
 EXAMPLE = """example:
   selfsup pretrain --data ~/photos --method simclr --backbone resnet18 --epochs 100 --batch-size 256 --out runs/photos
@@ -58,11 +58,11 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         if saved.is_file():
             apply_overrides(cfg, load_yaml(saved), str(saved))
     if getattr(args, "preset", None):
-        from ..presets import load_preset
+        from selfsup.config.presets import load_preset
 
         apply_overrides(cfg, load_preset(args.preset, args.method), f"preset {args.preset}")
     if args.config:
-        from ..presets import config_file_layer
+        from selfsup.config.presets import config_file_layer
 
         apply_overrides(cfg, config_file_layer(load_yaml(args.config), args.method), args.config)
     flags: dict[str, dict[str, Any]] = {
@@ -88,8 +88,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import ConfigError
-    from ..train import pretrain
+    from selfsup.errors import ConfigError
+    from selfsup.training.loop import pretrain
 
     cfg = config_from_args(args)
     if not cfg.data.path:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
     summary = pretrain(cfg, resume=args.resume)
-    from .. import distributed
+    from selfsup import distributed
 
     if not distributed.env_info().is_main:
         return 0

@@ -26,7 +26,7 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
+    from selfsup.report import write_report
 
     path = write_report(args.run, args.out, test=args.test, max_points=args.max_points)
     print(f"wrote {path}")

@@ -48,12 +48,12 @@ def search(index: str, query: str, *, k: int = 10, checkpoint: str | None = None
     """``[{"query": path, "neighbours": [{"rank", "score", "path", "class"?}]}]`` for each query image."""
     import torch
 
-    from ..checkpoint import load_encoder
-    from ..data import IMAGE_EXTENSIONS, decode_image, open_dataset
-    from ..embed import read_embeddings
-    from ..errors import ConfigError, DataError
-    from ..eval.features import extract_features
-    from ..eval.knn import FAISS_AUTO_PAIRS, _neighbours_faiss, _neighbours_torch, faiss_available
+    from selfsup.checkpoint import load_encoder
+    from selfsup.data import IMAGE_EXTENSIONS, decode_image, open_dataset
+    from selfsup.embed import read_embeddings
+    from selfsup.errors import ConfigError, DataError
+    from selfsup.eval.features import extract_features
+    from selfsup.eval.knn import FAISS_AUTO_PAIRS, _neighbours_faiss, _neighbours_torch, faiss_available
 
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")

@@ -1,7 +1,7 @@
 """Evaluation of frozen encoders: feature extraction, weighted kNN, linear probe, baselines."""
 
-from .baselines import evaluate_with_baselines, random_encoder_like, reinitialized_copy
-from .features import (
+from selfsup.eval.baselines import evaluate_with_baselines, random_encoder_like, reinitialized_copy
+from selfsup.eval.features import (
     autocast_context,
     cached_features,
     checkpoint_key,
@@ -10,8 +10,8 @@ from .features import (
     raw_pixels,
     resolve_precision,
 )
-from .knn import knn_accuracy, knn_predict, topk_accuracy
-from .linear import fit_standardizer, linear_probe, standardize_features
+from selfsup.eval.knn import knn_accuracy, knn_predict, topk_accuracy
+from selfsup.eval.linear import fit_standardizer, linear_probe, standardize_features
 
 __all__ = [
     "autocast_context",

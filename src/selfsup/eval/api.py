@@ -7,22 +7,22 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from selfsup.errors import ConfigError
 
 
 def load_labelled(spec: str, size: int, *, strict: bool = False, what: str = "eval") -> Any:
-    from ..data import open_dataset
+    from selfsup.data import open_dataset
 
     return open_dataset(spec, size, strict=strict, require_labels=True, min_classes=2)
 
 
 def encoder_factory(info: dict[str, Any]) -> Callable[[], torch.nn.Module]:
     """A builder of the same (randomly initialised) architecture as the encoder ``info`` describes."""
-    from ..backbones import build_backbone
-    from ..config import BackboneConfig, from_dict
+    from selfsup.config import BackboneConfig, from_dict
+    from selfsup.models.backbones import build_backbone
 
     if "external" in info:
-        from ..external import build_external
+        from selfsup.models.external import build_external
 
         return lambda: build_external(dict(info["external"]))
     return lambda: build_backbone(from_dict(BackboneConfig, info["backbone"]), int(info["image_size"]))
@@ -47,8 +47,8 @@ def evaluate(
     Returns ``{"encoder": result, "pixels": result, "random": result, "settings": {...}}`` (baselines
     omitted when ``baselines=False``); each result has ``top1`` and ``top5`` in percent.
     """
-    from ..checkpoint import load_encoder
-    from .baselines import evaluate_with_baselines
+    from selfsup.checkpoint import load_encoder
+    from selfsup.eval.baselines import evaluate_with_baselines
 
     if protocol not in ("knn", "linear"):
         raise ConfigError(f"unknown protocol '{protocol}'; choose knn or linear")

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
-from .features import _module_device, cached_features, extract_features, raw_pixels
-from .knn import knn_accuracy
-from .linear import linear_probe
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.features import _module_device, cached_features, extract_features, raw_pixels
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import linear_probe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import ImageDataset
+    from selfsup.data import ImageDataset
 
 PROTOCOLS = ("knn", "linear")
 BASELINES = ("pixels", "random")

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
-from .knn import _as_tensor, faiss_available
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import _as_tensor, faiss_available
 
 FAISS_MIN_POINTS = 20_000
 BACKENDS = ("auto", "sklearn", "faiss")

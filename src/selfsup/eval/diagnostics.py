@@ -6,7 +6,7 @@
   min(N, D). Computed on the raw (unnormalised) features, as in the paper.
 - Alignment (Wang & Isola 2020, arXiv 2005.10242, Eq. 2): ``E_{(x,y) ~ positive pairs} ||f(x) - f(y)||_2^alpha``
   with L2-normalised f and alpha = 2. Positive pairs are two augmented views of the same test image
-  (:func:`selfsup.views.make_views` with the SimCLR recipe); lower is better (0 = invariant).
+  (:func:`selfsup.augment.views.make_views` with the SimCLR recipe); lower is better (0 = invariant).
 - Uniformity (ibid., Eq. 3): ``log E_{x != y} exp(-t ||f(x) - f(y)||_2^2)`` over all distinct pairs of
   normalised features, t = 2; lower is more uniform on the sphere (about -4 for well-spread 128-D features).
 - Feature std: per-dimension std of the L2-normalised features, averaged and multiplied by sqrt(D)
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
-from .knn import _as_tensor
+from selfsup.errors import DataError
+from selfsup.eval.knn import _as_tensor
 
 RANKME_EPS = 1e-7
 
@@ -102,11 +102,11 @@ def view_pair_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Features of two augmented views of (up to ``max_images`` of) ``images`` uint8 [N, H, W, 3].
 
-    Views come from :func:`selfsup.views.make_views` with ``recipe`` (default: the SimCLR recipe at
+    Views come from :func:`selfsup.augment.views.make_views` with ``recipe`` (default: the SimCLR recipe at
     ``image_size``), drawn from a generator seeded with ``seed``.
     """
-    from ..views import make_views, simclr_recipe
-    from .features import _module_device
+    from selfsup.augment.views import make_views, simclr_recipe
+    from selfsup.eval.features import _module_device
 
     recipe = recipe or simclr_recipe(image_size, grayscale_input=grayscale_input)
     n = min(int(images.shape[0]), int(max_images))
@@ -141,7 +141,7 @@ def representation_diagnostics(
 ) -> dict[str, Any]:
     """RankMe, uniformity and feature std of the encoder's features on ``images`` and alignment of two
     augmented views of each image. ``features`` (the clean features, if already computed) avoids a pass."""
-    from .features import extract_features
+    from selfsup.eval.features import extract_features
 
     if features is None:
         features = (extract or extract_features)(encoder, images, image_size=image_size, batch_size=batch_size)

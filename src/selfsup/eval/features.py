@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data import ImageDataset
+    from selfsup.data import ImageDataset
 
 CACHE_VERSION = 1
 
@@ -40,8 +40,8 @@ CACHE_VERSION = 1
 
 
 # One implementation for training and evaluation lives in selfsup.runtime; re-exported here.
-from ..runtime import PRECISIONS, autocast_context, cpu_supports_bf16  # noqa: E402,F401
-from ..runtime import precision_dtype as resolve_precision  # noqa: E402  (dtype only; see runtime)
+from selfsup.runtime import PRECISIONS, autocast_context, cpu_supports_bf16  # noqa: E402,F401
+from selfsup.runtime import precision_dtype as resolve_precision  # noqa: E402  (dtype only; see runtime)
 
 # --------------------------------------------------------------------------------------------------
 # extraction
@@ -57,7 +57,7 @@ def _module_device(module: nn.Module) -> torch.device:
 
 
 def _default_transform() -> Callable[..., torch.Tensor]:
-    from ..views import eval_transform
+    from selfsup.augment.views import eval_transform
 
     return eval_transform
 
@@ -89,7 +89,7 @@ def extract_features(
     images: uint8 ``[N, H, W, 3]`` or ``[N, 3, H, W]`` (the layout is detected by the transform); numpy
     (memmaps are read batch by batch) or torch. ``transform(batch, image_size, channels_last=..., dtype=float32)``
     turns a uint8 batch on the encoder's device into normalised ``[B, 3, image_size, image_size]`` floats;
-    the default is :func:`selfsup.views.eval_transform`. ``channels_last`` asks it for the channels-last
+    the default is :func:`selfsup.augment.views.eval_transform`. ``channels_last`` asks it for the channels-last
     memory format (faster convolutions); it does not change the values. The encoder runs in eval mode (BatchNorm uses its
     running statistics and does not update them); its previous train/eval mode is restored afterwards.
     """
@@ -243,7 +243,7 @@ def cached_features(
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
-    from ..checkpoint import atomic_write
+    from selfsup.checkpoint import atomic_write
 
     resolved = resolve_precision(precision, _module_device(encoder))
     prec_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
-from .knn import _as_tensor
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import _as_tensor
 
 CLASSIFIERS = ("prototype", "logistic")
 

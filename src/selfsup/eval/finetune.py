@@ -8,7 +8,7 @@ on the pretrained encoder and the whole network (here optionally only its last k
 - Label subsets are *class-balanced* (stratified): ``round(fraction * n_c)`` images of each class c, at
   least one, drawn with a seeded generator, so that a fraction is the same subset for every encoder.
 - Augmentation: random resized crop (scale 0.25-1) + horizontal flip, no colour ops (the papers use
-  crop + flip only for fine-tuning), via :func:`selfsup.views.make_views`.
+  crop + flip only for fine-tuning), via :func:`selfsup.augment.views.make_views`.
 - Optimiser (CPU-friendly defaults, not the papers' 60/30-epoch LARS schedules): AdamW, head learning
   rate ``lr``, encoder ``lr * backbone_lr_scale`` (default 1: one rate, as SimCLR v2), no weight decay (SimCLR v2 fine-tunes without it),
   cosine decay over ``max(epochs * steps_per_epoch, min_steps)`` steps (small label fractions get
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, DataError
-from .knn import _as_tensor, topk_accuracy
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import _as_tensor, topk_accuracy
 
 
 def parse_fraction(value: str | float) -> float:
@@ -155,8 +155,8 @@ def finetune(
     ``encoder`` is not modified. Runs on the encoder's device. Returns ``{"top1", "top5", "train_loss",
     "n_labelled", ...settings}``.
     """
-    from ..views import ViewRecipe, ViewSpec, make_views
-    from .features import _module_device, autocast_context, extract_features, resolve_precision
+    from selfsup.augment.views import ViewRecipe, ViewSpec, make_views
+    from selfsup.eval.features import _module_device, autocast_context, extract_features, resolve_precision
 
     frac = parse_fraction(labels)
     ytr = _as_tensor(train_labels, "train_labels").long().cpu().numpy()
@@ -202,7 +202,7 @@ def finetune(
     gen = torch.Generator().manual_seed(int(seed))
     dtype = resolve_precision(precision, device)
     if device.type == "cpu" and dtype == torch.bfloat16:
-        from ..backbones import check_bf16_cpu_conv_sizes
+        from selfsup.models.backbones import check_bf16_cpu_conv_sizes
 
         check_bf16_cpu_conv_sizes(enc, [image_size], name="this encoder", hint="the fine-tune image size")
     y_sub = torch.from_numpy(ytr[subset])

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError
 
 # Brute force in torch below this many train x test pairs; faiss (if importable) above, on CPU only.
 # Measured on 2 (busy) cores, 50,000 x 10,000 x 512: torch 13.7 s, faiss 15.2 s; both are bound by the

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
-from .knn import _as_tensor, topk_accuracy
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import _as_tensor, topk_accuracy
 
 OPTIMIZERS = ("lbfgs", "adamw")
 _CHUNK = 65536

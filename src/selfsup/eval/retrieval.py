@@ -24,8 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, DataError
-from .knn import FAISS_AUTO_PAIRS, _as_tensor, _neighbours_faiss, _neighbours_torch, faiss_available
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import (
+    FAISS_AUTO_PAIRS,
+    _as_tensor,
+    _neighbours_faiss,
+    _neighbours_torch,
+    faiss_available,
+)
 
 
 def average_precision(relevant_sorted: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from selfsup.errors import ConfigError
 
 PROTOCOLS = ("knn", "linear", "finetune", "fewshot", "retrieval", "clustering", "diagnostics")
 
@@ -69,11 +69,11 @@ def resolve_device(device: str) -> torch.device:
 def run_on_features(protocol: str, ftr: torch.Tensor, ytr: torch.Tensor, fte: torch.Tensor, yte: torch.Tensor,
                     num_classes: int, options: dict[str, Any]) -> dict[str, Any]:
     """A feature-level protocol (knn, linear, fewshot, retrieval, clustering) on precomputed features."""
-    from .clustering import clustering_metrics
-    from .fewshot import fewshot_eval
-    from .knn import knn_accuracy
-    from .linear import linear_probe
-    from .retrieval import retrieval_metrics
+    from selfsup.eval.clustering import clustering_metrics
+    from selfsup.eval.fewshot import fewshot_eval
+    from selfsup.eval.knn import knn_accuracy
+    from selfsup.eval.linear import linear_probe
+    from selfsup.eval.retrieval import retrieval_metrics
 
     if protocol == "knn":
         return knn_accuracy(ftr, ytr, fte, yte, num_classes=num_classes, **options)
@@ -124,12 +124,12 @@ def evaluate_suite(
     ``finetune_labels`` lists the label fractions to fine-tune with (one result key each). ``out`` writes
     the result as JSON (e.g. ``RUN/eval.json``). ``log`` (e.g. ``print``) gets one line per finished protocol.
     """
-    from ..checkpoint import atomic_write_text, load_encoder
-    from .api import encoder_factory, load_labelled
-    from .baselines import random_encoder_like
-    from .diagnostics import diagnostics_from_features, representation_diagnostics
-    from .features import extract_features, raw_pixels
-    from .finetune import finetune
+    from selfsup.checkpoint import atomic_write_text, load_encoder
+    from selfsup.eval.api import encoder_factory, load_labelled
+    from selfsup.eval.baselines import random_encoder_like
+    from selfsup.eval.diagnostics import diagnostics_from_features, representation_diagnostics
+    from selfsup.eval.features import extract_features, raw_pixels
+    from selfsup.eval.finetune import finetune
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
     if unknown:

@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import distributed
+from selfsup import distributed
 
 
 def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:

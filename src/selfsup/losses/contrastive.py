@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
+from selfsup import distributed
 
 
 def nt_xent_loss(

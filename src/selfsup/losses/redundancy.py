@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import distributed
+from selfsup import distributed
 
 
 def off_diagonal(m: torch.Tensor) -> torch.Tensor:

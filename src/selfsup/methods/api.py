@@ -1,11 +1,11 @@
 """The small contract every pretraining method follows, and the registry the tests walk.
 
 A method is a plain ``nn.Module`` that *owns* its backbone, heads, loss state and view recipe. It is
-composed from pure loss functions (``selfsup.losses``), heads (``selfsup.heads``) and view recipes
-(``selfsup.views``); there is no base class. The training loop relies on exactly this:
+composed from pure loss functions (``selfsup.losses``), heads (``selfsup.models.heads``) and view recipes
+(``selfsup.augment.views``); there is no base class. The training loop relies on exactly this:
 
-- ``method.backbone``: the :class:`selfsup.backbones.Encoder` being pretrained (what gets exported);
-- ``method.view_recipe``: a :class:`selfsup.views.ViewRecipe` telling the loop which views to make;
+- ``method.backbone``: the :class:`selfsup.models.backbones.Encoder` being pretrained (what gets exported);
+- ``method.view_recipe``: a :class:`selfsup.augment.views.ViewRecipe` telling the loop which views to make;
 - ``method(batch, progress) -> StepOutput``: the loss (and scalar logs) for one batch of views;
 - optionally ``method.after_step(progress)``: called after each optimizer step (EMA teachers, queues);
 - optionally ``method.param_groups()``: a list of ``{"params": [...], **overrides}`` for the optimizer
@@ -51,7 +51,7 @@ class Batch:
 
     views:  list of float tensors [B, C, h_v, w_v], normalised; multi-crop views may differ in size.
     index:  [B] int64 dataset indices of the source images (FAMT weight maps, poison audits).
-    params: per view, the sampled augmentation parameters (``selfsup.views.ViewParams``): crop boxes
+    params: per view, the sampled augmentation parameters (``selfsup.augment.views.ViewParams``): crop boxes
             and flips, so that per-image maps (FAMT) can follow the crop.
     """
 

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..heads import mlp
-from ..losses.redundancy import barlow_twins_loss
-from ..views import byol_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import byol_recipe
+from selfsup.losses.redundancy import barlow_twins_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.heads import mlp
 
 
 @dataclass

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backbones import feature_dim
-from ..ema import cosine_momentum, ema_update, make_teacher
-from ..heads import mlp
-from ..losses.distillation import byol_loss
-from ..views import byol_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import byol_recipe
+from selfsup.losses.distillation import byol_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.backbones import feature_dim
+from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
+from selfsup.models.heads import mlp
 
 
 @dataclass

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..ema import cosine_momentum, ema_update, make_teacher
-from ..errors import ConfigError
-from ..losses.dino import dino_center_update, dino_loss, teacher_temperature
-from ..views import byol_recipe, multicrop_recipe
-from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup import distributed
+from selfsup.augment.views import byol_recipe, multicrop_recipe
+from selfsup.errors import ConfigError
+from selfsup.losses.dino import dino_center_update, dino_loss, teacher_temperature
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
 
 
 @dataclass

@@ -1,10 +1,10 @@
 """FAMT: Frequency & Attention-driven Masking and Throwing (Gui, Chen et al., arXiv 2211.15362; IEEE TIP 2025;
 first version "Good helper is around you: Attention-driven Masked Image Modeling", AMT) for MAE and SimMIM.
 
-**Weights** (per image, over the full image's patch grid; :mod:`selfsup.masking`): an unmasked eval-mode
+**Weights** (per image, over the full image's patch grid; :mod:`selfsup.augment.masking`): an unmasked eval-mode
 forward of the current encoder gives the last block's attention A_h and last-layer patch tokens T;
-attention weight a_j = c_j + g_j (:func:`~selfsup.masking.famt_attention_weights`), frequency weight f_j
-from a Gaussian low-pass over the token-axis FFT (:func:`~selfsup.masking.famt_frequency_weights`),
+attention weight a_j = c_j + g_j (:func:`~selfsup.augment.masking.famt_attention_weights`), frequency weight f_j
+from a Gaussian low-pass over the token-axis FFT (:func:`~selfsup.augment.masking.famt_frequency_weights`),
 w_j = a_j f_j.
 
 **Masking and throwing.** Per sample, the patches are ordered by sampling without replacement in proportion
@@ -38,7 +38,7 @@ after a resume the next :meth:`on_epoch_start` at or after the warm-up recompute
 (a mid-epoch resume) masking falls back to random (logged as ``famt_weighted`` 0).
 
 **Geometry.** Each training view is a random crop + flip of the source image; the stored map is resampled
-into the crop box and flipped (:func:`selfsup.masking.weights_to_view`) using the view's
+into the crop box and flipped (:func:`selfsup.augment.masking.weights_to_view`) using the view's
 ``ViewParams`` (``batch.params[0]``), so a weight stays on the image content it was computed for.
 """
 
@@ -51,8 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
-from ..masking import (
+from selfsup.augment.masking import (
     MaskSplit,
     famt_weights,
     pool_to_cells,
@@ -61,9 +60,10 @@ from ..masking import (
     vit_attention_and_tokens,
     weights_to_view,
 )
-from .api import Batch, Recipe, register
-from .mae import MAE, MAEConfig
-from .simmim import SimMIM, SimMIMConfig
+from selfsup.errors import ConfigError, DataError
+from selfsup.methods.api import Batch, Recipe, register
+from selfsup.methods.mae import MAE, MAEConfig
+from selfsup.methods.simmim import SimMIM, SimMIMConfig
 
 
 @dataclass
@@ -130,7 +130,7 @@ class FAMTWeights(nn.Module):
         std: tuple[float, float, float],
         epoch: int = 0,
     ) -> torch.Tensor:
-        from ..views import eval_transform
+        from selfsup.augment.views import eval_transform
 
         n = len(images)
         if n == 0:

@@ -10,7 +10,7 @@ Decoder: the paper's default is 8 blocks of width 512 (16 heads) for 224 px (Tab
 narrower/shallower decoders lose little). For small images (< 128 px, e.g. CIFAR at 32 px with 64 patches)
 we default to 4 blocks of width 256 (8 heads); both are overridable (``method.decoder_*``).
 
-The split machinery (visible / masked / thrown, :mod:`selfsup.masking`) is shared with FAMT
+The split machinery (visible / masked / thrown, :mod:`selfsup.augment.masking`) is shared with FAMT
 (``methods/famt.py``), which only changes how the split is drawn: thrown patches are removed from the
 encoder, the decoder and the loss.
 """
@@ -23,9 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones import feature_dim
-from ..errors import ConfigError
-from ..masking import (
+from selfsup.augment.masking import (
     MaskSplit,
     gather_tokens,
     patchify,
@@ -36,8 +34,10 @@ from ..masking import (
     vit_patch_embed,
     vit_run_blocks,
 )
-from ..views import ViewRecipe, ViewSpec
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import ViewRecipe, ViewSpec
+from selfsup.errors import ConfigError
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.backbones import feature_dim
 
 
 @dataclass

@@ -9,13 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..ema import ema_update, make_teacher
-from ..errors import ConfigError
-from ..heads import mlp
-from ..losses.contrastive import enqueue, moco_queue_loss
-from ..views import simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup import distributed
+from selfsup.augment.views import simclr_recipe
+from selfsup.errors import ConfigError
+from selfsup.losses.contrastive import enqueue, moco_queue_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.ema import ema_update, make_teacher
+from selfsup.models.heads import mlp
 
 
 @dataclass

@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..errors import ConfigError
-from ..heads import mlp
-from ..losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
-from ..views import byol_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup import distributed
+from selfsup.augment.views import byol_recipe
+from selfsup.errors import ConfigError
+from selfsup.losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.heads import mlp
 
 
 @dataclass

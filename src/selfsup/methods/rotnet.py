@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import mlp
-from ..views import ViewRecipe, ViewSpec
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import ViewRecipe, ViewSpec
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.heads import mlp
 
 
 def rotate_batch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..backbones import feature_dim
-from ..errors import ConfigError
-from ..heads import mlp
-from ..losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
-from ..views import multicrop_recipe, simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.augment.views import multicrop_recipe, simclr_recipe
+from selfsup.errors import ConfigError
+from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
+from selfsup.models.heads import mlp
 
 
 @dataclass

@@ -25,9 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..backbones import feature_dim
-from ..errors import ConfigError
-from ..masking import (
+from selfsup.augment.masking import (
     MASKED,
     MaskSplit,
     expand_cell_split,
@@ -39,8 +37,10 @@ from ..masking import (
     vit_patch_embed,
     vit_run_blocks,
 )
-from ..views import ViewRecipe, ViewSpec
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import ViewRecipe, ViewSpec
+from selfsup.errors import ConfigError
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.backbones import feature_dim
 
 
 @dataclass

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..heads import mlp
-from ..losses.distillation import negative_cosine_loss
-from ..views import simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.augment.views import simclr_recipe
+from selfsup.losses.distillation import negative_cosine_loss
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.models.heads import mlp
 
 
 @dataclass

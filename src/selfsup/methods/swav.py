@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import distributed
-from ..errors import ConfigError
-from ..heads import mlp
-from ..losses.clustering import sinkhorn, swav_loss
-from ..losses.contrastive import enqueue
-from ..views import multicrop_recipe, simclr_recipe
-from .api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup import distributed
+from selfsup.augment.views import multicrop_recipe, simclr_recipe
+from selfsup.errors import ConfigError
+from selfsup.losses.clustering import sinkhorn, swav_loss
+from selfsup.losses.contrastive import enqueue
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.heads import mlp
 
 
 @dataclass

@@ -9,7 +9,7 @@ optimised directly by projected signed-gradient descent (PGD, Madry et al. 2018)
     L(delta) = mean_x cos(f(clip(x + delta, 0, 1)), f(x))        (minimised),   ||delta||_inf <= eps,
 
 with ``eps = 8/255`` by default (the budget AdvEncoder reports for CIFAR-10). Pixels live in [0, 1] before
-the ImageNet normalisation that :func:`selfsup.views.eval_transform` applies, so the budget is in pixel units.
+the ImageNet normalisation that :func:`selfsup.augment.views.eval_transform` applies, so the budget is in pixel units.
 
 Reported (:func:`evaluate_perturbation`): the fooling rate of linear heads fitted on clean features of
 labelled data the attacker never used, and the drop in retrieval recall@1 (gallery = clean train features).
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..eval.knn import _as_tensor  # copies read-only (cached) arrays
+from selfsup.errors import ConfigError
+from selfsup.eval.knn import _as_tensor  # copies read-only (cached) arrays
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,7 +134,7 @@ def evaluate_perturbation(
     heads: ``{"name", "train_images", "train_labels", "test_images", "test_labels", "num_classes"}``; a linear
     head is fitted on the clean train features of each; retrieval uses the first entry.
     """
-    from .metrics import clean_accuracy, fit_linear_head, fooling_rate, recall_at_1
+    from selfsup.security.metrics import clean_accuracy, fit_linear_head, fooling_rate, recall_at_1
 
     if not heads:
         raise ConfigError("the adversarial audit needs at least one labelled probe set (--probe-train/--probe-test)")

@@ -1,7 +1,7 @@
 """End-to-end security audits on selfsup's own pipeline.
 
 backdoor:    build a poisoned folder (clean + round(rate*N) poisons, manifest) -> pretrain a victim with
-             :func:`selfsup.train.pretrain` on it and a reference encoder on the clean data with the same
+             :func:`selfsup.training.loop.pretrain` on it and a reference encoder on the clean data with the same
              settings -> fit a linear probe on clean labelled features -> CA on untouched test images, ASR on
              triggered non-target test images, for both. Optional PatchSearch-style defense: score the
              poisoned set with the victim encoder, report precision/recall of the flagged images against the
@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import ConfigError, DataError
-from ..eval.knn import _as_tensor
-from .metrics import attack_success_rate, clean_accuracy, fit_linear_head
-from .poison import PoisonSpec, build_poisoned_folder, resolve_target
+from selfsup.errors import ConfigError, DataError
+from selfsup.eval.knn import _as_tensor
+from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
+from selfsup.security.poison import PoisonSpec, build_poisoned_folder, resolve_target
 
 
 @dataclass
@@ -60,7 +60,7 @@ def _log(msg: str) -> None:
 
 
 def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
-    from ..data import open_dataset
+    from selfsup.data import open_dataset
 
     return open_dataset(spec, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=labelled,
                         min_classes=2 if labelled else 0, progress=cfg.progress)
@@ -68,11 +68,11 @@ def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
 
 def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
     """The victim's PretrainConfig: the preset (if any), then the audit's own fields."""
-    from ..config import PretrainConfig, apply_overrides
+    from selfsup.config import PretrainConfig, apply_overrides
 
     pc = PretrainConfig(out=str(out))
     if cfg.preset:
-        from ..presets import load_preset
+        from selfsup.config.presets import load_preset
 
         apply_overrides(pc, load_preset(cfg.preset, cfg.method), f"preset {cfg.preset}")
     pc.data.path, pc.data.image_size, pc.data.cache_dir = data, cfg.image_size, cfg.cache_dir
@@ -90,8 +90,8 @@ def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
 
 def run_pretrain(cfg: AuditConfig, data: str, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain with selfsup's loop (same settings for every arm) and return (encoder, summary)."""
-    from ..checkpoint import load_encoder
-    from ..train import pretrain
+    from selfsup.checkpoint import load_encoder
+    from selfsup.training.loop import pretrain
 
     summary = pretrain(pretrain_config(cfg, data, out))
     enc, _ = load_encoder(out)
@@ -106,14 +106,14 @@ def write_folder(out: Path, images: np.ndarray) -> Path:
 
 
 def _features(enc: torch.nn.Module, images: np.ndarray, cfg: AuditConfig) -> torch.Tensor:
-    from .adversarial import encode
+    from selfsup.security.adversarial import encode
 
     return encode(enc, images, cfg.image_size)
 
 
 def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
     """The test-time trigger: the same patch at a uniformly random location, or CTRL at magnitude 100."""
-    from .triggers import apply_ctrl_trigger, apply_patch_trigger
+    from selfsup.security.triggers import apply_ctrl_trigger, apply_patch_trigger
 
     if spec.attack == "ctrl":
         return apply_ctrl_trigger(images, magnitude=100.0, window=spec.ctrl_window)
@@ -136,7 +136,7 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
                    flag_fraction: float = 0.02, defense_tests: int = 32,
                    clean_run: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
     """``clean_run``: an (encoder, summary) already pretrained on ``cfg.train`` with the same settings (reused)."""
-    from .poison import check_rate
+    from selfsup.security.poison import check_rate
 
     check_rate(spec.rate)
     out = Path(cfg.out)
@@ -165,8 +165,8 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
         "clean": _asr_ca(clean, cfg, train, test, trig, tid), "victim_steps": vsum["steps"], "clean_steps": csum["steps"],
     }
     if defense:
-        from .defense import flag_top, patchsearch_scores, precision_recall
-        from .poison import read_manifest
+        from selfsup.security.defense import flag_top, patchsearch_scores, precision_recall
+        from selfsup.security.poison import read_manifest
 
         man = read_manifest(folder)
         files = sorted(man["files"], key=lambda r: r["file"])  # the loader's row order (sorted paths)
@@ -193,8 +193,8 @@ def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attack
                       other_train: str | None = None, other_test: str | None = None, eps: float = 8 / 255,
                       steps: int = 100, encoder: torch.nn.Module | None = None) -> dict[str, Any]:
     """Universal perturbation on ``attacker_data`` (default: the train split, unlabelled use) against the encoder."""
-    from ..checkpoint import load_encoder
-    from .adversarial import evaluate_perturbation, universal_perturbation
+    from selfsup.checkpoint import load_encoder
+    from selfsup.security.adversarial import evaluate_perturbation, universal_perturbation
 
     if not cfg.train or not cfg.test:
         raise ConfigError("the adversarial audit needs a labelled probe set: pass --train and --test (class folders)")
@@ -235,9 +235,9 @@ def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attack
 def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, clusters: int = 10, eps: float = 8 / 255,
                       steps: int = 30, knn_k: int = 20,
                       clean_run: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
-    from ..checkpoint import load_encoder
-    from ..eval.knn import knn_accuracy
-    from .unlearnable import unlearnable_clusters
+    from selfsup.checkpoint import load_encoder
+    from selfsup.eval.knn import knn_accuracy
+    from selfsup.security.unlearnable import unlearnable_clusters
 
     out = Path(cfg.out)
     train, test = _open(cfg.train, cfg), _open(cfg.test, cfg)

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .adversarial import embed, encode, module_device, to_unit
-from .metrics import fit_linear_head
+from selfsup.errors import ConfigError
+from selfsup.security.adversarial import embed, encode, module_device, to_unit
+from selfsup.security.metrics import fit_linear_head
 
 
 def kmeans(features: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Tensor:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from selfsup.errors import ConfigError
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -43,8 +43,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..errors import ConfigError, DataError
-from .triggers import PAPER_ALPHA, apply_ctrl_trigger, make_patch_trigger, paste_patch, scaled_trigger_size
+from selfsup.errors import ConfigError, DataError
+from selfsup.security.triggers import (
+    PAPER_ALPHA,
+    apply_ctrl_trigger,
+    make_patch_trigger,
+    paste_patch,
+    scaled_trigger_size,
+)
 
 ATTACKS = ("noisy-alignment", "ssl-backdoor", "ctrl")
 ORIENTATIONS = ("left", "right", "top", "bottom")  # where the REFERENCE half sits
@@ -157,7 +163,7 @@ def _sample_boxes(n: int, height: int, width: int, gen: Any) -> Any:
     import torch
 
     try:
-        from ..views import sample_boxes
+        from selfsup.augment.views import sample_boxes
     except ImportError:  # pragma: no cover - views.py is the library's; fall back to the same distribution
         sample_boxes = None  # type: ignore[assignment]
     u = torch.rand(n, 40, generator=gen, dtype=torch.float64)

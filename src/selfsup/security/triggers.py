@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.fft import dctn, idctn
 
-from ..errors import ConfigError
+from selfsup.errors import ConfigError
 
 PAPER_PATCH = 50  # px, Noisy-Alignment code
 PAPER_IMAGE = 224  # px

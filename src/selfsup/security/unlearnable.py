@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from .adversarial import embed, encode, module_device, to_unit
-from .defense import kmeans
+from selfsup.errors import ConfigError
+from selfsup.security.adversarial import embed, encode, module_device, to_unit
+from selfsup.security.defense import kmeans
 
 
 def budget_pixels(eps: float) -> int:

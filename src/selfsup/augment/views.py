@@ -6,7 +6,7 @@ needs a Python loop over images (or per-image PIL transforms in DataLoader worke
 of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``. The image
 work is either a handful of batched tensor ops (any device; 12-20x cheaper per image than lightly's per-sample
 PIL SimCLRTransform on one CPU core) or, on a CPU, one fused compiled pass per sample over the same parameters
-(:mod:`selfsup.view_kernel`; ~66x, 3.7x cheaper than the torch ops; benchmarks/RESULTS.md, augmentation).
+(:mod:`selfsup.augment.kernel`; ~66x, 3.7x cheaper than the torch ops; benchmarks/RESULTS.md, augmentation).
 
 Pipeline of one view (order of SimCLR, Chen et al. 2020, arXiv 2002.05709, App. A, and BYOL, Grill et
 al. 2020, arXiv 2006.07733, Table 6): random resized crop + horizontal flip (ONE bilinear resampling: a
@@ -37,7 +37,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError, DataError
+from selfsup.errors import ConfigError, DataError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -642,7 +642,7 @@ def _augment_views(
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
     [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params. ``kernel``: src is instead a CPU
     [B, H, W, 3] uint8 / float32 batch, and crop + jitter + grayscale run as one fused pass
-    (:mod:`selfsup.view_kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
+    (:mod:`selfsup.augment.kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
     these views) the kernel also normalises and writes the final layout and dtype.
 
     Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
@@ -664,7 +664,9 @@ def _augment_views(
     gray = _below(u[:, _C_GRAY], specs, "gray_p")
 
     if kernel:
-        from .view_kernel import crop_jitter_gray  # here: numba's import costs CUDA-only users 0.2 s
+        from selfsup.augment.kernel import (
+            crop_jitter_gray,  # here: numba's import costs CUDA-only users 0.2 s
+        )
 
         fs, order = _jitter_params(u, strengths)
         x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish)
@@ -790,7 +792,7 @@ def make_views(
       benchmarks/RESULTS.md (augmentation) for the speed and the time-to-accuracy section for its effect.
 
     ``backend`` picks how the exact path runs: ``"numba"`` makes crop + flip + colour jitter + grayscale of
-    each sample in one fused, compiled CPU pass (:mod:`selfsup.view_kernel`: the same parameters and
+    each sample in one fused, compiled CPU pass (:mod:`selfsup.augment.kernel`: the same parameters and
     formulas as the torch ops, equal up to float rounding, several times cheaper); ``"torch"`` runs the
     batched torch ops (any device; ``compiled`` applies to them); ``"auto"`` is numba for float32 / bfloat16
     views of CPU images with exact colour, torch otherwise.

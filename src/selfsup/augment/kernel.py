@@ -1,4 +1,4 @@
-"""One fused CPU pass for the hot part of :func:`selfsup.views.make_views`: crop + flip + exact colour jitter +
+"""One fused CPU pass for the hot part of :func:`selfsup.augment.views.make_views`: crop + flip + exact colour jitter +
 grayscale, per sample, compiled with numba.
 
 Why our own kernel: on a CPU the torch path (``views._augment_views``) is ~60 elementwise passes per view at
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from numba import njit
 
-from .views import _GRAY
+from selfsup.augment.views import _GRAY
 
 # torchvision's grayscale weights as float32, like the torch path's scalar ops
 _W_R, _W_G, _W_B = (np.float32(w) for w in _GRAY)

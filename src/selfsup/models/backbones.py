@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .config import BackboneConfig
-from .errors import ConfigError
+from selfsup.config import BackboneConfig
+from selfsup.errors import ConfigError
 
 
 class ResNetEncoder(nn.Module):

@@ -26,10 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import distributed
-from .backbones import build_backbone, check_bf16_cpu_conv_sizes, resolve_backbone_config
-from .budget import phase_cost
-from .checkpoint import (
+from selfsup import distributed
+from selfsup.checkpoint import (
     CHECKPOINT_NAME,
     atomic_write_text,
     export_encoder,
@@ -37,11 +35,11 @@ from .checkpoint import (
     load_state_strict,
     save_checkpoint,
 )
-from .config import PretrainConfig, dump_yaml, from_dict, to_dict
-from .errors import ConfigError, TrainingDiverged, UserError
-from .methods import Batch, MethodSpec, Progress, registry
-from .optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
-from .runtime import (
+from selfsup.config import PretrainConfig, dump_yaml, from_dict, to_dict
+from selfsup.errors import ConfigError, TrainingDiverged, UserError
+from selfsup.methods import Batch, MethodSpec, Progress, registry
+from selfsup.models.backbones import build_backbone, check_bf16_cpu_conv_sizes, resolve_backbone_config
+from selfsup.runtime import (
     autocast,
     check_compile_toolchain,
     resolve_device,
@@ -49,6 +47,8 @@ from .runtime import (
     set_threads,
     tune_allocator,
 )
+from selfsup.training.budget import phase_cost
+from selfsup.training.optim import build_optimizer, clip_gradients, lr_at, param_groups, set_lr
 
 
 class Interrupted(UserError):
@@ -194,8 +194,8 @@ def embedding_stats(emb: torch.Tensor) -> dict[str, float]:
 
 
 def _load_data(cfg: PretrainConfig) -> tuple[Any, Any]:
-    from .data import open_dataset
-    from .data.stream import is_stream_spec, open_stream
+    from selfsup.data import open_dataset
+    from selfsup.data.stream import is_stream_spec, open_stream
 
     if is_stream_spec(cfg.data.path):  # WebDataset tar shards: streamed, no memmap cache (docs/scaling.md)
         info = distributed.env_info()
@@ -292,7 +292,7 @@ def _refit_budget(
         if val_ds is not None:
             n = len(train_ds) + len(val_ds)
             if eval_probe is not None:
-                from .eval.knn import knn_search_seconds
+                from selfsup.eval.knn import knn_search_seconds
 
                 per_image, dim = eval_probe()
                 budget.reserve_s += per_image * n + knn_search_seconds(len(train_ds), len(val_ds), dim)
@@ -311,8 +311,8 @@ def _refit_budget(
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
-    from . import view_kernel
-    from .views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe, uses_kernel
+    from selfsup.augment import kernel as view_kernel
+    from selfsup.augment.views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe, uses_kernel
 
     t_process = time.perf_counter()
     cfg, spec, method_cfg = resolve_config(cfg)
@@ -347,7 +347,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     warmup_steps = min(warmup_steps, total_steps // 2)  # short runs: never warm up for more than half
     budget = None
     if cfg.train.time_budget:
-        from .budget import TimeBudget
+        from selfsup.training.budget import TimeBudget
 
         # --time-budget: `epochs` is only the provisional schedule until throughput has been measured
         budget = TimeBudget(cfg.train.time_budget, t0=t_process, phases=_budget_phases(cfg))
@@ -432,8 +432,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         distributed.barrier()
 
     def knn_monitor(at_step: int) -> dict[str, float]:
-        from .eval.features import extract_features
-        from .eval.knn import knn_accuracy
+        from selfsup.eval.features import extract_features
+        from selfsup.eval.knn import knn_accuracy
 
         assert val_ds is not None
         if not hasattr(train_ds, "images"):  # streamed training data: no random access for a kNN bank
@@ -452,7 +452,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     def eval_probe() -> tuple[float, int]:
         """(seconds per image, feature dim) of the final kNN's feature extraction, timed on <= 512 images."""
-        from .eval.features import extract_features
+        from selfsup.eval.features import extract_features
 
         n = min(512, len(train_ds))
         backbone.eval()

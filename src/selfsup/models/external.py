@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from selfsup.errors import CheckpointError, ConfigError
 
 PREFIXES = ("torchvision", "timm")
 DEFAULT_SIZE = 224
@@ -103,7 +103,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 def load_external(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     """Build and load the encoder named by ``spec``; returns ``(encoder in eval mode, info)`` like
     :func:`selfsup.checkpoint.load_encoder` (``info["external"]`` holds the parsed spec)."""
-    from .checkpoint import load_state_strict
+    from selfsup.checkpoint import load_state_strict
 
     ext = parse_spec(spec)
     net = build_external(ext)

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import OptimConfig
-from .errors import ConfigError
+from selfsup.config import OptimConfig
+from selfsup.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 

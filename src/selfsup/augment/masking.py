@@ -17,9 +17,9 @@ Pieces (all batched, CPU or CUDA):
   attention and the last layer's patch tokens.
 - **Geometry.** FAMT stores one weight map per image over the FULL source image's patch grid. Each training
   view is a random crop (+ flip) of the source, so :func:`weights_to_view` resamples the stored map into the
-  crop box (``selfsup.views.ViewParams.boxes``: top, left, height, width as fractions of the source) and
+  crop box (``selfsup.augment.views.ViewParams.boxes``: top, left, height, width as fractions of the source) and
   applies the flip, with the same ``affine_grid`` convention as the image crop itself
-  (:func:`selfsup.views.crop_theta`): the weight of a view patch is the map read at that patch's centre.
+  (:func:`selfsup.augment.views.crop_theta`): the weight of a view patch is the map read at that patch's centre.
 - **ViT token helpers** used by the MIM methods: :func:`vit_patch_embed`, :func:`vit_run_blocks`,
   :func:`patchify`.
 """
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
+from selfsup.errors import ConfigError
 
 VISIBLE, MASKED, THROWN = 0, 1, 2
 
@@ -208,7 +208,7 @@ def famt_weights(attn: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def require_vit(backbone: nn.Module, method: str, image_size: int) -> tuple[int, int]:
     """Check that ``backbone`` is a ViT and return its (patch size, patches per side) at ``image_size``."""
-    from .backbones import ViTEncoder
+    from selfsup.models.backbones import ViTEncoder
 
     if not isinstance(backbone, ViTEncoder):
         raise ConfigError(
@@ -309,7 +309,7 @@ def weights_to_view(
     Returns [B, out_grid * out_grid]: the map read (bilinearly, edge-replicated) at the centre of every view
     patch, mapped back into the source through the crop box and the flip.
     """
-    from .views import crop_theta
+    from selfsup.augment.views import crop_theta
 
     if maps.dim() == 2:
         g = int(math.isqrt(maps.shape[1]))

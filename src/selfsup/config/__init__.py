@@ -1,0 +1,21 @@
+"""Configuration: typed dataclasses (schema), presets, and the one place a run's configuration is built."""
+
+from selfsup.config.schema import (
+    BackboneConfig,
+    DataConfig,
+    OptimConfig,
+    PretrainConfig,
+    TrainConfig,
+    apply_overrides,
+    asdict,
+    dump_yaml,
+    from_dict,
+    load_yaml,
+    parse_set,
+    to_dict,
+)
+
+__all__ = [
+    "DataConfig", "BackboneConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "apply_overrides",
+    "parse_set", "load_yaml", "dump_yaml", "to_dict", "from_dict", "asdict",
+]

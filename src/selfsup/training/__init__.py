@@ -1,0 +1,1 @@
+"""Pretraining: the loop, its step, the optimiser and schedule, and the wall-clock budget."""
