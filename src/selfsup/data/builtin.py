@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from selfsup.data.folder import ImageDataset, resize_center_crop
+from selfsup.data.images import ImageDataset, resize_center_crop
 from selfsup.errors import ConfigError, DataError
 
 _BUILTINS: dict[str, str] = {

@@ -1,15 +1,25 @@
 """The on-disk uint8 cache of decoded images.
 
-Each image folder is decoded once, at one square size, into ``<cache_dir>/<key>.u8``: a raw C-order
-``uint8 [N, S, S, 3]`` array (the resized, centre-cropped square, see :func:`selfsup.data.folder.decode_image`),
-next to ``<key>.json`` holding the shape, labels, class names, relative paths and the skipped files.
+Each image folder is decoded once into ``<cache_dir>/<key>.u8`` + ``<key>.json``. Format version 2:
+
+- ``<key>.u8``: the rows back to back, each a raw C-order ``uint8 [h, w, 3]`` image at its own aspect ratio
+  with its shorter side equal to the cache size S (see :func:`selfsup.data.folder.decode_native`);
+- ``<key>.json``: ``sizes`` (height, width per row: the index; row i starts at byte
+  ``sum(h_j * w_j * 3 for j < i)``), the labels, class names, relative paths and the skipped files.
+
+A dataset whose rows are all ``S x S`` is memory-mapped as one dense ``[N, S, S, 3]`` array (the layout of
+the old square cache); otherwise as a :class:`selfsup.data.images.RaggedImages` over the same bytes.
 
 The key is the sha256 of (format version, size, sorted list of (relative path, file size, mtime_ns)), so
 adding, removing, renaming or modifying any image invalidates the cache automatically; an unchanged folder
-is never decoded twice. Files are written to a temporary name in the cache folder and moved into place with
-``os.replace`` (data first, then the JSON, which acts as the commit marker), so a crash or Ctrl-C never
-leaves a half-written cache that a later run would trust. The data is opened as a read-only ``np.memmap``,
-so DataLoader workers and concurrent processes share the page cache instead of each holding a copy.
+is never decoded twice. A cache of another format version has another key and is never read; when one is
+found for the same folder a one-line note says it is being rebuilt (:func:`old_format_cache`). Files are
+written to a temporary name in the cache folder and moved into place with ``os.replace`` (data first, then
+the JSON, which acts as the commit marker), so a crash, Ctrl-C or SIGTERM never leaves a half-written cache
+that a later run would trust; temporaries left by a process that was killed outright (SIGKILL, power loss)
+carry its pid in their name and are deleted by the next build (:func:`clean_stale_temporaries`). The data
+is opened as a read-only ``np.memmap``, so DataLoader workers and concurrent processes share the page cache
+instead of each holding a copy.
 
 Old entries are never deleted automatically; remove ``<cache_dir>`` (see :func:`default_cache_dir`) to
 reclaim the space.
@@ -29,10 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from selfsup.data.images import RaggedImages
 from selfsup.errors import DataError
 
-#: Bump whenever decoding changes (resize filter, colour conversion, layout rules): old caches are ignored.
-FORMAT_VERSION = 1
+#: Bump whenever decoding or the layout changes: a cache of another version is never read.
+#: 1: one resized, centre-cropped S x S square per image; 2: native aspect, shorter side S, packed rows.
+FORMAT_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -43,9 +55,20 @@ def default_cache_dir() -> Path:
     return Path("~/.cache/selfsup").expanduser()
 
 
-def cache_key(size: int, entries: Sequence[tuple[str, int, int]]) -> str:
+def default_cache_size(image_size: int) -> int:
+    """The stored shorter side for views of ``image_size`` px when ``data.cache_size`` is not set.
+
+    From 64 px up: ``round(image_size * 8 / 7)``, torchvision's ImageNet convention (256 stored for 224 px
+    views; 73 for 64, 110 for 96), so that the crops of the usual scale range are mostly downsampled rather
+    than enlarged. Below 64 px: ``image_size`` itself, so 28-32 px datasets (MNIST, CIFAR) are stored at
+    their native size, unchanged (an 8/7 upscale of a 32 px image adds interpolation, not information).
+    """
+    return int(image_size) if image_size < 64 else int(round(image_size * 8 / 7))
+
+
+def cache_key(size: int, entries: Sequence[tuple[str, int, int]], version: int = FORMAT_VERSION) -> str:
     """sha256 hex of (format version, size, [(relative path, file size, mtime_ns), ...])."""
-    payload = json.dumps([FORMAT_VERSION, int(size), [list(e) for e in entries]], separators=(",", ":"))
+    payload = json.dumps([int(version), int(size), [list(e) for e in entries]], separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -53,35 +76,92 @@ def _paths(cache_dir: Path, key: str) -> tuple[Path, Path]:
     return cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
 
 
-def load_cache(cache_dir: Path, key: str) -> tuple[np.memmap, dict[str, Any]] | None:
-    """The cached ``(images, meta)`` for ``key``, or None when absent, incomplete or unreadable."""
+def old_format_cache(cache_dir: Path, size: int, entries: Sequence[tuple[str, int, int]]) -> Path | None:
+    """The data file of a cache of an older format version for the same files and size, if one exists."""
+    for version in range(1, FORMAT_VERSION):
+        data_path, meta_path = _paths(cache_dir, cache_key(size, entries, version))
+        if meta_path.is_file():
+            return data_path
+    return None
+
+
+def _open_rows(data_path: Path, meta: dict[str, Any]) -> np.ndarray | RaggedImages | None:
+    side = int(meta["side"])
+    sizes = np.asarray(meta["sizes"], dtype=np.int64).reshape(-1, 2)
+    n = sizes.shape[0]
+    if n < 1 or side < 1 or sizes.min() < 1 or (sizes.min(axis=1) != side).any():
+        return None
+    total = int((sizes[:, 0] * sizes[:, 1]).sum()) * 3
+    if data_path.stat().st_size != total:
+        return None
+    if (sizes == side).all():  # every row is the S x S square: the dense layout, zero cost
+        return np.memmap(data_path, dtype=np.uint8, mode="r", shape=(n, side, side, 3))
+    buf = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(total,))
+    return RaggedImages.from_sizes(buf, sizes, side)
+
+
+def load_cache(cache_dir: Path, key: str) -> tuple[np.ndarray | RaggedImages, dict[str, Any]] | None:
+    """The cached ``(images, meta)`` for ``key``, or None when absent, of another version, incomplete or
+    unreadable."""
     data_path, meta_path = _paths(cache_dir, key)
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        shape = tuple(int(s) for s in meta["shape"])
-        if meta.get("version") != FORMAT_VERSION or len(shape) != 4 or shape[0] < 1:
+        if meta.get("version") != FORMAT_VERSION:
             return None
-        if data_path.stat().st_size != int(np.prod(shape)):
-            return None
-        images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
+        images = _open_rows(data_path, meta)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if images is None:
+        return None
     return images, meta
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists (another user's process)
+        return True
+    return True
+
+
+def clean_stale_temporaries(cache_dir: Path) -> int:
+    """Delete the temporaries (``.<key>.<pid>.*.tmp``) of cache builds whose process no longer exists;
+    returns how many. A build in progress in a live process is left alone."""
+    removed = 0
+    try:
+        names = [e.name for e in os.scandir(cache_dir) if e.name.startswith(".") and e.name.endswith(".tmp")]
+    except OSError:
+        return 0
+    for name in names:
+        parts = name.split(".")
+        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        if pid == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(cache_dir / name)
+            removed += 1
+    return removed
 
 
 class CacheWriter:
     """Streams decoded rows into a temporary file; :meth:`commit` moves data + JSON into place atomically.
 
-    Use as a context manager: leaving the block without ``commit`` (an exception, Ctrl-C) deletes the
-    temporary file and leaves any previous cache untouched.
+    Use as a context manager: leaving the block without ``commit`` (an exception, Ctrl-C, SIGTERM) deletes
+    the temporary file and leaves any previous cache untouched.
     """
 
-    def __init__(self, cache_dir: Path, key: str) -> None:
+    def __init__(self, cache_dir: Path, key: str, side: int) -> None:
         self.cache_dir = Path(cache_dir)
         self.key = key
+        self.side = int(side)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".u8.tmp", dir=self.cache_dir)
+            clean_stale_temporaries(self.cache_dir)
+            fd, tmp = tempfile.mkstemp(prefix=self._prefix(), suffix=".u8.tmp", dir=self.cache_dir)
         except OSError as e:
             raise DataError(
                 f"cannot write the image cache in {self.cache_dir} ({e.strerror or e}); "
@@ -89,25 +169,35 @@ class CacheWriter:
             ) from None
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "wb")
-        self.rows = 0
+        self.sizes: list[tuple[int, int]] = []
         self._committed = False
 
-    def write(self, row: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
-        self.rows += 1
+    def _prefix(self) -> str:
+        return f".{self.key[:16]}.{os.getpid()}."
 
-    def commit(self, meta: dict[str, Any]) -> tuple[np.memmap, dict[str, Any]]:
-        """Finish the data file, write the JSON, and return the read-only memmap and meta."""
+    @property
+    def rows(self) -> int:
+        return len(self.sizes)
+
+    def write(self, row: np.ndarray) -> None:
+        """Append one ``uint8 [h, w, 3]`` row."""
+        if row.ndim != 3 or row.shape[2] != 3:  # pragma: no cover - decode guarantees it
+            raise ValueError(f"cache rows must be [h, w, 3], got {row.shape}")
+        self._file.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        self.sizes.append((int(row.shape[0]), int(row.shape[1])))
+
+    def commit(self, meta: dict[str, Any]) -> tuple[np.ndarray | RaggedImages, dict[str, Any]]:
+        """Finish the data file, write the JSON, and return the read-only images and meta."""
         data_path, meta_path = _paths(self.cache_dir, self.key)
-        meta = {"version": FORMAT_VERSION, **meta}
+        meta = {"version": FORMAT_VERSION, "side": self.side, **meta, "sizes": [list(s) for s in self.sizes]}
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, data_path)
-        fd, tmp_meta = tempfile.mkstemp(prefix=f".{self.key[:16]}.", suffix=".json.tmp", dir=self.cache_dir)
+        fd, tmp_meta = tempfile.mkstemp(prefix=self._prefix(), suffix=".json.tmp", dir=self.cache_dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(meta, f)
+                json.dump(meta, f, separators=(",", ":"))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp_meta, meta_path)

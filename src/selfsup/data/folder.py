@@ -1,4 +1,4 @@
-"""Image folders -> a square ``uint8`` array, decoded once and cached on disk.
+"""Image folders -> ``uint8`` images at their own aspect ratio, decoded once and cached on disk.
 
 Layout rules (``open_dataset(folder, size)``):
 
@@ -16,19 +16,29 @@ Decoding (:func:`decode_image`), identical for every source:
    clipped; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
    colour) are **composited on black** (colour premultiplied by alpha), so fully transparent pixels
    become black whatever colour they happened to store.
-3. The shorter side is resized to ``size`` with antialiased bicubic filtering and the centre
-   ``size x size`` square is cropped. **The cache stores this square**; random-resized crops and other
-   augmentations are applied later, on the fly, to that square. (Large JPEGs are first decoded at a
-   reduced DCT scale that is still >= ``size``, which is much faster and visually equivalent.)
+3. **Native aspect** (:func:`decode_native`): the shorter side is resized to ``size`` with antialiased
+   bicubic filtering (small images are enlarged), the longer side in proportion, rounded. **The cache stores
+   this whole image**, so random-resized crops (drawn later, on the fly, in each image's own height and
+   width) can reach every part of it. (Large JPEGs are first decoded at a reduced DCT scale that is still
+   >= ``size`` on the shorter side, which is much faster and visually equivalent.)
+4. **Extreme aspect ratios**: an image longer than 10:1 (either way) keeps its centre 10:1 part; the ends of
+   an extreme panorama are cut. This bounds a stored row to ``size x 10 size`` pixels (and a padded batch,
+   see :mod:`selfsup.data.images`); ratios up to 10:1 are stored whole.
 
-Corrupt, truncated and zero-byte files are skipped and listed in ``ImageDataset.skipped`` with a one-line
-summary on stderr; ``strict=True`` raises :class:`~selfsup.errors.DataError` on the first one instead.
-See :mod:`selfsup.data.cache` for the cache format.
+Cost on disk: ``h * w * 3`` bytes per image, i.e. ``3 S^2`` times the aspect ratio (S = ``size``): at
+S = 256 a 4:3 photo takes 262 KB, a 3:2 photo 295 KB.
+
+Corrupt, truncated, zero-byte and zero-area or 1-pixel files are skipped and listed in
+``ImageDataset.skipped`` with a one-line summary on stderr; ``strict=True`` raises
+:class:`~selfsup.errors.DataError` on the first one instead. See :mod:`selfsup.data.cache` for the cache
+format. :func:`decode_image` (the centre square) is kept for callers that want one square per file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +50,8 @@ from PIL import Image, ImageFile, ImageOps
 from tqdm.auto import tqdm
 
 from selfsup.data import cache as _cache
+from selfsup.data.builtin import open_builtin
+from selfsup.data.images import ImageDataset, RaggedImages, resize_center_crop, resize_native
 from selfsup.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -47,46 +59,6 @@ _EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
 _LABEL_HINT = "needs class sub-folders root/<class>/*.jpg"
 #: Decode with a process pool from this many images on (pool start-up costs more than it saves below).
 _POOL_MIN_IMAGES = 1024
-
-
-@dataclass(repr=False)
-class ImageDataset:
-    """Decoded square images plus their labels and provenance.
-
-    images:  uint8 [N, S, S, 3]; a read-only ``np.memmap`` over the cache file for folders, a read-only
-             in-memory array for builtin datasets.
-    labels:  int64 [N] class ids, or None for an unlabelled folder.
-    classes: class names (sorted sub-folder names), ``[]`` when unlabelled.
-    paths:   source path of each row (builtin: ``"builtin:mnist/train/00012"``).
-    skipped: ``(path, reason)`` of corrupt/unreadable files that were left out.
-    root:    the spec the user gave.
-    """
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    classes: list[str]
-    paths: list[str]
-    skipped: list[tuple[str, str]]
-    root: str
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def size(self) -> int:
-        """Side of the stored squares."""
-        return int(self.images.shape[1])
-
-    def __repr__(self) -> str:
-        kind = f"{self.num_classes} classes" if self.labels is not None else "unlabelled"
-        return (
-            f"ImageDataset(root={self.root!r}, n={len(self)}, size={self.size}, {kind}, "
-            f"skipped={len(self.skipped)})"
-        )
 
 
 # ----------------------------------------------------------------------------------------------- decode
@@ -111,28 +83,37 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def resize_center_crop(im: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (antialiased bicubic) and crop the centre ``size x size``."""
-    w, h = im.size
-    if w == size and h == size:
-        return im
-    s = min(w, h)
-    left, top = (w - s) / 2.0, (h - s) / 2.0
-    # Resizing the centre square of side min(w, h) to size x size == resize-shorter-side-then-centre-crop.
-    return im.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + s, top + s))
+def _open_rgb(path: str, size: int) -> Image.Image:
+    """Decode a file to upright RGB uint8 [h, w, 3] at (at least) ``size`` on the shorter side."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode half grey
+    with Image.open(path) as im:
+        if im.width * im.height <= 1:
+            raise ValueError(f"image is {im.width}x{im.height} pixels: nothing to crop")
+        if im.format == "JPEG":
+            w, h = im.size
+            k = size / min(w, h)  # DCT-domain downscale, keeps the shorter side >= size
+            im.draft(None, (max(size, int(w * k)), max(size, int(h * k))))
+        im.load()
+        out = ImageOps.exif_transpose(im)
+        return _to_rgb(out)
+
+
+def decode_native(path: str, size: int) -> np.ndarray:
+    """Decode one image file at its own aspect ratio: ``uint8 [h, w, 3]`` with ``min(h, w) == size`` (the
+    longer side in proportion, at most 10x; see the module docstring). Raises on corrupt or truncated
+    files and on zero-area or 1-pixel images."""
+    im = _open_rgb(path, size)
+    arr = np.asarray(resize_native(im, size), dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) != size:  # pragma: no cover - defensive
+        raise ValueError(f"decoded to shape {arr.shape}")
+    return arr
 
 
 def decode_image(path: str, size: int) -> np.ndarray:
-    """Decode one image file to ``uint8 [size, size, 3]``; raises on corrupt or truncated files."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode half grey
-    with Image.open(path) as im:
-        if im.format == "JPEG":
-            im.draft(None, (size, size))  # DCT-domain downscale, keeps both sides >= size
-        im.load()
-        out = ImageOps.exif_transpose(im)
-        out = _to_rgb(out)
-        out = resize_center_crop(out, size)
-        arr = np.asarray(out, dtype=np.uint8)
+    """Decode one image file to its centre square ``uint8 [size, size, 3]`` (shorter side resized to
+    ``size``, centre crop); raises on corrupt or truncated files."""
+    im = _open_rgb(path, size)
+    arr = np.asarray(resize_center_crop(im, size), dtype=np.uint8)
     if arr.shape != (size, size, 3):  # pragma: no cover - defensive
         raise ValueError(f"decoded to shape {arr.shape}")
     return arr
@@ -149,7 +130,7 @@ def _decode_safe(args: tuple[str, int]) -> tuple[np.ndarray | None, str]:
     try:
         if os.path.getsize(path) == 0:
             return None, "zero-byte file"
-        return decode_image(path, size), ""
+        return decode_native(path, size), ""
     except MemoryError:
         raise
     except Exception as e:  # any decoder failure means "this file is unreadable"
@@ -167,8 +148,8 @@ def _num_workers() -> int:
     return max(1, min(n, 8))
 
 
-def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, list[str]]:
-    """Pool task: decode a chunk of files; returns (stacked good rows, reason per file, "" when good).
+def _decode_chunk(args: tuple[list[str], int]) -> tuple[list[np.ndarray], list[str]]:
+    """Pool task: decode a chunk of files; returns (the good rows, reason per file, "" when good).
 
     Whole chunks (not single images) cross the process boundary: per-image IPC would cost as much as
     decoding a 32-px JPEG and leave the pool no faster than one process.
@@ -181,8 +162,14 @@ def _decode_chunk(args: tuple[list[str], int]) -> tuple[np.ndarray, list[str]]:
         reasons.append(reason)
         if arr is not None:
             rows.append(arr)
-    block = np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)
-    return block, reasons
+    return rows, reasons
+
+
+def _worker_init() -> None:
+    """Pool workers leave interrupts to the parent: Ctrl-C (sent to the whole process group) and the
+    SIGTERM that ``Pool.terminate`` sends end them quietly, with no traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _decoded(paths: list[str], size: int) -> Iterator[tuple[np.ndarray | None, str]]:
@@ -198,7 +185,7 @@ def _decoded(paths: list[str], size: int) -> Iterator[tuple[np.ndarray | None, s
     jobs = [(paths[i : i + chunk], size) for i in range(0, len(paths), chunk)]
     # fork: workers inherit the imported modules instantly (spawn would re-import torch per worker);
     # they only run PIL/numpy, never torch, so forking a process that has torch loaded is safe.
-    with mp.get_context("fork").Pool(workers) as pool:
+    with mp.get_context("fork").Pool(workers, initializer=_worker_init) as pool:
         for block, reasons in pool.imap(_decode_chunk, jobs):
             j = 0
             for reason in reasons:
@@ -330,6 +317,10 @@ def _open_folder(
     key = _cache.cache_key(size, scan.entries)
     loaded = _cache.load_cache(cdir, key)
     if loaded is None:
+        old = _cache.old_format_cache(cdir, size, scan.entries)
+        if old is not None:
+            print(f"selfsup: note: the image cache {old} is in an older format (square crops); decoding {spec} "
+                  "again at native aspect (delete the old file to reclaim its space)", file=sys.stderr)
         loaded = _build_cache(spec, root_abs, scan.rels, size, cdir, key, classes, strict, progress)
     images, meta = loaded
     return _from_meta(spec, root_abs, images, meta, strict)
@@ -345,13 +336,13 @@ def _build_cache(
     classes: list[str] | None,
     strict: bool,
     progress: bool,
-) -> tuple[np.memmap, dict[str, Any]]:
+) -> tuple[np.ndarray | RaggedImages, dict[str, Any]]:
     class_index = {c: i for i, c in enumerate(classes)} if classes is not None else {}
     kept: list[str] = []
     labels: list[int] = []
     skipped: list[tuple[str, str]] = []
     full = [os.path.join(root_abs, r) for r in rels]
-    with _cache.CacheWriter(cdir, key) as writer:
+    with _cache.CacheWriter(cdir, key, size) as writer, _sigterm_exits():
         bar = tqdm(
             total=len(rels), desc=f"decoding {spec} @{size}px", unit="img", disable=not progress,
             mininterval=0.5, file=sys.stderr,
@@ -377,7 +368,6 @@ def _build_cache(
                 "check that the files are real images"
             )
         meta: dict[str, Any] = {
-            "shape": [len(kept), size, size, 3],
             "source": root_abs,
             "classes": classes,
             "labels": labels if classes is not None else None,
@@ -387,8 +377,35 @@ def _build_cache(
         return writer.commit(meta)
 
 
+class _Terminated(SystemExit):
+    """SIGTERM during a cache build: unwinds like Ctrl-C (the temporary file is deleted), exit status 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While decoding into the cache, SIGTERM raises :class:`_Terminated` in the main thread, so the
+    ``CacheWriter`` block unwinds and deletes its temporary file (the default action would kill the process
+    and leave it behind). The previous handler is restored afterwards. Off the main thread it does nothing
+    (only the main thread can set signal handlers)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        print("selfsup: terminated (SIGTERM) while decoding images; nothing was cached", file=sys.stderr)
+        raise _Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _from_meta(
-    spec: str, root_abs: str, images: np.ndarray, meta: dict[str, Any], strict: bool
+    spec: str, root_abs: str, images: np.ndarray | RaggedImages, meta: dict[str, Any], strict: bool
 ) -> ImageDataset:
     skipped = [(os.path.join(root_abs, p), str(r)) for p, r in meta["skipped"]]
     if skipped and strict:
@@ -423,7 +440,8 @@ def open_dataset(
 ) -> ImageDataset:
     """Open an image folder (class-folder tree or plain folder) or ``builtin:NAME[:SPLIT]``.
 
-    Returns ``size x size`` RGB squares (see the module docstring). Folders are decoded once and cached in
+    Returns RGB images at their own aspect ratio with the shorter side ``size`` (see the module docstring;
+    square data gives a dense ``[N, size, size, 3]`` array). Folders are decoded once and cached in
     ``cache_dir`` (default :func:`~selfsup.data.cache.default_cache_dir`); later opens of the unchanged
     folder only memory-map the cache. ``require_labels`` / ``min_classes`` raise a
     :class:`~selfsup.errors.DataError` when the data cannot serve a labelled use (kNN monitor, eval).
@@ -433,8 +451,6 @@ def open_dataset(
     size = int(size)
     spec = str(spec)
     if spec.startswith("builtin:"):
-        from selfsup.data.builtin import open_builtin
-
         ds = open_builtin(spec, size)
         _check_labels(spec, ds.classes if ds.labels is not None else None, require_labels, min_classes)
         return ds
