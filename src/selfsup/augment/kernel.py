@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from numba import njit
 
-from selfsup.augment.views import _GRAY
+from selfsup.augment.colour import GRAY_WEIGHTS
 
 # torchvision's grayscale weights as float32, like the torch path's scalar ops
-_W_R, _W_G, _W_B = (np.float32(w) for w in _GRAY)
+_W_R, _W_G, _W_B = (np.float32(w) for w in GRAY_WEIGHTS)
 
 
 @njit(nogil=True, cache=True)
@@ -48,11 +48,13 @@ def _luma(r, g, b):
 
 
 @njit(nogil=True, cache=True)
-def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, size, norm, out32, out16, nhwc,
+def _samples(src, hw, scale, rows, boxes, flip, jit, order, factors, active, gray, size, norm, out32, out16, nhwc,
              lo, hi):
     """Samples lo..hi-1 of the output from ``src`` [B, H, W, 3] (uint8 or float32) times ``scale`` (float32:
     1 / 255 for uint8).
 
+    hw [B, 2] int64: the height and width of each source image, its top-left part of ``src`` (a padded
+    batch of native-aspect images; the rest is never read: sampling clamps to the image's own border);
     rows [N] int64: source image of each sample; boxes [N, 4] float32 (top, left, height, width as
     fractions); flip / jit / gray [N] bool; order [N, 4] int64 (op at each position: 0 brightness,
     1 contrast, 2 saturation, 3 hue); factors [4, N] float32; active [4] bool (strength > 0); size: the
@@ -60,7 +62,6 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
     (1 / std, -mean / std), normalised into ``out16`` (bf16 bits, when it is not empty) or ``out32``,
     laid out [N, S, S, 3] if ``nhwc`` else [N, 3, S, S].
     """
-    n_src_h, n_src_w = src.shape[1], src.shape[2]
     npix = size * size
     one, zero = np.float32(1.0), np.float32(0.0)
     two = np.float32(2.0)
@@ -70,13 +71,15 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
     y0 = np.empty(size, np.uintp)
     y1 = np.empty(size, np.uintp)
     ay = np.empty(size, np.float32)
-    tmp = np.empty((3, n_src_h, size), np.float32)  # x-interpolated source rows
-    done = np.full(n_src_h, -1, np.int64)  # done[y] == i: row y of sample i is in tmp
+    tmp = np.empty((3, src.shape[1], size), np.float32)  # x-interpolated source rows
+    done = np.full(src.shape[1], -1, np.int64)  # done[y] == i: row y of sample i is in tmp
     o = np.empty((3, size, size), np.float32)  # the sample being made
     flat = np.empty(3 * npix, np.float32)  # its normalised values, pixel-major when nhwc
     bits = flat.view(np.uint32)
     for i in range(lo, hi):
         # --- crop + flip: views.resized_crop (grid_sample, bilinear, align_corners=False, border) ---
+        r = rows[i]
+        n_src_h, n_src_w = hw[r, 0], hw[r, 1]
         top, left, bh, bw = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
         sx = -bw if flip[i] else bw
         ox, oy = two * left + bw - one, two * top + bh - one
@@ -92,7 +95,6 @@ def _samples(src, scale, rows, boxes, flip, jit, order, factors, active, gray, s
             x1[j], y1[j] = min(int(fx) + 1, n_src_w - 1), min(int(fy) + 1, n_src_h - 1)
             ax[j], ay[j] = one - (ix - fx), one - (iy - fy)
         # separable: first along x for the source rows the output uses (gathers), then along y (contiguous)
-        r = rows[i]
         for py in range(2 * size):
             yy = y0[py // 2] if py % 2 == 0 else y1[py // 2]
             if done[yy] == i:  # rows repeat when the crop is enlarged
@@ -251,9 +253,11 @@ def crop_jitter_gray(
     src: torch.Tensor, size: int, boxes: torch.Tensor, flip: torch.Tensor, jit: torch.Tensor, order: torch.Tensor,
     factors: torch.Tensor, active: tuple[bool, ...], gray: torch.Tensor,
     finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
+    sizes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """[N, 3, size, size] views: sample i is source row ``i % B`` of ``src`` [B, H, W, 3] (CPU, contiguous,
-    uint8 or float32 in [0, 1]), cropped to ``boxes[i]`` and flipped by ``flip[i]``, then (if ``jit[i]``)
+    uint8 or float32 in [0, 1]; with ``sizes`` [B, 2], image b is the top-left ``sizes[b]`` part of row b and
+    ``boxes`` are fractions of that part), cropped to ``boxes[i]`` and flipped by ``flip[i]``, then (if ``jit[i]``)
     colour-jittered in the op order ``order[i]`` with ``factors[:, i]``, then grayed if ``gray[i]``: what
     ``resized_crop`` + ``colour_jitter_`` + ``to_grayscale`` compute, in one pass (module docstring).
 
@@ -281,8 +285,13 @@ def crop_jitter_gray(
     src_np = src.contiguous().numpy()  # (a strided source would compile another variant)
     if not src_np.flags.writeable:  # e.g. a read-only memmap: numba would compile a separate read-only variant
         src_np = src_np.copy()
+    if sizes is None:
+        hw = np.tile(np.array([[src.shape[1], src.shape[2]]], np.int64), (b, 1))
+    else:
+        hw = sizes.to(torch.int64).contiguous().numpy()
     args = (
         src_np,
+        hw,
         np.float32(1.0 / 255.0 if src.dtype == torch.uint8 else 1.0),
         np.arange(n, dtype=np.int64) % b,
         boxes.to(torch.float32).contiguous().numpy(),

@@ -37,13 +37,13 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from selfsup.augment.colour import GRAY_WEIGHTS
 from selfsup.errors import ConfigError, DataError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# ITU-R 601-2 luma weights, as in torchvision's rgb_to_grayscale (and PIL's "L" conversion).
-_GRAY = (0.2989, 0.587, 0.114)
+_GRAY = GRAY_WEIGHTS  # ITU-R 601-2 luma weights, as torchvision's rgb_to_grayscale
 COLOUR_MODES = ("exact", "linear")  # make_views(colour=...) / data.colour
 VIEW_BACKENDS = ("auto", "torch", "numba")  # make_views(backend=...) / data.view_backend
 _N_TRIES = 10  # RandomResizedCrop: candidate boxes per sample before the central-crop fallback
@@ -106,8 +106,10 @@ class ViewSpec:
 class ViewParams:
     """What was sampled for one view of B samples (kept for FAMT weight maps and audits)."""
 
-    boxes: torch.Tensor  # [B, 4] float (top, left, height, width) as fractions of the source sides
+    boxes: torch.Tensor  # [B, 4] float (top, left, height, width) as fractions of each source image's sides
     flip: torch.Tensor  # [B] bool, horizontal flip applied after the crop
+    sizes: torch.Tensor | None = None  # [B, 2] int64 (height, width) of each source image; None = all the
+    # batch's full height and width (same-shape batches)
 
 
 @dataclass
@@ -542,21 +544,30 @@ def _uniform(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
 
 
 def sample_boxes(
-    u: torch.Tensor, height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float]
+    u: torch.Tensor,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
 ) -> torch.Tensor:
     """RandomResizedCrop boxes from uniforms ``u`` [B, 4 * 10] (vectorised torchvision ``get_params``).
 
+    ``height`` / ``width``: the source size, one for the batch (ints) or per sample ([B] tensors: native-aspect
+    images, each box drawn in its own image's height and width).
     Per sample: 10 candidates (area fraction ~ U(scale), aspect ~ logU(ratio)); the first that fits is used,
     at a uniform position; if none fits, torchvision's central-crop fallback. Continuous (no pixel rounding).
-    Returns [B, 4] (top, left, height, width) as fractions of the source sides.
+    Returns [B, 4] (top, left, height, width) as fractions of the sample's source sides.
     """
     b = u.shape[0]
     u = u.reshape(b, _N_TRIES, 4).double()
-    area = _uniform(u[..., 0], *scale) * (height * width)
+    per_sample = isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor)
+    hh = torch.as_tensor(height, dtype=torch.float64).reshape(-1, 1) if per_sample else height
+    ww = torch.as_tensor(width, dtype=torch.float64).reshape(-1, 1) if per_sample else width
+    area = _uniform(u[..., 0], *scale) * (hh * ww)
     log_r = _uniform(u[..., 1], math.log(ratio[0]), math.log(ratio[1]))
     r = torch.exp(log_r)
-    hf = torch.sqrt(area / r) / height
-    wf = torch.sqrt(area * r) / width
+    hf = torch.sqrt(area / r) / hh
+    wf = torch.sqrt(area * r) / ww
     ok = (hf <= 1.0) & (wf <= 1.0)
     first = torch.argmax(ok.to(torch.int8), dim=1)  # index of the first valid candidate (0 if none)
     pick = first.unsqueeze(1)
@@ -564,19 +575,35 @@ def sample_boxes(
     top = (1.0 - hf) * u[..., 2].gather(1, pick).squeeze(1)
     left = (1.0 - wf) * u[..., 3].gather(1, pick).squeeze(1)
     # central-crop fallback (torchvision): whole image, trimmed to the allowed aspect-ratio range
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fh, fw = (width / ratio[0]) / height, 1.0
-    elif in_ratio > ratio[1]:
-        fh, fw = 1.0, (height * ratio[1]) / width
+    if per_sample:
+        hv, wv = torch.broadcast_tensors(torch.as_tensor(hh).reshape(-1), torch.as_tensor(ww).reshape(-1))
+        in_ratio = wv / hv
+        fh = torch.where(in_ratio < ratio[0], (wv / ratio[0]) / hv, torch.ones_like(in_ratio))
+        fw = torch.where(in_ratio > ratio[1], (hv * ratio[1]) / wv, torch.ones_like(in_ratio))
     else:
-        fh, fw = 1.0, 1.0
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            fh, fw = (width / ratio[0]) / height, 1.0
+        elif in_ratio > ratio[1]:
+            fh, fw = 1.0, (height * ratio[1]) / width
+        else:
+            fh, fw = 1.0, 1.0
     fallback = ~ok.any(dim=1)
     hf = torch.where(fallback, fh, hf)
     wf = torch.where(fallback, fw, wf)
     top = torch.where(fallback, (1.0 - hf) / 2, top)
     left = torch.where(fallback, (1.0 - wf) / 2, left)
     return torch.stack([top, left, hf, wf], -1).float()
+
+
+def padded_boxes(boxes: torch.Tensor, sizes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Boxes as fractions of each image's own ``sizes`` [B, 2] -> fractions of the padded ``height x width``
+    frame the image sits in (top-left aligned). With replicate padding, sampling the padded frame there is
+    sampling the image with its own border clamped (see :func:`selfsup.data.gather`)."""
+    fy = sizes[:, 0].to(torch.float64) / height
+    fx = sizes[:, 1].to(torch.float64) / width
+    f = torch.stack([fy, fx, fy, fx], -1)
+    return (boxes.double() * f).float()
 
 
 # column layout of the per-view uniform draws
@@ -638,12 +665,14 @@ def _augment_views(
     src: torch.Tensor, specs: list[ViewSpec], generator: torch.Generator, compiled: bool = False,
     colour: str = "exact", kernel: bool = False,
     finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
+    sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[ViewParams]]:
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
     [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params. ``kernel``: src is instead a CPU
     [B, H, W, 3] uint8 / float32 batch, and crop + jitter + grayscale run as one fused pass
     (:mod:`selfsup.augment.kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
-    these views) the kernel also normalises and writes the final layout and dtype.
+    these views) the kernel also normalises and writes the final layout and dtype. ``sizes`` [B, 2] (CPU
+    int64): each image's own height and width in a padded batch; its boxes are drawn in that size.
 
     Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
     halves the per-call overhead (op dispatch, slicing, parameter draws) that dominates at 32 px; see
@@ -655,7 +684,11 @@ def _augment_views(
     b, height, width = (src.shape[0], src.shape[1], src.shape[2]) if kernel else (src.shape[0], *src.shape[2:])
     dev = src.device
     u = torch.rand(g * b, _N_COLS, generator=generator, device=generator.device).cpu()
-    boxes = sample_boxes(u[:, :_C_BOX], height, width, spec.scale, spec.ratio)
+    if sizes is None:
+        boxes = sample_boxes(u[:, :_C_BOX], height, width, spec.scale, spec.ratio)
+    else:  # row k of the G * B draws is view k // B of sample k % B
+        hw = sizes.repeat(g, 1)
+        boxes = sample_boxes(u[:, :_C_BOX], hw[:, 0], hw[:, 1], spec.scale, spec.ratio)
     flip = _below(u[:, _C_FLIP], specs, "hflip_p")
     jit = _below(u[:, _C_JIT], specs, "jitter_p")
     strengths = (spec.brightness, spec.contrast, spec.saturation, spec.hue)
@@ -669,11 +702,12 @@ def _augment_views(
         )
 
         fs, order = _jitter_params(u, strengths)
-        x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish)
+        x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish, sizes)
     else:
         if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
             src = torch.cat([src] * g)  # keeps src's (channels-last) strides; 30x faster than .repeat here
-        x = resized_crop(src, boxes.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
+        crop = boxes if sizes is None else padded_boxes(boxes, hw, height, width)
+        x = resized_crop(src, crop.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
         if jitter or (colour == "linear" and gray.any()):
             fs, order = _jitter_params(u, strengths)
             if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
@@ -697,7 +731,9 @@ def _augment_views(
         x = _apply(x, _index(sol, dev), bool(sol.all()), solarize)
 
     boxes, flip = boxes.to(dev), flip.to(dev)
-    return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b]) for i in range(g)]
+    sz = None if sizes is None else sizes.to(dev)
+    return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b], sizes=sz)
+               for i in range(g)]
 
 
 def _as_nchw(images: torch.Tensor) -> torch.Tensor:
@@ -771,11 +807,16 @@ def make_views(
     compiled: bool = False,
     colour: str = "exact",
     backend: str = "auto",
+    sizes: torch.Tensor | None = None,
 ) -> tuple[list[torch.Tensor], list[ViewParams]]:
     """Augment a batch into the recipe's views, each sample with independent random parameters.
 
     images: uint8 [B, H, W, 3] (as stored in the cache) or [B, 3, H, W], on CPU or CUDA; 1-channel images
-    are replicated to 3. All randomness comes from ``generator`` (drawn on its device, then moved to the
+    are replicated to 3. ``sizes`` (int64 [B, 2], optional): a batch of native-aspect images of different
+    shapes, as :func:`selfsup.data.gather` makes it: image b is the top-left ``sizes[b]`` part of ``images[b]``,
+    the rest replicate padding. Every crop box is drawn in its own image's height and width (torchvision's
+    ``RandomResizedCrop.get_params`` distribution for that size), and ``ViewParams.boxes`` are fractions of
+    the image's own sides. None: every image fills the batch's H x W. All randomness comes from ``generator`` (drawn on its device, then moved to the
     images' device), so the result is a deterministic function of the generator state.
     Returns per view a normalised ``dtype`` tensor [B, 3, size, size] (channels_last memory format if
     requested) and its :class:`ViewParams`. ``compiled=True`` runs the torch colour ops through ``torch.compile``
@@ -805,6 +846,13 @@ def make_views(
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
     src = _to_nhwc(images) if kernel else _to_float_nchw(images, work)
     b = src.shape[0]
+    if sizes is not None:
+        sizes = torch.as_tensor(sizes).to("cpu", torch.int64).reshape(b, 2)
+        full = (src.shape[1], src.shape[2]) if kernel else tuple(src.shape[2:])
+        if (sizes < 1).any() or (sizes[:, 0] > full[0]).any() or (sizes[:, 1] > full[1]).any():
+            raise DataError(f"views: sizes must lie within the batch's {full[0]} x {full[1]} frame")
+        if bool((sizes == torch.tensor(full)).all()):
+            sizes = None  # every image fills the frame: the dense path
     groups: dict[tuple[object, ...], list[int]] = {}  # views sharing a pass, in order of first appearance
     for i, spec in enumerate(recipe.views):
         groups.setdefault(_group_key(spec), []).append(i)
@@ -814,7 +862,7 @@ def make_views(
         # the kernel finishes the views itself unless blur or solarize (torch ops) come after it
         fused = kernel and not any(v.blur_p or v.solarize_p for v in specs)
         finish = (recipe.mean, recipe.std, channels_last, dtype) if fused else None
-        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish)
+        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish, sizes)
         if not fused:
             x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
         for k, i in enumerate(idx):  # (_cast is a no-op on the kernel's finished views)
@@ -863,6 +911,7 @@ __all__ = [
     "make_views",
     "multicrop_recipe",
     "normalize",
+    "padded_boxes",
     "rescaled_recipe",
     "resized_crop",
     "rgb_to_grayscale",
