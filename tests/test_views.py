@@ -572,15 +572,21 @@ def test_multicrop_recipe() -> None:
 
 
 def test_eval_transform_matches_torchvision_resize() -> None:
-    imgs = _images(3, 40, 30)
+    imgs = _images(3, 40, 30)  # h 40, w 30: Resize(16) (shorter side) + CenterCrop(16), torchvision's protocol
     out = V.eval_transform(imgs, 16)
     assert out.shape == (3, 3, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, V.eval_transform(imgs, 16))  # deterministic
     x = imgs.permute(0, 3, 1, 2).float() / 255
-    ref = TF.normalize(TF.resize(x, [16, 16], antialias=True), list(V.IMAGENET_MEAN), list(V.IMAGENET_STD))
+    ref = TF.normalize(TF.center_crop(TF.resize(x, 16, antialias=True), [16, 16]), list(V.IMAGENET_MEAN),
+                       list(V.IMAGENET_STD))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)  # same float maths: max abs error 1e-5
+    # crop_fraction 0.875: Resize(round(16 / 0.875) = 18) + CenterCrop(16)
+    out2 = V.eval_transform(imgs, 16, crop_fraction=0.875)
+    ref2 = TF.normalize(TF.center_crop(TF.resize(x, 18, antialias=True), [16, 16]), list(V.IMAGENET_MEAN),
+                        list(V.IMAGENET_STD))
+    torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=0)
     # torchvision's uint8 path rounds to uint8: within 1/255 (+ rounding) before normalising
-    ref8 = TF.resize(imgs.permute(0, 3, 1, 2), [16, 16], antialias=True).float() / 255
+    ref8 = TF.center_crop(TF.resize(imgs.permute(0, 3, 1, 2), 16, antialias=True), [16, 16]).float() / 255
     assert ((out * STD + MEAN) - ref8).abs().max() <= 1 / 255 + 1e-5
     same = V.eval_transform(imgs[:, :16, :16], 16, channels_last=False)  # no resize needed
     torch.testing.assert_close(same, (x[:, :, :16, :16] - MEAN) / STD)

@@ -879,13 +879,48 @@ def eval_transform(
     *,
     channels_last: bool = True,
     dtype: torch.dtype = torch.float32,
+    crop_fraction: float = 1.0,
+    sizes: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Deterministic: resize the whole image to size x size (bilinear, antialiased) and normalise."""
+    """The evaluation view: resize the shorter side, centre-crop ``size x size``, normalise. Deterministic.
+
+    The standard protocol (torchvision's ``Resize(round(size / crop_fraction))`` + ``CenterCrop(size)``, as
+    lightly, solo-learn and the papers evaluate): the shorter side is resized to ``round(size /
+    crop_fraction)`` (bilinear, antialiased; the longer side to ``int(short * long / shorter)``, torchvision's
+    rounding), then the centre ``size x size`` is cropped (top ``round((h - size) / 2)``). ``crop_fraction``
+    1.0 (default) keeps the whole shorter side; 0.875 is ImageNet's 224-of-256. A square image at
+    ``crop_fraction`` 1.0 is resized whole to ``size x size``: exactly the square protocol (CIFAR numbers
+    stay comparable). ``sizes`` [B, 2]: a padded native-aspect batch (:func:`selfsup.data.gather`); each
+    image is its top-left ``sizes[b]`` part.
+    """
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ConfigError(f"eval crop_fraction must be in (0, 1], got {crop_fraction!r}")
     x = _to_float_nchw(images, torch.float32)
-    if tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    if sizes is None:
+        out = _resize_centre_crop(x, size, crop_fraction)
+    else:
+        sz = torch.as_tensor(sizes).to("cpu", torch.int64).reshape(-1, 2)
+        out = x.new_empty(x.shape[0], 3, size, size)
+        shapes, inverse = torch.unique(sz, dim=0, return_inverse=True)
+        for k, (h, w) in enumerate(shapes.tolist()):  # one batched resize per distinct shape
+            idx = (inverse == k).nonzero().squeeze(1).to(x.device)
+            out[idx] = _resize_centre_crop(x.index_select(0, idx)[..., :h, :w], size, crop_fraction)
+    return _finish(out.to(dtype), mean, std, channels_last)
+
+
+def _resize_centre_crop(x: torch.Tensor, size: int, crop_fraction: float) -> torch.Tensor:
+    """[B, 3, h, w] in [0, 1] -> [B, 3, size, size]: eval_transform's resize + centre crop."""
+    h, w = (int(v) for v in x.shape[-2:])
+    short = size if crop_fraction == 1.0 else int(round(size / crop_fraction))
+    rh, rw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+    rh, rw = max(rh, size), max(rw, size)
+    if (rh, rw) != (h, w):
+        x = F.interpolate(x, size=(rh, rw), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp_(0.0, 1.0)
-    return _finish(x.to(dtype), mean, std, channels_last)
+    top, left = int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0))
+    if (rh, rw) != (size, size):
+        x = x[..., top : top + size, left : left + size].contiguous()
+    return x
 
 
 __all__ = [

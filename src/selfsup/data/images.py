@@ -117,22 +117,29 @@ class RaggedImages:
         ``([B, Hmax, Wmax, 3], sizes [B, 2])`` with each image's last row and column replicated into the
         padding (see the module docstring)."""
         rows = np.asarray(rows, dtype=np.int64)
-        sizes = self.sizes[rows]
-        hmax, wmax = (int(v) for v in sizes.max(axis=0)) if len(rows) else (self.side, self.side)
-        out = np.empty((len(rows), hmax, wmax, 3), np.uint8)
-        uniform = bool(len(rows) == 0 or (sizes == sizes[0]).all())
-        for j, i in enumerate(rows):
-            r = self.row(int(i))
-            h, w = r.shape[:2]
-            out[j, :h, :w] = r
-            if w < wmax:
-                out[j, :h, w:] = r[:, w - 1 : w]
-            if h < hmax:
-                out[j, h:] = out[j, h - 1 : h]
-        return out, (None if uniform else sizes.copy())
+        return pad_rows([self.row(int(i)) for i in rows], self.side)
 
     def __repr__(self) -> str:
         return f"RaggedImages(n={len(self)}, shorter side {self.side})"
+
+
+def pad_rows(rows: Sequence[np.ndarray], side: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 images ``[h_i, w_i, 3]`` -> ``([B, H, W, 3], None)`` when they share one shape, else
+    ``([B, Hmax, Wmax, 3], sizes [B, 2])``, each image top-left with its last row and column replicated into
+    the padding (see the module docstring). ``side``: the frame of an empty batch."""
+    sizes = np.array([r.shape[:2] for r in rows], dtype=np.int64).reshape(-1, 2)
+    if len(rows) and (sizes == sizes[0]).all():
+        return np.stack(rows), None
+    hmax, wmax = (int(v) for v in sizes.max(axis=0)) if len(rows) else (side, side)
+    out = np.empty((len(rows), hmax, wmax, 3), np.uint8)
+    for j, r in enumerate(rows):
+        h, w = r.shape[:2]
+        out[j, :h, :w] = r
+        if w < wmax:
+            out[j, :h, w:] = r[:, w - 1 : w]
+        if h < hmax:
+            out[j, h:] = out[j, h - 1 : h]
+    return out, sizes
 
 
 def gather(images: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -9,8 +9,10 @@ failing that, by scanning the tar headers once.
 
 Shard format (WebDataset convention): each sample is a group of tar members sharing a key,
 ``KEY.jpg`` (or .png/.webp/...), optionally ``KEY.cls`` (the class index as text). Images are decoded
-exactly like image folders (:func:`selfsup.data.folder.decode_image`: EXIF, colour rules, resize +
-centre crop to the cache size) in the data-loader workers, after shuffling.
+exactly like image folders (:func:`selfsup.data.folder.decode_native`: EXIF, colour rules, native aspect
+with the shorter side resized to the cache size, at most 10:1) in the data-loader workers, after shuffling;
+a batch of different shapes is replicate-padded with per-sample sizes (:func:`selfsup.data.images.pad_rows`),
+so the views crop every image in its own height and width, as for folders.
 
 Ordering, per training epoch ``e`` (the nominal epoch: ``N // global_batch`` steps):
 
@@ -142,7 +144,8 @@ def shard_counts(urls: list[str], n: int | None) -> list[int] | None:
 
 
 class ShardStream:
-    """Training batches streamed from tar shards: ``batch(epoch, i) -> (uint8 [B, S, S, 3], int64 [B])``.
+    """Training batches streamed from tar shards: ``batch(epoch, i) -> (uint8 [B, H, W, 3], int64 [B],
+    sizes int64 [B, 2] or None)`` (see :func:`selfsup.data.images.gather` for the padded layout).
 
     Quacks enough like :class:`~selfsup.data.folder.ImageDataset` for the training loop (``len``,
     ``labels``, ``skipped``); it has no ``images`` array (no random access, so no online kNN bank).
@@ -169,7 +172,7 @@ class ShardStream:
         self.labels = None
         self.classes: list[str] = []
         self.skipped: list[tuple[str, str]] = []
-        self._it: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._it: Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
         self._next: tuple[int, int] | None = None
 
     def __len__(self) -> int:
@@ -184,22 +187,28 @@ class ShardStream:
         order = torch.randperm(len(self.urls), generator=g).tolist()
         return order[(self.rank if rank is None else rank) :: self.world_size]
 
-    def batch(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, epoch: int, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self._it is None or self._next != (epoch, i):
             self._it = None  # drops the previous loader (its workers exit)
             self._it = self._epoch(epoch, i)
         self._next = (epoch, i + 1)
         return next(self._it)
 
-    def _epoch(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _epoch(self, epoch: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         mine = self.shards_for(epoch)
         k = max(1, min(self.workers, len(mine)))
         ds = _EpochShards(self, epoch, start, mine, k)
         if self.workers == 0:
             yield from iter(ds)
             return
-        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=k, prefetch_factor=2)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=k, prefetch_factor=2,
+                                             collate_fn=_as_is)
         yield from loader
+
+
+def _as_is(item: Any) -> Any:
+    """The loader's collate for whole batches: pass them through (a None ``sizes`` stays None)."""
+    return item
 
 
 class _EpochShards(torch.utils.data.IterableDataset):
@@ -209,7 +218,7 @@ class _EpochShards(torch.utils.data.IterableDataset):
         super().__init__()
         self.s, self.epoch, self.start, self.mine, self.k = s, epoch, start, mine, k
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         info = torch.utils.data.get_worker_info()
         w = info.id if info is not None else 0
         s, k = self.s, self.k
@@ -270,8 +279,9 @@ class _EpochShards(torch.utils.data.IterableDataset):
             yield from buf
             buf = []
 
-    def _batches(self, v: int, skip: int, quota: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from selfsup.data.folder import decode_image
+    def _batches(self, v: int, skip: int, quota: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        from selfsup.data.folder import decode_native
+        from selfsup.data.images import pad_rows
 
         s = self.s
         raw = self._raw(v)
@@ -283,11 +293,13 @@ class _EpochShards(torch.utils.data.IterableDataset):
             while len(imgs) < s.local_batch:
                 index, data = next(raw)
                 try:
-                    imgs.append(decode_image(io.BytesIO(data), s.size))  # type: ignore[arg-type]
+                    imgs.append(decode_native(io.BytesIO(data), s.size))  # type: ignore[arg-type]
                 except Exception:  # a corrupt sample: take the next one (deterministically)
                     continue
                 idx.append(index)
-            yield torch.from_numpy(np.stack(imgs)), torch.tensor(idx, dtype=torch.long)
+            arr, sizes = pad_rows(imgs, s.size)
+            yield (torch.from_numpy(arr), torch.tensor(idx, dtype=torch.long),
+                   None if sizes is None else torch.from_numpy(sizes))
 
 
 def open_stream(spec: str, size: int, global_batch: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,

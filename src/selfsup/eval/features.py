@@ -65,6 +65,8 @@ def _default_transform() -> Callable[..., torch.Tensor]:
 def _batch(images: np.ndarray | torch.Tensor, start: int, stop: int) -> torch.Tensor:
     if isinstance(images, torch.Tensor):
         return images[start:stop]
+    if not isinstance(images, np.ndarray):  # e.g. RaggedImages: its array view (the centre squares)
+        return torch.from_numpy(np.ascontiguousarray(images[start:stop]))
     arr = np.ascontiguousarray(images[start:stop])
     if not arr.flags.writeable:  # read-only memmap cache: copy the batch (torch wants writable memory)
         arr = arr.copy()
@@ -83,8 +85,15 @@ def extract_features(
     transform: Callable[..., torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "features",
+    crop_fraction: float = 1.0,
 ) -> torch.Tensor:
     """Encode ``images`` and return float32 features ``[N, F]`` on the CPU.
+
+    The evaluation view (default transform, :func:`selfsup.augment.views.eval_transform`): the shorter side
+    resized, then the centre ``image_size x image_size`` crop (``crop_fraction`` of the resized shorter side;
+    1.0 keeps all of it, 0.875 is torchvision's ImageNet protocol). Native-aspect datasets
+    (:class:`selfsup.data.RaggedImages`) are read at their own aspect ratio for it; a custom ``transform``
+    gets their centre squares.
 
     images: uint8 ``[N, H, W, 3]`` or ``[N, 3, H, W]`` (the layout is detected by the transform); numpy
     (memmaps are read batch by batch) or torch. ``transform(batch, image_size, channels_last=..., dtype=float32)``
@@ -99,6 +108,8 @@ def extract_features(
     if n == 0:
         raise DataError("no images to encode (empty dataset); check the dataset path or split")
     tf = transform if transform is not None else _default_transform()
+    native = transform is None and hasattr(images, "padded")  # RaggedImages: the protocol on native rows
+    kw = {"crop_fraction": crop_fraction} if transform is None else {}
     device = _module_device(encoder)
     dtype = resolve_precision(precision, device)
     was_training = encoder.training
@@ -113,9 +124,18 @@ def extract_features(
     try:
         for start in starts:
             stop = min(start + batch_size, n)
-            x = _batch(images, start, stop)
+            sizes = None
+            if native:
+                arr, sz = images.padded(np.arange(start, stop))  # type: ignore[union-attr]
+                x, sizes = torch.from_numpy(arr), (None if sz is None else torch.from_numpy(sz))
+            else:
+                x = _batch(images, start, stop)
             x = x.to(device, non_blocking=True)
-            x = tf(x, image_size, channels_last=channels_last, dtype=torch.float32)
+            if sizes is not None:
+                kw["sizes"] = sizes
+            else:
+                kw.pop("sizes", None)
+            x = tf(x, image_size, channels_last=channels_last, dtype=torch.float32, **kw)
             with autocast_context(device, dtype):
                 f = encoder(x)
             if isinstance(f, (tuple, list)):
@@ -197,6 +217,8 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     h = hashlib.sha256()
     images = dataset.images
     h.update(repr(tuple(int(s) for s in images.shape)).encode())
+    if hasattr(images, "sizes") and not callable(images.sizes):  # native-aspect rows: their shapes too
+        h.update(np.ascontiguousarray(images.sizes).tobytes())
     paths = getattr(dataset, "paths", None)
     if paths:
         for p in paths:
@@ -210,12 +232,13 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     return h.hexdigest()
 
 
-def cache_path(cache_dir: str | Path, key: str, dataset: ImageDataset, image_size: int, precision: str) -> Path:
-    ident = json.dumps(
-        {"v": CACHE_VERSION, "key": key, "data": dataset_fingerprint(dataset), "size": int(image_size),
-         "precision": precision},
-        sort_keys=True,
-    )
+def cache_path(cache_dir: str | Path, key: str, dataset: ImageDataset, image_size: int, precision: str,
+               crop_fraction: float = 1.0) -> Path:
+    fields = {"v": CACHE_VERSION, "key": key, "data": dataset_fingerprint(dataset), "size": int(image_size),
+              "precision": precision}
+    if crop_fraction != 1.0:  # (absent at 1.0: the same key as before the field existed)
+        fields["crop"] = float(crop_fraction)
+    ident = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
     return Path(cache_dir) / f"features-{digest}.safetensors"
 
@@ -233,6 +256,7 @@ def cached_features(
     transform: Callable[..., torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "features",
+    crop_fraction: float = 1.0,
 ) -> torch.Tensor:
     """``extract_features`` on ``dataset.images``, memoised in ``cache_dir`` as a ``.safetensors`` file.
 
@@ -247,7 +271,7 @@ def cached_features(
 
     resolved = resolve_precision(precision, _module_device(encoder))
     prec_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]
-    path = cache_path(cache_dir, key, dataset, image_size, prec_name)
+    path = cache_path(cache_dir, key, dataset, image_size, prec_name, crop_fraction)
     n = int(dataset.images.shape[0])
     if path.is_file():
         try:
@@ -258,7 +282,7 @@ def cached_features(
             pass  # corrupt or foreign file: recompute and overwrite
     feats = extract_features(
         encoder, dataset.images, image_size=image_size, batch_size=batch_size, precision=precision,
-        channels_last=channels_last, transform=transform, progress=progress, desc=desc,
+        channels_last=channels_last, transform=transform, progress=progress, desc=desc, crop_fraction=crop_fraction,
     )
     meta = {"key": key, "image_size": str(image_size), "precision": prec_name, "n": str(n)}
     os.makedirs(path.parent, exist_ok=True)

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +35,7 @@ from selfsup.checkpoint import (
     save_checkpoint,
 )
 from selfsup.config import PretrainConfig, dump_yaml, from_dict, to_dict
+from selfsup.data import default_cache_size, gather
 from selfsup.errors import ConfigError, TrainingDiverged, UserError
 from selfsup.methods import Batch, MethodSpec, Progress, registry
 from selfsup.models.backbones import build_backbone, check_bf16_cpu_conv_sizes, resolve_backbone_config
@@ -97,7 +97,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, Any
         # linear scaling rule (Goyal et al. 2017), as in SimCLR/BYOL/MoCo: lr = base_lr * B / 256
         o.lr = o.base_lr * cfg.train.batch_size / 256
     if cfg.data.cache_size is None:
-        cfg.data.cache_size = cfg.data.image_size
+        cfg.data.cache_size = default_cache_size(cfg.data.image_size)
     if cfg.data.cache_size < cfg.data.image_size:
         raise ConfigError(f"data.cache_size {cfg.data.cache_size} is smaller than data.image_size {cfg.data.image_size}")
     if cfg.data.low_res_size:
@@ -440,9 +440,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
             return {}
         backbone.eval()
         feats_tr = extract_features(backbone, train_ds.images, image_size=cfg.data.image_size,
-                                    precision=cfg.train.precision)
+                                    precision=cfg.train.precision, crop_fraction=cfg.data.eval_crop_fraction)
         feats_te = extract_features(backbone, val_ds.images, image_size=cfg.data.image_size,
-                                    precision=cfg.train.precision)
+                                    precision=cfg.train.precision, crop_fraction=cfg.data.eval_crop_fraction)
         backbone.train()
         if train_ds.labels is None:
             return {}
@@ -489,14 +489,15 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                     on_epoch_start(epoch, train_ds)  # e.g. FAMT refreshes its per-image weight maps
                     if budget is not None:  # a refresh pass is not a training step: keep it out of the step time
                         budget.restart_timing(step, time.perf_counter())
-                if hasattr(train_ds, "batch"):  # a stream: (uint8 [B, H, W, 3], index [B]) for (epoch, i)
-                    images, idx = train_ds.batch(epoch, i)
+                if hasattr(train_ds, "batch"):  # a stream: (uint8 [B, H, W, 3], index [B], sizes) for (epoch, i)
+                    images, idx, sizes = train_ds.batch(epoch, i)
                     images = images.to(device, non_blocking=True)
                 else:
                     idx = sampler.indices(epoch, i)
                     # sorted reads are sequential in the memmap; batch order inside a step does not matter
                     idx = idx.sort().values
-                    images = torch.from_numpy(np.ascontiguousarray(train_ds.images[idx.numpy()])).to(device, non_blocking=True)
+                    images, sizes = gather(train_ds.images, idx.numpy())  # sizes: native-aspect rows, else None
+                    images = images.to(device, non_blocking=True)
                 seed = step_seed(cfg.train.seed, step, dinfo.rank)
                 torch.manual_seed(seed)  # dropout / drop-path / masking draws are reproducible per step
                 gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -505,7 +506,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                 views, params = make_views(images, recipe if step_cost == 1.0 else low_recipe, gen,
                                            channels_last=cfg.train.channels_last, dtype=view_dtype,
                                            compiled=cfg.train.compile, colour=cfg.data.colour,
-                                           backend=cfg.data.view_backend)
+                                           backend=cfg.data.view_backend, sizes=sizes)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(optimizer, lr, cfg.optim.lr or 0.0)
