@@ -240,15 +240,19 @@ def test_cache_files_and_second_open_does_not_decode(
     first = _open(class_folder, cache_dir=str(cache))
     names = sorted(p.name for p in cache.iterdir())
     assert len(names) == 2 and names[0].endswith(".json") and names[1].endswith(".u8")
-    assert (cache / names[1]).stat().st_size == 24 * 16 * 16 * 3
+    hw = first.sizes()  # native aspect: shorter side 16, longer side in proportion
+    assert (hw.min(axis=1) == 16).all() and (hw.max(axis=1) > 16).any()
+    assert (cache / names[1]).stat().st_size == int((hw[:, 0] * hw[:, 1]).sum()) * 3
 
     def boom(path: str, size: int) -> np.ndarray:
         raise AssertionError(f"decoded {path} on a cache hit")
 
-    monkeypatch.setattr(folder_mod, "decode_image", boom)
+    monkeypatch.setattr(folder_mod, "decode_native", boom)
     second = _open(class_folder, cache_dir=str(cache))
-    assert isinstance(second.images, np.memmap)
+    assert isinstance(second.images.buffer, np.memmap)
     np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
+    for i in range(len(first)):
+        np.testing.assert_array_equal(second.images.row(i), first.images.row(i))
     np.testing.assert_array_equal(second.labels, first.labels)
     assert second.paths == first.paths and second.classes == first.classes
     # the patch is live: a new size is a cache miss and must decode (and fails here)
@@ -266,12 +270,17 @@ def test_default_cache_dir_from_env(
     assert default_cache_dir() == Path.home() / ".cache" / "selfsup"
 
 
-def test_memmap_is_read_only(class_folder: Path) -> None:
-    ds = _open(class_folder)
-    assert isinstance(ds.images, np.memmap) and ds.images.mode == "r"
-    assert not ds.images.flags.writeable
+def test_memmap_is_read_only(class_folder: Path, make_class_folder, tmp_path: Path) -> None:
+    square = _open(make_class_folder(tmp_path / "sq", size=(24, 24)))  # all square: the dense layout
+    assert isinstance(square.images, np.memmap) and square.images.mode == "r"
+    assert square.images.shape[1:] == (16, 16, 3) and not square.native
+    assert not square.images.flags.writeable
     with pytest.raises(ValueError):
-        ds.images[0, 0, 0, 0] = 1
+        square.images[0, 0, 0, 0] = 1
+    ds = _open(class_folder)  # mixed shapes: packed rows over one read-only memmap
+    assert ds.native and isinstance(ds.images.buffer, np.memmap) and ds.images.buffer.mode == "r"
+    with pytest.raises(ValueError):
+        ds.images.row(0)[0, 0, 0] = 1
 
 
 def _cache_keys(cache: Path) -> set[str]:
@@ -307,7 +316,7 @@ def test_crash_during_decode_leaves_no_cache(
 ) -> None:
     cache = tmp_path / "c"
     calls = {"n": 0}
-    real = folder_mod.decode_image
+    real = folder_mod.decode_native
 
     def dies(path: str, size: int) -> np.ndarray:
         calls["n"] += 1
@@ -315,11 +324,11 @@ def test_crash_during_decode_leaves_no_cache(
             raise KeyboardInterrupt
         return real(path, size)
 
-    monkeypatch.setattr(folder_mod, "decode_image", dies)
+    monkeypatch.setattr(folder_mod, "decode_native", dies)
     with pytest.raises(KeyboardInterrupt):
         _open(class_folder, cache_dir=str(cache))
     assert list(cache.iterdir()) == []  # no committed files, no stray temporaries
-    monkeypatch.setattr(folder_mod, "decode_image", real)
+    monkeypatch.setattr(folder_mod, "decode_native", real)
     assert len(_open(class_folder, cache_dir=str(cache))) == 24
 
 
