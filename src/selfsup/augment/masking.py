@@ -299,15 +299,22 @@ def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def weights_to_view(
-    maps: torch.Tensor, boxes: torch.Tensor | None, flip: torch.Tensor | None, out_grid: int
+    maps: torch.Tensor, boxes: torch.Tensor | None, flip: torch.Tensor | None, out_grid: int,
+    sizes: torch.Tensor | None = None, crop_fraction: float = 1.0,
 ) -> torch.Tensor:
     """Per-image weight maps over the source patch grid -> weights over each view's patch grid.
 
-    maps: [B, gh, gw] (or [B, gh*gw] for a square grid), non-negative.
-    boxes: [B, 4] crop boxes (top, left, height, width) as fractions of the source (None = whole image).
+    maps: [B, gh, gw] (or [B, gh*gw] for a square grid), non-negative, computed on each image's evaluation
+    view (:func:`selfsup.augment.views.eval_transform`: the centre square of side ``crop_fraction * min(h, w)``
+    of the native image).
+    boxes: [B, 4] crop boxes (top, left, height, width) as fractions of the source image (None = whole image).
     flip: [B] bool, horizontal flip applied after the crop (None = no flip).
+    sizes: [B, 2] (height, width) of each native-aspect source image (``ViewParams.sizes``); None = square
+    sources whose evaluation view is the whole image (``crop_fraction`` 1.0), the map covering the full source.
     Returns [B, out_grid * out_grid]: the map read (bilinearly, edge-replicated) at the centre of every view
-    patch, mapped back into the source through the crop box and the flip.
+    patch, mapped back into the source through the crop box and the flip, on the native grid: each box is
+    moved into the frame of the map (the eval view's square inside the native image), so a view patch
+    outside that square reads the map's nearest edge.
     """
     from selfsup.augment.views import crop_theta
 
@@ -320,7 +327,19 @@ def weights_to_view(
         boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=dev).expand(b, 4)
     if flip is None:
         flip = torch.zeros(b, dtype=torch.bool, device=dev)
-    theta = crop_theta(boxes.to(dev, torch.float32), flip.to(dev))
+    boxes = boxes.to(dev, torch.float32)
+    if sizes is not None or crop_fraction != 1.0:
+        if sizes is None:  # square sources
+            hw = torch.ones(b, 2, dtype=torch.float64, device=dev)
+        else:
+            hw = sizes.to(dev, torch.float64).reshape(b, 2)
+        side = hw.min(dim=1).values * crop_fraction  # the eval view's square, in source pixels
+        fh, fw = side / hw[:, 0], side / hw[:, 1]  # its height / width as fractions of the source
+        top0, left0 = (1.0 - fh) / 2, (1.0 - fw) / 2
+        bx = boxes.double()
+        boxes = torch.stack([(bx[:, 0] - top0) / fh, (bx[:, 1] - left0) / fw, bx[:, 2] / fh, bx[:, 3] / fw],
+                            -1).float()
+    theta = crop_theta(boxes, flip.to(dev))
     grid = F.affine_grid(theta, [b, 1, out_grid, out_grid], align_corners=False)
     out = F.grid_sample(maps.unsqueeze(1).float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
