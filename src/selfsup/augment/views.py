@@ -560,9 +560,10 @@ def sample_boxes(
     """
     b = u.shape[0]
     u = u.reshape(b, _N_TRIES, 4).double()
-    per_sample = isinstance(height, torch.Tensor) or isinstance(width, torch.Tensor)
-    hh = torch.as_tensor(height, dtype=torch.float64).reshape(-1, 1) if per_sample else height
-    ww = torch.as_tensor(width, dtype=torch.float64).reshape(-1, 1) if per_sample else width
+    # [B, 1] per sample or [1, 1] for the batch; float64 (a Python float's arithmetic, so the batch case is
+    # bit-identical to scalar maths)
+    hh = torch.as_tensor(height, dtype=torch.float64).reshape(-1, 1)
+    ww = torch.as_tensor(width, dtype=torch.float64).reshape(-1, 1)
     area = _uniform(u[..., 0], *scale) * (hh * ww)
     log_r = _uniform(u[..., 1], math.log(ratio[0]), math.log(ratio[1]))
     r = torch.exp(log_r)
@@ -575,19 +576,11 @@ def sample_boxes(
     top = (1.0 - hf) * u[..., 2].gather(1, pick).squeeze(1)
     left = (1.0 - wf) * u[..., 3].gather(1, pick).squeeze(1)
     # central-crop fallback (torchvision): whole image, trimmed to the allowed aspect-ratio range
-    if per_sample:
-        hv, wv = torch.broadcast_tensors(torch.as_tensor(hh).reshape(-1), torch.as_tensor(ww).reshape(-1))
-        in_ratio = wv / hv
-        fh = torch.where(in_ratio < ratio[0], (wv / ratio[0]) / hv, torch.ones_like(in_ratio))
-        fw = torch.where(in_ratio > ratio[1], (hv * ratio[1]) / wv, torch.ones_like(in_ratio))
-    else:
-        in_ratio = width / height
-        if in_ratio < ratio[0]:
-            fh, fw = (width / ratio[0]) / height, 1.0
-        elif in_ratio > ratio[1]:
-            fh, fw = 1.0, (height * ratio[1]) / width
-        else:
-            fh, fw = 1.0, 1.0
+    hv, wv = hh.squeeze(1), ww.squeeze(1)
+    in_ratio = wv / hv
+    one = torch.ones_like(in_ratio)
+    fh = torch.where(in_ratio < ratio[0], (wv / ratio[0]) / hv, one)
+    fw = torch.where(in_ratio > ratio[1], (hv * ratio[1]) / wv, one)
     fallback = ~ok.any(dim=1)
     hf = torch.where(fallback, fh, hf)
     wf = torch.where(fallback, fw, wf)

@@ -109,7 +109,7 @@ def extract_features(
         raise DataError("no images to encode (empty dataset); check the dataset path or split")
     tf = transform if transform is not None else _default_transform()
     native = transform is None and hasattr(images, "padded")  # RaggedImages: the protocol on native rows
-    kw = {"crop_fraction": crop_fraction} if transform is None else {}
+    kw: dict[str, object] = {"crop_fraction": crop_fraction} if transform is None else {}
     device = _module_device(encoder)
     dtype = resolve_precision(precision, device)
     was_training = encoder.training

@@ -170,7 +170,8 @@ class FAMTWeights(nn.Module):
         idx = batch.index.to(self.weights.device).long()
         maps = self.weights[idx].reshape(-1, self.grid, self.grid)
         p = batch.params[0] if batch.params else None
-        return weights_to_view(maps, getattr(p, "boxes", None), getattr(p, "flip", None), out_grid)
+        return weights_to_view(maps, getattr(p, "boxes", None), getattr(p, "flip", None), out_grid,
+                               sizes=getattr(p, "sizes", None))
 
 
 class _FAMTHooks:
