@@ -343,3 +343,27 @@ def test_sigterm_during_first_decode_leaves_no_temporary(tmp_path: Path, mode: s
     assert "finished" not in out and "Traceback" not in err, err
     assert "nothing was cached" in err and err.strip().count("\n") == 0, err
     assert list(cdir.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------- streaming
+
+
+@pytest.mark.integration  # importing webdataset takes seconds
+def test_stream_decodes_at_native_aspect(tmp_path: Path) -> None:
+    pytest.importorskip("webdataset")
+    from selfsup.data.stream import open_stream, write_shards
+
+    shapes = [(30, 40), (40, 30), (24, 72), (20, 20)] * 2
+    for i, (h, w) in enumerate(shapes):
+        _save(tmp_path / "img" / f"{i}.png", _gradient(h, w))
+    spec = write_shards(str(tmp_path / "img"), tmp_path / "shards", 8, prefix="s", shuffle=False)
+    stream = open_stream(spec, 16, 8, workers=0)
+    imgs, idx, sizes = stream.batch(0, 0)
+    assert sizes is not None
+    got = sorted(tuple(int(v) for v in s) for s in sizes)
+    assert got == sorted([(16, 21), (21, 16), (16, 48), (16, 16)] * 2)
+    assert tuple(imgs.shape) == (8, 21, 48, 3)
+    for k in range(8):  # each image top-left, padded by replicating its last row and column
+        h, w = (int(v) for v in sizes[k])
+        assert torch.equal(imgs[k, h:, :w], imgs[k, h - 1 : h, :w].expand(21 - h, w, 3))
+        assert torch.equal(imgs[k, :, w:], imgs[k, :, w - 1 : w].expand(21, 48 - w, 3))

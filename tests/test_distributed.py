@@ -343,14 +343,14 @@ def test_stream_split_is_disjoint_across_ranks_and_workers_and_resume_skips_exac
     single = open_stream(spec, 16, 8, seed=3, workers=0)
     seen = torch.cat([single.batch(0, i)[1] for i in range(single.steps_per_epoch)])
     assert sorted(seen.tolist()) == list(range(32)), "one pass over the data per epoch"
-    imgs, idx = single.batch(1, 0)
-    assert imgs.dtype == torch.uint8 and imgs.shape == (8, 16, 16, 3) and idx.dtype == torch.long
+    imgs, idx, sizes = single.batch(1, 0)  # square images: a dense batch, no per-sample sizes
+    assert imgs.dtype == torch.uint8 and imgs.shape == (8, 16, 16, 3) and idx.dtype == torch.long and sizes is None
     # worker split inside a real DataLoader (2 workers), and exact resume mid-epoch by skipping
     a = open_stream(spec, 16, 4, seed=3, rank=1, world_size=2, workers=2)
     full = [a.batch(0, i) for i in range(a.steps_per_epoch)]
     b = open_stream(spec, 16, 4, seed=3, rank=1, world_size=2, workers=2)
     for i in range(2, a.steps_per_epoch):
-        x, j = b.batch(0, i)
+        x, j, _ = b.batch(0, i)
         assert torch.equal(j, full[i][1]) and torch.equal(x, full[i][0])
 
 
