@@ -367,3 +367,27 @@ def test_stream_decodes_at_native_aspect(tmp_path: Path) -> None:
         h, w = (int(v) for v in sizes[k])
         assert torch.equal(imgs[k, h:, :w], imgs[k, h - 1 : h, :w].expand(21 - h, w, 3))
         assert torch.equal(imgs[k, :, w:], imgs[k, :, w - 1 : w].expand(21, 48 - w, 3))
+
+
+# ------------------------------------------------------------------------------------ training loop
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method,backend,low_res", [("simclr", "torch", 0), ("simclr", "numba", 8), ("dino", "auto", 0)])
+def test_pretrain_on_native_aspect_photos(tmp_path: Path, make_class_folder, method: str, backend: str,
+                                          low_res: int) -> None:
+    """The real loop on a folder of mixed-shape images (20-48 px, mixed modes): ragged batches reach the
+    views of both backends, multi-crop (DINO) and the resolution schedule; the online kNN reads native rows."""
+    from selfsup.training.loop import pretrain
+
+    from .helpers import tiny_config
+
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
+    cfg = tiny_config(str(data), str(tmp_path / "run"), method=method, epochs=2, max_steps=3, knn_every=1)
+    cfg.data.val = str(data)
+    cfg.data.view_backend = backend
+    cfg.data.low_res_size = low_res
+    pretrain(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))
