@@ -391,3 +391,33 @@ def test_pretrain_on_native_aspect_photos(tmp_path: Path, make_class_folder, met
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+# ----------------------------------------------------------------------------------------- views command
+
+
+@pytest.mark.integration  # builds the method and draws a matplotlib figure: seconds
+def test_views_command_boxes_span_panoramas(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from selfsup.cli import main
+
+    for i, (h, w) in enumerate([(50, 150), (40, 160), (60, 80)]):
+        _save(tmp_path / "pano" / f"{i}.png", _gradient(h, w))
+    out, boxes = tmp_path / "views.png", tmp_path / "boxes.json"
+    assert main(["views", "--data", str(tmp_path / "pano"), "--out", str(out), "--boxes", str(boxes),
+                 "--image-size", "16", "--views", "16", "--num", "3"]) == 0
+    assert out.stat().st_size > 1000 and Image.open(out).format == "PNG"
+    rec = json.loads(boxes.read_text())["views"]
+    assert len(rec) == 3 * 16
+    for r in rec:  # pixels of the original file: inside it, with the recipe's aspect range and area range
+        assert -1e-6 <= r["top"] and r["top"] + r["box_height"] <= r["height"] + 1e-6
+        assert -1e-6 <= r["left"] and r["left"] + r["box_width"] <= r["width"] + 1e-6
+        assert 3 / 4 - 0.02 <= r["box_width"] / r["box_height"] <= 4 / 3 + 0.02
+        assert 0.08 - 0.01 <= r["box_width"] * r["box_height"] / (r["width"] * r["height"]) <= 1.0 + 1e-6
+    wide = [r for r in rec if r["image"].endswith("1.png")]  # 160 x 40: the centre square is x 60 ... 100
+    assert min(r["left"] for r in wide) < 30 and max(r["left"] + r["box_width"] for r in wide) > 130
+    capsys.readouterr()
+    assert main(["views", "--data", str(tmp_path / "pano"), "--out", str(tmp_path / "no" / "v.png")]) == 2
+    assert main(["views", "--data", str(tmp_path / "pano"), "--out", str(tmp_path / "v.jpg")]) == 2
+    assert main(["views", "--data", str(tmp_path / "pano"), "--out", str(out), "--method", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("selfsup: error: ") for line in err)
