@@ -14,15 +14,23 @@ per-sample affine grid + ``grid_sample``) -> colour jitter (brightness, contrast
 random order per sample, like torchvision's ``ColorJitter``) with prob. ``jitter_p`` -> grayscale with prob.
 ``gray_p`` -> Gaussian blur with prob. ``blur_p`` -> solarize with prob. ``solarize_p`` -> normalise.
 
+Native aspect: images keep their own shape (:mod:`selfsup.data.images`). A batch of different shapes arrives
+padded to its tallest and widest image with per-sample ``sizes`` [B, 2]; every crop box is drawn in its own
+image's height and width (torchvision's ``RandomResizedCrop.get_params`` distribution for that size) and
+resampled from that image only: the torch ops map the box into the replicate-padded frame, the kernel clamps
+to the image's own border. Same-shape batches (CIFAR) take the dense path unchanged.
+
 All colour ops work on float images in [0, 1] and clamp like torchvision. Every public op takes per-sample
 parameter tensors of shape [B] and matches its torchvision counterpart for fixed parameters (see
 ``tests/test_views.py`` for the tolerances).
 
 Differences from torchvision's ``RandomResizedCrop`` (deliberate):
 - crop boxes are continuous (fractions of the source sides), not rounded to whole pixels;
-- no antialiasing when a crop is shrunk (as torchvision's tensor path with ``antialias=False``). With the
-  default cache size (= view size) crops are only ever enlarged, so nothing aliases; a cache much larger
-  than the views will alias on large crops. ``eval_transform`` (one deterministic resize) does antialias.
+- no antialiasing when a crop is shrunk (as torchvision's tensor path with ``antialias=False``). Below 64 px
+  the default cache size equals the view size, so crops are only ever enlarged and nothing aliases; from
+  64 px the default stores the shorter side at 8/7 of the view size (torchvision's 256 for 224), so crops
+  larger than (7/8)^2 = 77% of the shorter side's square are shrunk by at most 8/7, a mild aliasing that a
+  much larger cache would make worse. ``eval_transform`` (one deterministic resize) does antialias.
 - pixels at the crop border are interpolated with their true neighbours outside the crop (torchvision
   replicates the crop's edge), so the outermost half-pixel ring differs slightly.
 """
