@@ -228,29 +228,30 @@ def test_padded_batch_equals_per_image_crops(backend: str) -> None:
 
 def test_every_third_of_a_wide_image_reaches_the_views() -> None:
     """A 3:1 image with red / green / blue thirds: every third shows up in the views (the old centre-square
-    cache gave the outer thirds 0), the two outer thirds in equal shares (within 0.02), and all three shares
-    match the expectation under torchvision's get_params (Monte Carlo, 4,000 boxes) within 0.02. (The middle
-    third gets more, about 0.47 against 0.27: RandomResizedCrop boxes at most 4/3 as wide as high sit
-    uniformly inside the image, so they overlap its middle more often; that is the recipe's distribution.)"""
+    cache gave the outer thirds 0), the two outer thirds in equal shares (within 0.05), and all three shares
+    match the expectation under torchvision's get_params (Monte Carlo, 2,000 boxes) within 0.05 (about 4
+    standard errors of the two estimates; 1,000 views). The middle third gets more, about 0.47 against 0.27:
+    RandomResizedCrop boxes at most 4/3 as wide as high sit uniformly inside the image, so they overlap its
+    middle more often; that is the recipe's distribution."""
     h, w = 48, 144
     img = np.zeros((h, w, 3), np.uint8)
     for c in range(3):
         img[:, c * 48 : (c + 1) * 48, c] = 255
     x = torch.from_numpy(img)[None].repeat(40, 1, 1, 1)
-    spec = V.ViewSpec(size=16, jitter_p=0.0, gray_p=0.0)
+    spec = V.ViewSpec(size=8, jitter_p=0.0, gray_p=0.0)
     recipe = V.ViewRecipe([spec] * 25, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     views, _ = V.make_views(x, recipe, torch.Generator().manual_seed(0), channels_last=False)
-    v = torch.cat(views)  # [1000, 3, 16, 16]
+    v = torch.cat(views)  # [1000, 3, 8, 8]
     share = (v.argmax(1, keepdim=True) == torch.arange(3).reshape(1, 3, 1, 1)).double().mean((0, 2, 3)).numpy()
     torch.manual_seed(1)
     tv = torch.tensor([RandomResizedCrop.get_params(torch.empty(3, h, w), [0.08, 1.0], [3 / 4, 4 / 3])
-                       for _ in range(4000)], dtype=torch.float64)
+                       for _ in range(2000)], dtype=torch.float64)
     left, width = tv[:, 1] / w, tv[:, 3] / w
     expect = np.array([((torch.clamp(torch.minimum(left + width, torch.tensor((c + 1) / 3))
                                      - torch.maximum(left, torch.tensor(c / 3)), min=0)) / width).mean().item()
                        for c in range(3)])
-    assert np.all(share > 0.2) and abs(share[0] - share[2]) < 0.02, share
-    np.testing.assert_allclose(share, expect, atol=0.02)
+    assert np.all(share > 0.2) and abs(share[0] - share[2]) < 0.05, share
+    np.testing.assert_allclose(share, expect, atol=0.05)
 
 
 # ------------------------------------------------------------------------------------------ eval
