@@ -103,7 +103,7 @@ def test_square_folder_is_dense_and_unchanged(tmp_path: Path) -> None:
     assert not ds.native and isinstance(ds.images, np.memmap) and ds.images.shape == (4, 32, 32, 3)
     x, sizes = gather(ds.images, np.arange(4))
     assert sizes is None and x.shape == (4, 32, 32, 3)
-    assert cache_mod.default_cache_size(32) == 32 and cache_mod.default_cache_size(224) == 256
+    assert [cache_mod.default_cache_size(s) for s in (28, 32, 64, 96, 128, 224)] == [28, 32, 64, 96, 146, 256]
 
 
 def test_old_format_cache_is_rebuilt_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,9 +26,9 @@ parameter tensors of shape [B] and matches its torchvision counterpart for fixed
 
 Differences from torchvision's ``RandomResizedCrop`` (deliberate):
 - crop boxes are continuous (fractions of the source sides), not rounded to whole pixels;
-- no antialiasing when a crop is shrunk (as torchvision's tensor path with ``antialias=False``). Below 64 px
-  the default cache size equals the view size, so crops are only ever enlarged and nothing aliases; from
-  64 px the default stores the shorter side at 8/7 of the view size (torchvision's 256 for 224), so crops
+- no antialiasing when a crop is shrunk (as torchvision's tensor path with ``antialias=False``). Up to 96 px
+  the default cache size equals the view size, so crops are only ever enlarged and nothing aliases; above
+  96 px the default stores the shorter side at 8/7 of the view size (torchvision's 256 for 224), so crops
   larger than (7/8)^2 = 77% of the shorter side's square are shrunk by at most 8/7, a mild aliasing that a
   much larger cache would make worse. ``eval_transform`` (one deterministic resize) does antialias.
 - pixels at the crop border are interpolated with their true neighbours outside the crop (torchvision

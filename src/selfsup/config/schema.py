@@ -23,7 +23,7 @@ class DataConfig:
     path: str = ""  # image folder, class-folder tree, or builtin:NAME (see `selfsup datasets`)
     val: str | None = None  # labelled folder (or builtin:NAME:test) for the online kNN monitor
     image_size: int = 32  # side of the square views fed to the encoder
-    cache_size: int | None = None  # stored shorter side (native aspect); None = image_size below 64 px, else
+    cache_size: int | None = None  # stored shorter side (native aspect); None = image_size up to 96 px, else
     # round(image_size * 8 / 7) (torchvision's 256 for 224); >= image_size. Disk: h * w * 3 bytes per image
     eval_crop_fraction: float = 1.0  # eval view: shorter side -> image_size / this, centre crop (0.875: ImageNet's)
     cache_dir: str | None = None  # None = $SELFSUP_CACHE or ~/.cache/selfsup
