@@ -139,12 +139,19 @@ def test_stale_temporaries_of_dead_builds_are_removed(tmp_path: Path) -> None:
     cdir.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = cdir / f".0123456789abcdef.{dead.pid}.xyz.u8.tmp"
+    host = cache_mod.owner_tag().rsplit("-", 1)[0]
+    stale = cdir / f".0123456789abcdef.{host}-{dead.pid}.xyz.u8.tmp"  # this host, process gone
     stale.write_bytes(b"half")
-    live = cdir / f".0123456789abcdef.{os.getppid()}.xyz.u8.tmp"  # a live process: left alone
+    live = cdir / f".0123456789abcdef.{host}-{os.getppid()}.xyz.u8.tmp"  # a live process: left alone
     live.write_bytes(b"busy")
+    foreign = cdir / ".0123456789abcdef.otherhost-1.xyz.u8.tmp"  # another host: judged by age only
+    foreign.write_bytes(b"remote")
+    old_foreign = cdir / ".0123456789abcdef.otherhost-2.xyz.u8.tmp"
+    old_foreign.write_bytes(b"remote, a day old")
+    day = time.time() - 2 * 24 * 3600
+    os.utime(old_foreign, (day, day))
     _open(tmp_path / "img", 16, cache_dir=str(cdir))
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and foreign.exists() and not old_foreign.exists()
 
 
 # ------------------------------------------------------------------------------------ crop geometry

@@ -17,7 +17,7 @@ found for the same folder a one-line note says it is being rebuilt (:func:`old_f
 written to a temporary name in the cache folder and moved into place with ``os.replace`` (data first, then
 the JSON, which acts as the commit marker), so a crash, Ctrl-C or SIGTERM never leaves a half-written cache
 that a later run would trust; temporaries left by a process that was killed outright (SIGKILL, power loss)
-carry its pid in their name and are deleted by the next build (:func:`clean_stale_temporaries`). The data
+carry its host and pid in their name and are deleted by the next build (:func:`clean_stale_temporaries`). The data
 is opened as a read-only ``np.memmap``, so DataLoader workers and concurrent processes share the page cache
 instead of each holding a copy.
 
@@ -31,7 +31,9 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -128,24 +130,45 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_tag() -> str:
+    """``<host>-<pid>`` of this process, as it appears in its temporaries' names (dots of the host replaced)."""
+    host = "".join(c if c.isalnum() or c == "-" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+#: A temporary of another host is only judged by its age (its pid means nothing here).
+_FOREIGN_TMP_AGE_S = 24 * 3600
+
+
 def clean_stale_temporaries(cache_dir: Path) -> int:
-    """Delete the temporaries (``.<key>.<pid>.*.tmp``) of cache builds whose process no longer exists;
-    returns how many. A build in progress in a live process is left alone."""
+    """Delete the temporaries (``.<key>.<host>-<pid>.*.tmp``) of cache builds whose process no longer
+    exists; returns how many. Builds in progress in live processes are left alone; a temporary written on
+    another host (a shared cache folder) is deleted only when it has not changed for a day, and so is one
+    whose name carries no owner."""
     removed = 0
+    mine = owner_tag()
+    host = mine.rsplit("-", 1)[0]
     try:
         names = [e.name for e in os.scandir(cache_dir) if e.name.startswith(".") and e.name.endswith(".tmp")]
     except OSError:
         return 0
     for name in names:
         parts = name.split(".")
-        pid = int(parts[2]) if len(parts) > 3 and parts[2].isdigit() else None
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+        owner = parts[2] if len(parts) > 3 else ""
+        o_host, _, o_pid = owner.rpartition("-")
+        if owner == mine:
             continue
-        if pid == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            os.unlink(cache_dir / name)
-            removed += 1
+        if o_host == host and o_pid.isdigit():
+            stale = not _pid_alive(int(o_pid))
+        else:
+            try:
+                stale = time.time() - (cache_dir / name).stat().st_mtime > _FOREIGN_TMP_AGE_S
+            except OSError:
+                continue
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(cache_dir / name)
+                removed += 1
     return removed
 
 
@@ -175,7 +198,7 @@ class CacheWriter:
         self._committed = False
 
     def _prefix(self) -> str:
-        return f".{self.key[:16]}.{os.getpid()}."
+        return f".{self.key[:16]}.{owner_tag()}."
 
     @property
     def rows(self) -> int:
