@@ -307,6 +307,12 @@ def test_weights_to_view_on_the_native_grid() -> None:
     out = weights_to_view(maps, right, None, 2, sizes=sizes).reshape(2, 2)
     # x beyond the map: column 3 (3, 7, 11, 15); y at 1/4 and 3/4 of the map: between rows 0-1 and 2-3
     torch.testing.assert_close(out, torch.tensor([[5.0, 5.0], [13.0, 13.0]]))
+    # a same-shape non-square batch (sizes from make_views' ViewParams) maps the same way as a ragged one
+    x = torch.zeros(2, 32, 64, 3, dtype=torch.uint8)
+    _, ps = V.make_views(x, V.ViewRecipe([V.ViewSpec(size=4)]), torch.Generator().manual_seed(0))
+    assert torch.equal(ps[0].sizes, torch.tensor([[32, 64], [32, 64]]))
+    torch.testing.assert_close(weights_to_view(maps.expand(2, g, g), centre.expand(2, 4), None, g, sizes=ps[0].sizes),
+                               maps.expand(2, g, g).reshape(2, -1))
     sq = torch.tensor([[0.1, 0.2, 0.5, 0.6]])
     torch.testing.assert_close(weights_to_view(maps, sq, None, g, sizes=torch.tensor([[32, 32]])),
                                weights_to_view(maps, sq, None, g))

@@ -116,8 +116,8 @@ class ViewParams:
 
     boxes: torch.Tensor  # [B, 4] float (top, left, height, width) as fractions of each source image's sides
     flip: torch.Tensor  # [B] bool, horizontal flip applied after the crop
-    sizes: torch.Tensor | None = None  # [B, 2] int64 (height, width) of each source image; None = all the
-    # batch's full height and width (same-shape batches)
+    sizes: torch.Tensor | None = None  # [B, 2] int64 (height, width) of each source image (make_views always
+    # fills it; None in hand-made params = the whole, square source)
 
 
 @dataclass
@@ -732,7 +732,8 @@ def _augment_views(
         x = _apply(x, _index(sol, dev), bool(sol.all()), solarize)
 
     boxes, flip = boxes.to(dev), flip.to(dev)
-    sz = None if sizes is None else sizes.to(dev)
+    # each source image's (height, width), also for a same-shape batch (FAMT maps a box through it)
+    sz = (sizes if sizes is not None else torch.tensor([[height, width]], dtype=torch.int64).expand(b, 2)).to(dev)
     return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b], sizes=sz)
                for i in range(g)]
 
