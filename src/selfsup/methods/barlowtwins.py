@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.redundancy import barlow_twins_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.heads import mlp
 
 
@@ -33,7 +33,7 @@ class BarlowTwinsConfig:
     recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
     summary="drive the cross-correlation of the two views' embeddings to the identity",
 )
-class BarlowTwins(nn.Module):
+class BarlowTwins(nn.Module, Method):
     def __init__(
         self, backbone: nn.Module, cfg: BarlowTwinsConfig, *, image_size: int, grayscale: bool = False
     ):

@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.distillation import byol_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
 from selfsup.models.heads import mlp
@@ -34,7 +34,7 @@ class BYOLConfig:
     recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
     summary="online network predicts an EMA target's projection of the other view",
 )
-class BYOL(nn.Module):
+class BYOL(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

@@ -12,7 +12,7 @@ from selfsup import distributed
 from selfsup.augment.views import byol_recipe, multicrop_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.dino import dino_center_update, dino_loss, teacher_temperature
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
 
 
@@ -115,7 +115,7 @@ def freeze(module: nn.Module, frozen: bool, gate: WeightNormLinear | None = None
     recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
     summary="student matches a centered, sharpened EMA teacher across multi-crop views",
 )
-class DINO(nn.Module):
+class DINO(nn.Module, Method):
     center: torch.Tensor  # registered buffer (checkpointed)
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig, *, image_size: int, grayscale: bool = False):

@@ -36,7 +36,7 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.views import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 
 
@@ -80,7 +80,7 @@ def _decoder_defaults(image_size: int) -> tuple[int, int, int]:
     recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
     summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones",
 )
-class MAE(nn.Module):
+class MAE(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
 
     method_name = "mae"

@@ -13,7 +13,7 @@ from selfsup import distributed
 from selfsup.augment.views import simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, moco_queue_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.ema import ema_update, make_teacher
 from selfsup.models.heads import mlp
 
@@ -39,7 +39,7 @@ class MoCoV2Config:
     recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
     summary="InfoNCE against a queue of 65k keys from a momentum encoder",
 )
-class MoCoV2(nn.Module):
+class MoCoV2(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.contrastive import mocov3_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
 from selfsup.models.heads import mlp
 
@@ -39,7 +39,7 @@ class MoCoV3Config:
     recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
     summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys",
 )
-class MoCoV3(nn.Module):
+class MoCoV3(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

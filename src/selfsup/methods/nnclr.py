@@ -12,7 +12,7 @@ from selfsup import distributed
 from selfsup.augment.views import byol_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.heads import mlp
 
 
@@ -36,7 +36,7 @@ class NNCLRConfig:
     recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
     summary="the nearest neighbour from a support set replaces the positive in InfoNCE",
 )
-class NNCLR(nn.Module):
+class NNCLR(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
     queue_filled: torch.Tensor  # registered buffer (checkpointed)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.augment.views import ViewRecipe, ViewSpec
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.heads import mlp
 
 
@@ -43,7 +43,7 @@ class RotNetConfig:
     recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
     summary="classify which of 4 rotations (0/90/180/270) was applied to an image",
 )
-class RotNet(nn.Module):
+class RotNet(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: RotNetConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

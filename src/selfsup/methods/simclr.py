@@ -10,7 +10,7 @@ from torch import nn
 from selfsup.augment.views import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
@@ -44,7 +44,7 @@ class SimCLRConfig:
     recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
     summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)",
 )
-class SimCLR(nn.Module):
+class SimCLR(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

@@ -39,7 +39,7 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.views import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 
 
@@ -70,7 +70,7 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
     summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)",
 )
-class SimMIM(nn.Module):
+class SimMIM(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
 
     method_name = "simmim"

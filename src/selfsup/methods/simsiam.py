@@ -10,7 +10,7 @@ from torch import nn
 
 from selfsup.augment.views import simclr_recipe
 from selfsup.losses.distillation import negative_cosine_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.heads import mlp
 
 
@@ -33,7 +33,7 @@ class SimSiamConfig:
     recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
     summary="negative cosine between a predictor and a stop-gradient projection of the other view",
 )
-class SimSiam(nn.Module):
+class SimSiam(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

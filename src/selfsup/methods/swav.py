@@ -13,7 +13,7 @@ from selfsup.augment.views import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.clustering import sinkhorn, swav_loss
 from selfsup.losses.contrastive import enqueue
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.heads import mlp
 
 
@@ -57,7 +57,7 @@ def freeze(module: nn.Module, frozen: bool) -> bool:
     recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
     summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)",
 )
-class SwAV(nn.Module):
+class SwAV(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
     queue_filled: torch.Tensor  # registered buffer (checkpointed)

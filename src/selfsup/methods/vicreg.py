@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.redundancy import vicreg_terms
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.heads import mlp
 
 
@@ -36,7 +36,7 @@ class VICRegConfig:
     recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
     summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs",
 )
-class VICReg(nn.Module):
+class VICReg(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         self.cfg = cfg

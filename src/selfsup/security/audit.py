@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from selfsup.config import PretrainConfig
+from selfsup.config.build import build_config
 from selfsup.errors import ConfigError, DataError
 from selfsup.eval.knn import _as_tensor
 from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
@@ -66,26 +68,16 @@ def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
                         min_classes=2 if labelled else 0, progress=cfg.progress)
 
 
-def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
-    """The victim's PretrainConfig: the preset (if any), then the audit's own fields."""
-    from selfsup.config import PretrainConfig, apply_overrides
-
-    pc = PretrainConfig(out=str(out))
-    if cfg.preset:
-        from selfsup.config.presets import load_preset
-
-        apply_overrides(pc, load_preset(cfg.preset, cfg.method), f"preset {cfg.preset}")
-    pc.data.path, pc.data.image_size, pc.data.cache_dir = data, cfg.image_size, cfg.cache_dir
-    pc.backbone.name, pc.backbone.width = cfg.backbone, cfg.width
-    if pc.method.get("name") != cfg.method:
-        pc.method = {"name": cfg.method}
-    if cfg.lr is not None:
-        pc.optim.lr = cfg.lr
-    t = pc.train
-    t.epochs, t.batch_size, t.max_steps, t.seed = cfg.epochs, cfg.batch_size, cfg.max_steps, cfg.seed
-    t.device, t.threads, t.progress, t.knn_every, t.log_every = cfg.device, cfg.threads, cfg.progress, 0, 50
-    t.time_budget = cfg.time_budget
-    return pc
+def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> PretrainConfig:
+    """The victim's PretrainConfig: the preset (if any), then the audit's own fields, through the one builder."""
+    return build_config(
+        preset=cfg.preset, method=cfg.method, out=str(out), data=data, image_size=cfg.image_size,
+        backbone=cfg.backbone, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+        device=cfg.device, progress=cfg.progress, knn_every=0,
+        set={"data": {"cache_dir": cfg.cache_dir}, "backbone": {"width": cfg.width},
+             "train": {"max_steps": cfg.max_steps, "threads": cfg.threads, "log_every": 50,
+                       "time_budget": cfg.time_budget}},
+    )
 
 
 def run_pretrain(cfg: AuditConfig, data: str, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
