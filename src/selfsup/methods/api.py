@@ -124,10 +124,10 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 def register(
     name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = ""
-) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class/function decorator adding a method to the registry."""
 
-    def deco(build: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+    def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
         _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary)
@@ -141,12 +141,13 @@ def registry() -> dict[str, MethodSpec]:
 
 
 def forward_by_size(
-    backbone: torch.nn.Module, head: torch.nn.Module, views: list[torch.Tensor]
+    backbone: nn.Module, head: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``head(backbone(v))`` for every view, in order, where consecutive views of equal size share ONE
     backbone pass (multi-crop: global views together, local views together; the reference SwAV/DINO
     MultiCropWrapper does the same, so BN statistics are per resolution). Also returns the backbone
-    features of the first view, detached (the loop's online kNN / collapse logs)."""
+    features of the first view, detached (the loop's online kNN / collapse logs). Two-view methods pass
+    ``batch.views[:2]``: both views in one pass, so BN statistics are over 2B."""
     outs: list[torch.Tensor] = []
     first: torch.Tensor | None = None
     i = 0
