@@ -30,7 +30,7 @@ from PIL import Image
 from selfsup.config import PretrainConfig
 from selfsup.config.build import build_config
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor
+from selfsup.eval.features import as_tensor
 from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
 from selfsup.security.poison import PoisonSpec, build_poisoned_folder, resolve_target
 
@@ -116,7 +116,7 @@ def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, s
 
 def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray, tid: int) -> dict[str, float]:
     ftr = _features(enc, train.images, cfg)
-    labels = _as_tensor(train.labels, "labels")  # copies the read-only cached labels
+    labels = as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
     ca = clean_accuracy(head.predict(_features(enc, test.images, cfg)), test.labels)
     keep = test.labels != tid
@@ -246,7 +246,7 @@ def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, cluster
 
     def score(enc: torch.nn.Module) -> dict[str, float]:
         ftr, fte = _features(enc, train.images, cfg), _features(enc, test.images, cfg)
-        ytr, yte = _as_tensor(train.labels, "train labels"), _as_tensor(test.labels, "test labels")
+        ytr, yte = as_tensor(train.labels, "train labels"), as_tensor(test.labels, "test labels")
         nc = max(train.num_classes, test.num_classes)
         knn = knn_accuracy(ftr, ytr, fte, yte, k=min(knn_k, len(ftr)), temperature=0.1, num_classes=nc)["top1"]
         lin = clean_accuracy(fit_linear_head(ftr, ytr, nc).predict(fte), yte)
