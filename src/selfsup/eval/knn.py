@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from selfsup.errors import ConfigError, DataError
 from selfsup.eval.features import as_tensor
 
-# Brute force in torch below this many train x test pairs; faiss (if importable) above, on CPU only.
-# Measured on 2 (busy) cores, 50,000 x 10,000 x 512: torch 13.7 s, faiss 15.2 s; both are bound by the
-# same sgemm, so faiss is only preferred for very large galleries, where its blocked search keeps memory flat.
+# Brute force in torch below this many train x test pairs; faiss (if importable) above, on CPU only. Both are
+# bound by the same sgemm (benchmarks/RESULTS.md, "kNN evaluation"), so faiss is only preferred for very large
+# galleries, where its blocked search keeps memory flat.
 FAISS_AUTO_PAIRS = 2_000_000_000
 # The torch path holds one [chunk, N] similarity block; cap it at this many elements (1 GiB of float32).
 MAX_BLOCK_ELEMENTS = 1 << 28
