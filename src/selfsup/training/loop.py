@@ -18,7 +18,6 @@ import time
 import torch
 
 from selfsup import distributed
-from selfsup.augment import kernel as view_kernel
 from selfsup.augment import views as view_ops
 from selfsup.config import PretrainConfig
 from selfsup.methods import Batch, Method, Progress
@@ -31,8 +30,7 @@ from selfsup.training.setup import get_method_spec, resolve_config, setup_run
 from selfsup.training.signals import Interrupted, PeerLost, StopFlag
 from selfsup.training.step import train_step
 
-# the loop's parts, importable from here as before
-_refit_budget = refit_budget
+_refit_budget = refit_budget  # the budget refit under the name tests/test_train.py imports
 __all__ = ["EpochSampler", "Interrupted", "MetricsLog", "PeerLost", "embedding_stats", "get_method_spec", "pretrain",
            "resolve_config", "step_seed"]
 
@@ -47,13 +45,16 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Summary:
     open_run_folder(run)
     metrics = MetricsLog(run.out / "metrics.jsonl" if main else None, truncate_after_step=run.step if resume else None)
     if run.kernel_views:
-        view_kernel.warm_up()  # compiles once per install (it says so): here, not inside the first timed step
+        from selfsup.augment import kernel  # imports numba: only runs that use the fused kernel pay for it
+
+        kernel.warm_up()  # compiles once per install (it says so): here, not inside the first timed step
     monitor = Monitor(cfg, data, method.backbone, metrics, main=main, world_size=run.dinfo.world_size,
                       name=run.spec.name, start=run.step, end=s.end_step)
 
     # resolution schedule: the first low_res_fraction of the steps take smaller views (same crops, fewer pixels)
     recipe = method.view_recipe
-    low_recipe = view_ops.rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size else recipe
+    low_recipe = (view_ops.rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size
+                  else recipe)
     phases = budget_phases(cfg.data)  # the same phases the TimeBudget fits to
     step_cost = phases[0][1]  # 1.0 without a schedule
     view_dtype = run.amp_dtype if run.amp_dtype is not None else torch.float32
