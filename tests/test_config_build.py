@@ -91,6 +91,7 @@ def test_unknown_keyword_is_a_config_error():
 @pytest.mark.integration
 @pytest.mark.parametrize("method", ["simclr", "famt-mae"])
 def test_pretrain_leaves_the_config_it_was_given_unchanged(tmp_path, method):
+    from selfsup.api import pretrain as api_pretrain
     from selfsup.training.loop import pretrain
 
     data = make_class_folder(tmp_path / "data", classes=2, per_class=4)
@@ -99,6 +100,8 @@ def test_pretrain_leaves_the_config_it_was_given_unchanged(tmp_path, method):
         cfg.backbone.name, cfg.backbone.patch_size = "vit-tiny", 4
     before = copy.deepcopy(cfg)
     pretrain(cfg)
+    assert cfg == before
+    api_pretrain(config=cfg, out=str(tmp_path / "api"))  # the API takes a PretrainConfig as it is, too
     assert cfg == before
     saved = (tmp_path / "run" / "config.yaml").read_text()
     assert "lr: " in saved and "lr: null" not in saved  # the run itself saved the resolved copy
