@@ -130,3 +130,11 @@ def test_the_training_loop_reads_in_one_screenful_and_the_benchmark_uses_its_ste
     assert loop.end_lineno is not None and loop.end_lineno - loop.lineno + 1 <= MAX_LOOP_LINES
     bench = (SRC.parent / "benchmarks" / "bench_step.py").read_text()
     assert "from selfsup.training.step import train_step" in bench and "train_step(" in bench
+
+
+def test_every_registered_method_names_the_method_protocol():
+    """The loop calls hooks without probing for them: every method inherits the protocol's defaults."""
+    from selfsup.methods import Method, registry
+
+    missing = [name for name, spec in registry().items() if Method not in getattr(spec.build, "__mro__", ())]
+    assert not missing, f"methods that do not name selfsup.methods.Method as a base: {missing}"
