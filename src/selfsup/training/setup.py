@@ -227,5 +227,7 @@ def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = No
     if cfg.train.compile:
         check_compile_toolchain(device)
         model = torch.compile(model)  # type: ignore[assignment]
-    return Run(cfg, spec, device, dinfo, amp_dtype, precision_note, threads, out, ckpt_path, data, schedule, budget,
-               module, method, model, optimizer, step, payload, kernel_views)
+    return Run(cfg=cfg, spec=spec, device=device, dinfo=dinfo, amp_dtype=amp_dtype, precision_note=precision_note,
+               threads=threads, out=out, ckpt_path=ckpt_path, data=data, schedule=schedule, budget=budget,
+               module=module, method=method, model=model, optimizer=optimizer, step=step, resumed=payload,
+               kernel_views=kernel_views)
