@@ -1,8 +1,9 @@
 """SimCLR training throughput on ResNet-18 (CIFAR stem, 32 px): selfsup's whole step vs lightly's recipe vs the roofline.
 
-selfsup: an exact replica of one iteration of ``selfsup.training.loop.pretrain`` with the ``cpu-32px`` preset
-(sampler indices -> sorted uint8 memmap gather -> ``make_views`` -> autocast forward -> loss ->
-zero_grad/backward -> optimizer step), data from the CIFAR-10 uint8 cache. ``--real-loop`` also runs the
+selfsup: one iteration of ``selfsup.training.loop.pretrain`` with the ``cpu-32px`` preset, through the same
+functions (sampler indices -> sorted uint8 memmap gather -> ``make_views`` -> ``selfsup.training.step.train_step``:
+autocast forward -> loss -> zero_grad/backward -> optimizer step -> after-step hook), data from the CIFAR-10
+uint8 cache. ``--real-loop`` also runs the
 real ``selfsup.pretrain`` for a few steps and reports its logged images/s.
 lightly: its documented CIFAR-10 recipe (benchmarks/common.py): LightlyDataset over the JPEG folder +
 SimCLRTransform(32, cj 0.5, no blur) + DataLoader(2 workers, batch 128), ResNetGenerator('resnet-18'),
@@ -39,12 +40,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from selfsup.augment.views import make_views  # noqa: E402
-from selfsup.config import PretrainConfig, apply_overrides  # noqa: E402
+from selfsup.config import build_config  # noqa: E402
 from selfsup.config.presets import load_preset  # noqa: E402
 from selfsup.methods import Batch, Progress  # noqa: E402
-from selfsup.runtime import autocast, cpu_supports_bf16, resolve_precision  # noqa: E402
-from selfsup.training.loop import EpochSampler, resolve_config, step_seed  # noqa: E402
+from selfsup.runtime import cpu_supports_bf16, resolve_precision  # noqa: E402
+from selfsup.training.batches import EpochSampler, step_seed  # noqa: E402
 from selfsup.training.optim import build_optimizer, lr_at, param_groups, set_lr  # noqa: E402
+from selfsup.training.setup import build_method, resolve_config  # noqa: E402
+from selfsup.training.step import train_step  # noqa: E402
 
 
 def step_layer() -> dict[str, Any]:
@@ -57,21 +60,17 @@ class OurStep:
     """One iteration of selfsup.training.loop.pretrain's loop (same calls, same order), minus logging/checkpoints."""
 
     def __init__(self, images: np.ndarray, batch: int, precision: str, compile: bool = False) -> None:
-        from selfsup.models.backbones import build_backbone
-
-        cfg = PretrainConfig()
-        apply_overrides(cfg, step_layer(), "preset cpu-32px on ResNet-18")
-        cfg.train.batch_size, cfg.train.precision, cfg.train.compile = batch, precision, compile
-        cfg, spec, mcfg = resolve_config(cfg)
+        cfg = build_config(config=step_layer(), batch_size=batch, precision=precision, compile=compile,
+                           device="cpu", seed=0)
+        cfg, spec, _ = resolve_config(cfg)
         self.cfg, self.images = cfg, images
         self.device = torch.device("cpu")
         self.amp, _ = resolve_precision(precision, self.device)
-        torch.manual_seed(0)
-        self.method = spec.build(build_backbone(cfg.backbone, 32), mcfg, image_size=32)
+        self.method, self.hooks = build_method(cfg, spec, self.amp, self.device)
         if cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.opt = build_optimizer(cfg.optim, param_groups(self.method, cfg.optim.weight_decay or 0.0,
-                                                           cfg.optim.exclude_norm_bias))
+                                                           cfg.optim.exclude_norm_bias, self.hooks.param_groups()))
         self.model: Any = torch.compile(self.method) if compile else self.method
         self.sampler = EpochSampler(len(images), batch, 0)
         self.spe = self.sampler.steps_per_epoch
@@ -84,7 +83,7 @@ class OurStep:
         images = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
         gen = torch.Generator().manual_seed(step_seed(0, self.step, 0))
         dtype = self.amp if self.amp is not None else torch.float32
-        views, params = make_views(images, self.method.view_recipe, gen, channels_last=self.cfg.train.channels_last,
+        views, params = make_views(images, self.hooks.view_recipe, gen, channels_last=self.cfg.train.channels_last,
                                    dtype=dtype, colour=self.cfg.data.colour)
         return views, params, idx
 
@@ -92,13 +91,10 @@ class OurStep:
         epoch = self.step // self.spe
         prog = Progress(step=self.step, total_steps=100 * self.spe, epoch=epoch, steps_per_epoch=self.spe)
         set_lr(self.opt, lr_at(self.step, 100 * self.spe, self.spe, self.cfg.optim.lr or 0.0), self.cfg.optim.lr or 0.0)
-        with autocast(self.device, self.amp):
-            out = self.model(Batch(views=views, index=idx, params=params), prog)
-        self.opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        self.opt.step()
+        res = train_step(self.model, self.hooks, self.opt, Batch(views=views, index=idx, params=params), prog,
+                         device=self.device, amp_dtype=self.amp, clip_grad=self.cfg.optim.clip_grad)
         self.step += 1
-        return float(out.loss.detach())
+        return float(res.out.loss.detach())
 
     def __call__(self) -> None:
         self.train_on(*self.views())

@@ -12,57 +12,53 @@ from __future__ import annotations
 from typing import Any
 
 from selfsup.checkpoint import load_encoder
-from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup.config import PretrainConfig
+from selfsup.config.build import ConfigSource, SetSource, build_config
 from selfsup.embed import embed_folder as embed
 from selfsup.eval.api import evaluate
+from selfsup.training import loop
 
 
 def pretrain(
     data: str | None = None,
     *,
+    val: str | None = None,
     method: str | None = None,
     backbone: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
-    out: str | None = None,
-    val: str | None = None,
     max_steps: int | None = None,
-    config: str | dict[str, Any] | PretrainConfig | None = None,
-    set: list[str] | None = None,
+    image_size: int | None = None,
+    lr: float | None = None,
+    optimizer: str | None = None,
+    precision: str | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    knn_every: int | None = None,
+    time_budget: float | None = None,
+    compile: bool | None = None,  # noqa: A002 (the CLI's --compile)
+    strict: bool | None = None,
+    progress: bool | None = None,
+    preset: str | None = None,
+    config: ConfigSource | None = None,
+    set: SetSource | None = None,  # noqa: A002 (the CLI's --set)
+    out: str | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Same as ``selfsup pretrain``: returns the run summary (also in ``OUT/summary.json``).
+    """Same as ``selfsup pretrain``, keyword for flag (``--batch-size`` -> ``batch_size=``, ``--no-progress`` ->
+    ``progress=False``); returns the run summary (also in ``OUT/summary.json``).
 
-    ``config`` is a YAML path, a dict of PretrainConfig fields, or a PretrainConfig; the keyword arguments
-    and ``set`` (``["optim.lr=0.1", ...]``) override it, like CLI flags override ``--config``.
+    ``config`` is a YAML path, a dict of PretrainConfig fields, or a PretrainConfig (never modified);
+    ``preset``, ``config``, the keywords and ``set`` (``["optim.lr=0.1", ...]``) are layered exactly as the
+    CLI layers ``--preset``, ``--config``, its flags and ``--set`` (``selfsup.config.build``).
     """
-    from selfsup.training.loop import pretrain as _pretrain
-
-    if isinstance(config, PretrainConfig):
-        cfg = config
-    else:
-        cfg = PretrainConfig()
-        if isinstance(config, str):
-            from selfsup.config.presets import config_file_layer
-
-            apply_overrides(cfg, config_file_layer(load_yaml(config), method), config)
-        elif isinstance(config, dict):
-            apply_overrides(cfg, config, "config")
-    flags: dict[str, dict[str, Any]] = {
-        "data": {"path": data, "val": val},
-        "backbone": {"name": backbone},
-        "train": {"epochs": epochs, "batch_size": batch_size, "max_steps": max_steps},
-    }
-    for section, values in flags.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            apply_overrides(cfg, {section: values}, "arguments")
-    if method is not None and cfg.method.get("name") != method:
-        cfg.method = {"name": method}
-    if out is not None:
-        cfg.out = out
-    apply_overrides(cfg, parse_set(set), "set")
-    return _pretrain(cfg, resume=resume)
+    cfg = build_config(
+        preset=preset, config=config, method=method, out=out, set=set, resume=resume,
+        data=data, val=val, backbone=backbone, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
+        image_size=image_size, lr=lr, optimizer=optimizer, precision=precision, device=device, seed=seed,
+        knn_every=knn_every, time_budget=time_budget, compile=compile, strict=strict, progress=progress,
+    )
+    return loop.pretrain(cfg, resume=resume)
 
 
 __all__ = ["pretrain", "evaluate", "embed", "load_encoder", "PretrainConfig"]

@@ -25,7 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from selfsup.config import BackboneConfig, from_dict
 from selfsup.errors import CheckpointError
+from selfsup.models.backbones import build_backbone
+from selfsup.models.external import is_external, load_external
+from selfsup.models.state import load_state_strict
 
 FORMAT = "selfsup-checkpoint"
 VERSION = 1
@@ -92,28 +96,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the file and the mismatch."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shape:
-        detail = []
-        if shape:
-            k = shape[0]
-            detail.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
-        if missing:
-            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise CheckpointError(
-            f"{source}: weights do not fit this {what} ({'; '.join(detail)}); the checkpoint was made with a "
-            "different backbone/method configuration — use the matching --backbone or another checkpoint"
-        )
-    module.load_state_dict(state, strict=True)
-
-
 def backbone_state(method_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The encoder's weights inside a method state dict (keys under ``backbone.``)."""
     prefix = "backbone."
@@ -140,10 +122,6 @@ def load_encoder(path: str | Path, expect_backbone: str | None = None) -> tuple[
     Returns ``(encoder in eval mode, info)`` where info holds ``backbone`` (a BackboneConfig dict),
     ``image_size`` and ``source``. Raises :class:`CheckpointError` with a one-line message otherwise.
     """
-    from selfsup.config import BackboneConfig, from_dict
-    from selfsup.models.backbones import build_backbone
-    from selfsup.models.external import is_external, load_external
-
     if is_external(str(path)) and not Path(path).exists():  # torchvision:NAME:WEIGHTS / timm:NAME:WEIGHTS
         net, ext_info = load_external(str(path))
         if expect_backbone and ext_info["backbone"]["name"] != expect_backbone:

@@ -159,3 +159,12 @@ def tune_allocator() -> bool:
         return bool(ok)
     except OSError:  # not glibc (musl, macOS): nothing to tune
         return False
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (or buffer); CPU for a module with neither."""
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")

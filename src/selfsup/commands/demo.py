@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+from selfsup import runtime
+from selfsup.commands.eval import format_table
+from selfsup.config.build import build_config
+from selfsup.eval.suite import evaluate_suite
+from selfsup.report import write_report
+from selfsup.training import loop
 
 EXAMPLE = """example:
   selfsup demo --out runs/demo            # what `make demo` runs; ~6 minutes on 2 CPU cores with native bf16, ~15 without
@@ -18,20 +26,19 @@ DEMO_CONFIG: dict[str, Any] = {
     # 28 px: MNIST's native side. Colour jitter stays on: brightness/contrast change stroke intensity (the
     # saturation/hue parts are no-ops on gray pixels).
     "data": {"path": "builtin:mnist:train", "val": "builtin:mnist:test", "image_size": 28},
-    # width 16: ~1,500 images/s for a SimCLR step on 2 cores (bf16), so 5 minutes buy ~80 epochs
+    # width 16: a narrow encoder buys many epochs within a few CPU minutes (benchmarks/RESULTS.md, "Demo recipe")
     "backbone": {"name": "cnn-compact", "width": 16},
-    # Measured on MNIST with 2.5-minute budgets (kNN top-1, benchmarks/RESULTS.md "Demo recipe"):
-    # flips on, crops from 25%: 82.0; no flips (a mirrored digit is another shape) + blur: 87.1;
-    # and crops from 50% with temperature 0.5: 90.5. Small crops of a digit are stroke fragments.
+    # No flips (a mirrored digit is another shape), blur, and crops from 50% with temperature 0.5: small crops of
+    # a digit are stroke fragments. The recipe was chosen by measurement (benchmarks/RESULTS.md, "Demo recipe").
     "method": {"name": "simclr", "temperature": 0.5, "min_scale": 0.5, "hflip": False, "blur": True},
     # square-root LR scaling for small batches and short runs (SimCLR App. B.1): 0.075 * sqrt(256) = 1.2
     "optim": {"name": "lars", "lr": 1.2, "weight_decay": 1e-6, "warmup_epochs": 2},
     # --time-budget fits the LR schedule to what this machine can do in the time (epochs is provisional)
     "train": {"epochs": 15, "batch_size": 256, "knn_every": 0, "seed": 0, "time_budget": 5.0},
 }
-# Without native bf16 (most laptops: AVX2 only) the CPU trains in fp32 and a step costs ~3.8x as much: 5 minutes
-# held 456 steps (29 epochs) and kNN 89.1% < raw pixels 91.5%. 14 minutes give about the bf16 budget's steps:
-# 1,306 steps (84 epochs), kNN 92.4%, linear 97.5% (benchmarks/RESULTS.md, demo).
+# Without native bf16 (most laptops: AVX2 only) the CPU trains in fp32 and a step costs several times as much, so
+# the bf16 budget's minutes would not beat the raw pixels; this longer budget buys about as many steps
+# (benchmarks/RESULTS.md, "Demo recipe").
 FP32_MINUTES = 14.0
 
 
@@ -45,32 +52,21 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
-    from selfsup.commands.eval import format_table
-    from selfsup.config import PretrainConfig, apply_overrides
-    from selfsup.eval.suite import evaluate_suite
-    from selfsup.report import write_report
-    from selfsup.runtime import resolve_device, resolve_precision
-    from selfsup.training.loop import pretrain
-
     out = Path(args.out)
     if out.exists() and (args.fresh or not (out / "summary.json").exists()):
         shutil.rmtree(out)  # the demo's own folder: restart an unfinished demo from scratch
-    cfg = apply_overrides(PretrainConfig(), DEMO_CONFIG, "demo")
-    cfg.out = str(out)
-    if args.minutes:
-        cfg.train.time_budget = args.minutes
-    else:
-        device = resolve_device(cfg.train.device)
-        dtype, note = resolve_precision(cfg.train.precision, device)
+    minutes = args.minutes
+    if not minutes:
+        device = runtime.resolve_device(DEMO_CONFIG["train"].get("device", "auto"))
+        dtype, note = runtime.resolve_precision(DEMO_CONFIG["train"].get("precision", "auto"), device)
         if device.type == "cpu" and dtype is None:
-            cfg.train.time_budget = FP32_MINUTES
+            minutes = FP32_MINUTES
             print(f"demo: precision {note}, so the demo trains for {FP32_MINUTES:g} minutes instead of "
                   f"{DEMO_CONFIG['train']['time_budget']:g} to take about as many steps (--minutes sets it)")
+    cfg = build_config(config=DEMO_CONFIG, out=str(out), time_budget=minutes)
     t0 = time.perf_counter()
     if not (out / "summary.json").exists():
-        pretrain(cfg)
+        loop.pretrain(cfg)
     else:
         print(f"{out} already holds a finished demo run; evaluating it (use --fresh to retrain)")
     t_pre = time.perf_counter() - t0

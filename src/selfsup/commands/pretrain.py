@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup import distributed
+from selfsup.config import PretrainConfig
+from selfsup.config.build import FLAG_FIELDS, build_config
+from selfsup.errors import ConfigError
+from selfsup.training import loop
 
 EXAMPLE = """example:
   selfsup pretrain --data ~/photos --method simclr --backbone resnet18 --epochs 100 --batch-size 256 --out runs/photos
@@ -49,56 +53,20 @@ def add_parser(sub: Any, formatter: type) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    cfg = PretrainConfig()
-    if args.resume and args.out and not args.config:
-        # resuming: start from the run's own saved config so nothing needs repeating
-        from pathlib import Path
-
-        saved = Path(args.out) / "config.yaml"
-        if saved.is_file():
-            apply_overrides(cfg, load_yaml(saved), str(saved))
-    if getattr(args, "preset", None):
-        from selfsup.config.presets import load_preset
-
-        apply_overrides(cfg, load_preset(args.preset, args.method), f"preset {args.preset}")
-    if args.config:
-        from selfsup.config.presets import config_file_layer
-
-        apply_overrides(cfg, config_file_layer(load_yaml(args.config), args.method), args.config)
-    flags: dict[str, dict[str, Any]] = {
-        "data": {"path": args.data, "val": args.val, "image_size": args.image_size, "strict": args.strict},
-        "backbone": {"name": args.backbone},
-        "method": {"name": args.method},
-        "optim": {"lr": args.lr, "name": args.optimizer},
-        "train": {"epochs": args.epochs, "batch_size": args.batch_size, "max_steps": args.max_steps,
-                  "precision": args.precision, "device": args.device, "seed": args.seed,
-                  "knn_every": args.knn_every, "time_budget": args.time_budget, "compile": args.compile,
-                  "progress": False if args.no_progress else None},
-    }
-    if args.method and cfg.method.get("name") not in (None, args.method):
-        cfg.method = {"name": args.method}  # another method: drop the previous method's parameters
-    for section, values in flags.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            apply_overrides(cfg, {section: values}, "flags")
-    if args.out:
-        cfg.out = args.out
-    apply_overrides(cfg, parse_set(args.set), "--set")
-    return cfg
+    """The run's configuration from the parsed flags, through the one builder the API also uses."""
+    flags = {name: getattr(args, name, None) for name in FLAG_FIELDS if name != "progress"}
+    return build_config(preset=getattr(args, "preset", None), config=args.config, method=args.method,
+                        out=args.out, set=args.set, resume=args.resume,
+                        progress=False if args.no_progress else None, **flags)
 
 
 def run(args: argparse.Namespace) -> int:
-    from selfsup.errors import ConfigError
-    from selfsup.training.loop import pretrain
-
     cfg = config_from_args(args)
     if not cfg.data.path:
         raise ConfigError("no training data: pass --data PATH (a folder of images or builtin:NAME)")
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
-    summary = pretrain(cfg, resume=args.resume)
-    from selfsup import distributed
-
+    summary = loop.pretrain(cfg, resume=args.resume)
     if not distributed.env_info().is_main:
         return 0
     print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s; checkpoint {summary['checkpoint']}")

@@ -53,7 +53,7 @@ def search(index: str, query: str, *, k: int = 10, checkpoint: str | None = None
     from selfsup.embed import read_embeddings
     from selfsup.errors import ConfigError, DataError
     from selfsup.eval.features import extract_features
-    from selfsup.eval.knn import FAISS_AUTO_PAIRS, _neighbours_faiss, _neighbours_torch, faiss_available
+    from selfsup.eval.knn import FAISS_AUTO_PAIRS, faiss_available, neighbours_faiss, neighbours_torch
 
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
@@ -86,9 +86,9 @@ def search(index: str, query: str, *, k: int = 10, checkpoint: str | None = None
     fq = torch.nn.functional.normalize(fq, dim=1)
     kk = min(int(k), gallery.shape[0])
     if gallery.shape[0] * fq.shape[0] > FAISS_AUTO_PAIRS and faiss_available():
-        sims, idx = _neighbours_faiss(gallery, fq, kk)
+        sims, idx = neighbours_faiss(gallery, fq, kk)
     else:
-        sims, idx = _neighbours_torch(gallery, fq, kk, 1024)
+        sims, idx = neighbours_torch(gallery, fq, kk, 1024)
     labels = emb.get("labels")
     classes = emb.get("classes") or []
     out = []

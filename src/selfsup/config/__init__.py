@@ -1,5 +1,6 @@
 """Configuration: typed dataclasses (schema), presets, and the one place a run's configuration is built."""
 
+from selfsup.config.build import build_config
 from selfsup.config.schema import (
     BackboneConfig,
     DataConfig,
@@ -17,5 +18,5 @@ from selfsup.config.schema import (
 
 __all__ = [
     "DataConfig", "BackboneConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "apply_overrides",
-    "parse_set", "load_yaml", "dump_yaml", "to_dict", "from_dict", "asdict",
+    "parse_set", "load_yaml", "dump_yaml", "to_dict", "from_dict", "asdict", "build_config",
 ]

@@ -1,9 +1,9 @@
 """Typed, visible configuration.
 
 One dataclass per concern. Every field has its default written next to it, with the paper it comes
-from where that applies. A run's configuration is built in three layers, each overriding the last:
-dataclass defaults -> the method's recipe (see ``methods/``) -> a YAML file (``--config``) -> CLI flags.
-The resolved result is printed at the start of every run and saved as ``RUN/config.yaml``.
+from where that applies. A run's configuration is built from layers by ``selfsup.config.build.build_config``
+(defaults -> method recipe -> preset -> file -> flags -> ``--set``); the resolved result is printed at the
+start of every run and saved as ``RUN/config.yaml``.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.features import _module_device, cached_features, extract_features, raw_pixels
+from selfsup.eval.features import cached_features, extract_features, raw_pixels
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe
+from selfsup.runtime import module_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from selfsup.data import ImageDataset
@@ -156,7 +157,7 @@ def evaluate_with_baselines(
             rnd = random_encoder_like(encoder_factory, seed=random_seed)
         else:
             rnd = reinitialized_copy(encoder, seed=random_seed)
-        rnd = rnd.to(_module_device(encoder))
+        rnd = rnd.to(module_device(encoder))
         rtr, rte = encode(rnd, train, "random-init train"), encode(rnd, test, "random-init test")
         results["random"] = _run(protocol, rtr, ytr, rte, yte, num_classes, protocol_kwargs)
     return results

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor, faiss_available
+from selfsup.eval.features import as_tensor
+from selfsup.eval.knn import faiss_available
 
 FAISS_MIN_POINTS = 20_000
 BACKENDS = ("auto", "sklearn", "faiss")
@@ -79,8 +80,8 @@ def clustering_metrics(
     plus the settings used (``n_clusters`` defaults to the number of distinct labels)."""
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-    x = _as_tensor(features, "features").float()
-    y = _as_tensor(labels, "labels").long().cpu().numpy()
+    x = as_tensor(features, "features").float()
+    y = as_tensor(labels, "labels").long().cpu().numpy()
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise DataError(f"clustering: features must be [N, F] with one label per row; got {tuple(x.shape)}, {y.shape}")
     k = int(n_clusters) if n_clusters is not None else int(np.unique(y).size)

@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import DataError
-from selfsup.eval.knn import _as_tensor
+from selfsup.eval.features import as_tensor
 
 RANKME_EPS = 1e-7
 
 
 def rankme(features: Any, eps: float = RANKME_EPS) -> float:
     """Effective rank of ``features`` [N, D] (Garrido et al. 2023, Eq. 1)."""
-    z = _as_tensor(features, "features").double()
+    z = as_tensor(features, "features").double()
     if z.ndim != 2 or z.shape[0] < 1:
         raise DataError(f"RankMe needs a non-empty [N, D] matrix, got {tuple(z.shape)}")
     s = torch.linalg.svdvals(z)
@@ -42,8 +42,8 @@ def rankme(features: Any, eps: float = RANKME_EPS) -> float:
 
 def alignment(x: Any, y: Any, alpha: float = 2.0) -> float:
     """``mean_i ||x_i - y_i||^alpha`` of L2-normalised positive pairs (Wang & Isola 2020, Eq. 2)."""
-    a = F.normalize(_as_tensor(x, "x").double(), dim=1)
-    b = F.normalize(_as_tensor(y, "y").double(), dim=1)
+    a = F.normalize(as_tensor(x, "x").double(), dim=1)
+    b = F.normalize(as_tensor(y, "y").double(), dim=1)
     if a.shape != b.shape:
         raise DataError(f"alignment needs paired features of the same shape, got {tuple(a.shape)}, {tuple(b.shape)}")
     return float((a - b).norm(dim=1).pow(alpha).mean())
@@ -54,7 +54,7 @@ def uniformity(x: Any, t: float = 2.0) -> float:
 
     Uses ``||a - b||^2 = 2 - 2 a.b`` on the unit sphere and a log-sum-exp over the i<j pairs.
     """
-    z = F.normalize(_as_tensor(x, "x").double(), dim=1)
+    z = F.normalize(as_tensor(x, "x").double(), dim=1)
     n = z.shape[0]
     if n < 2:
         raise DataError("uniformity needs at least 2 features")
@@ -66,7 +66,7 @@ def uniformity(x: Any, t: float = 2.0) -> float:
 
 def feature_std(features: Any) -> float:
     """Mean per-dimension std of L2-normalised features, times sqrt(D) (1 = spread, 0 = collapsed)."""
-    z = F.normalize(_as_tensor(features, "features").float(), dim=1)
+    z = F.normalize(as_tensor(features, "features").float(), dim=1)
     return float(z.std(dim=0).mean() * math.sqrt(z.shape[1]))
 
 
@@ -77,7 +77,7 @@ def diagnostics_from_features(features: Any, view1: Any | None = None, view2: An
 
     Uniformity is O(N^2): at most ``max_points`` rows (seeded subset) are used for it and for RankMe.
     """
-    z = _as_tensor(features, "features").float()
+    z = as_tensor(features, "features").float()
     n = z.shape[0]
     idx = torch.from_numpy(np.random.default_rng(seed).permutation(n)[:max_points]) if n > max_points else None
     zs = z[idx] if idx is not None else z
@@ -106,18 +106,18 @@ def view_pair_features(
     ``image_size``), drawn from a generator seeded with ``seed``.
     """
     from selfsup.augment.views import make_views, simclr_recipe
-    from selfsup.eval.features import _module_device
+    from selfsup.runtime import module_device
 
     recipe = recipe or simclr_recipe(image_size, grayscale_input=grayscale_input)
     n = min(int(images.shape[0]), int(max_images))
-    device = _module_device(encoder)
+    device = module_device(encoder)
     gen = torch.Generator().manual_seed(int(seed))
     was = encoder.training
     encoder.eval()
     a, b = [], []
     try:
         for s in range(0, n, batch_size):
-            x = _as_tensor(images[s : min(s + batch_size, n)], "images").to(device)  # copies read-only memmap slices
+            x = as_tensor(images[s : min(s + batch_size, n)], "images").to(device)  # copies read-only memmap slices
             views, _ = make_views(x, recipe, gen)
             a.append(encoder(views[0]).float().reshape(x.shape[0], -1).cpu())
             b.append(encoder(views[1]).float().reshape(x.shape[0], -1).cpu())

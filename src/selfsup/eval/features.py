@@ -28,6 +28,11 @@ from torch import nn
 
 from selfsup.errors import ConfigError, DataError
 
+# precision: one implementation for training and evaluation, in selfsup.runtime (re-exported here;
+# resolve_precision is runtime.precision_dtype: the dtype only)
+from selfsup.runtime import PRECISIONS, autocast_context, cpu_supports_bf16, module_device  # noqa: F401
+from selfsup.runtime import precision_dtype as resolve_precision
+
 if TYPE_CHECKING:  # pragma: no cover
     from selfsup.data import ImageDataset
 
@@ -35,25 +40,18 @@ CACHE_VERSION = 1
 
 
 # --------------------------------------------------------------------------------------------------
-# precision
-# --------------------------------------------------------------------------------------------------
-
-
-# One implementation for training and evaluation lives in selfsup.runtime; re-exported here.
-from selfsup.runtime import PRECISIONS, autocast_context, cpu_supports_bf16  # noqa: E402,F401
-from selfsup.runtime import precision_dtype as resolve_precision  # noqa: E402  (dtype only; see runtime)
-
-# --------------------------------------------------------------------------------------------------
 # extraction
 # --------------------------------------------------------------------------------------------------
 
 
-def _module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters():
-        return p.device
-    for b in module.buffers():
-        return b.device
-    return torch.device("cpu")
+def as_tensor(x: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    """Features or labels given as a numpy array or a tensor -> a tensor (a read-only, e.g. cached, array is
+    copied); DataError naming ``name`` for anything else."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x if x.flags.writeable else x.copy())
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name} must be a tensor or numpy array, got {type(x).__name__}")
+    return x
 
 
 def _default_transform() -> Callable[..., torch.Tensor]:
@@ -110,7 +108,7 @@ def extract_features(
     tf = transform if transform is not None else _default_transform()
     native = transform is None and hasattr(images, "padded")  # RaggedImages: the protocol on native rows
     kw: dict[str, object] = {"crop_fraction": crop_fraction} if transform is None else {}
-    device = _module_device(encoder)
+    device = module_device(encoder)
     dtype = resolve_precision(precision, device)
     was_training = encoder.training
     encoder.eval()
@@ -269,7 +267,7 @@ def cached_features(
 
     from selfsup.checkpoint import atomic_write
 
-    resolved = resolve_precision(precision, _module_device(encoder))
+    resolved = resolve_precision(precision, module_device(encoder))
     prec_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]
     path = cache_path(cache_dir, key, dataset, image_size, prec_name, crop_fraction)
     n = int(dataset.images.shape[0])

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor
+from selfsup.eval.features import as_tensor
 
 CLASSIFIERS = ("prototype", "logistic")
 
@@ -113,8 +113,8 @@ def fewshot_eval(
     settings. ``n_way`` is lowered to the number of classes when the data has fewer (the value used is
     reported); ``n_query`` is lowered to what the smallest class allows.
     """
-    x = _as_tensor(features, "features").float()
-    y = _as_tensor(labels, "labels").long().cpu().numpy()
+    x = as_tensor(features, "features").float()
+    y = as_tensor(labels, "labels").long().cpu().numpy()
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise DataError(f"few-shot: features must be [N, F] with one label per row; got {tuple(x.shape)}, {y.shape}")
     bad = [c for c in classifiers if c not in CLASSIFIERS]

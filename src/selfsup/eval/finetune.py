@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor, topk_accuracy
+from selfsup.eval.features import as_tensor
+from selfsup.eval.knn import topk_accuracy
 
 
 def parse_fraction(value: str | float) -> float:
@@ -156,17 +157,18 @@ def finetune(
     "n_labelled", ...settings}``.
     """
     from selfsup.augment.views import ViewRecipe, ViewSpec, make_views
-    from selfsup.eval.features import _module_device, autocast_context, extract_features, resolve_precision
+    from selfsup.eval.features import autocast_context, extract_features, resolve_precision
+    from selfsup.runtime import module_device
 
     frac = parse_fraction(labels)
-    ytr = _as_tensor(train_labels, "train_labels").long().cpu().numpy()
-    yte = _as_tensor(test_labels, "test_labels").long()
+    ytr = as_tensor(train_labels, "train_labels").long().cpu().numpy()
+    yte = as_tensor(test_labels, "test_labels").long()
     if len(ytr) != int(train_images.shape[0]) or len(yte) != int(test_images.shape[0]):
         raise DataError("fine-tune: one label per image is needed in both the train and the test set")
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError(f"fine-tune needs epochs >= 1, batch_size >= 1, lr > 0; got {epochs}, {batch_size}, {lr}")
     c = int(num_classes) if num_classes is not None else int(max(ytr.max(), int(yte.max()))) + 1
-    device = _module_device(encoder)
+    device = module_device(encoder)
     enc = copy.deepcopy(encoder)
     all_blocks = encoder_blocks(enc, image_size)
     if blocks == "all" or blocks == -1:

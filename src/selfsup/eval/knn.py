@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
+from selfsup.eval.features import as_tensor
 
-# Brute force in torch below this many train x test pairs; faiss (if importable) above, on CPU only.
-# Measured on 2 (busy) cores, 50,000 x 10,000 x 512: torch 13.7 s, faiss 15.2 s; both are bound by the
-# same sgemm, so faiss is only preferred for very large galleries, where its blocked search keeps memory flat.
+# Brute force in torch below this many train x test pairs; faiss (if importable) above, on CPU only. Both are
+# bound by the same sgemm (benchmarks/RESULTS.md, "kNN evaluation"), so faiss is only preferred for very large
+# galleries, where its blocked search keeps memory flat.
 FAISS_AUTO_PAIRS = 2_000_000_000
 # The torch path holds one [chunk, N] similarity block; cap it at this many elements (1 GiB of float32).
 MAX_BLOCK_ELEMENTS = 1 << 28
@@ -47,21 +48,13 @@ def faiss_available() -> bool:
     return True
 
 
-def _as_tensor(x: Any, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x if x.flags.writeable else x.copy())
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{name} must be a tensor or numpy array, got {type(x).__name__}")
-    return x
-
-
 def _check_inputs(
     train_features: Any, train_labels: Any, test_features: Any, k: int, temperature: float,
     num_classes: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
-    tr = _as_tensor(train_features, "train_features")
-    te = _as_tensor(test_features, "test_features")
-    y = _as_tensor(train_labels, "train_labels").long()
+    tr = as_tensor(train_features, "train_features")
+    te = as_tensor(test_features, "test_features")
+    y = as_tensor(train_labels, "train_labels").long()
     if tr.ndim != 2 or te.ndim != 2:
         raise DataError(f"features must be 2-D [N, F]; got train {tuple(tr.shape)}, test {tuple(te.shape)}")
     if tr.shape[1] != te.shape[1]:
@@ -83,7 +76,7 @@ def _check_inputs(
     return tr, y, te, min(int(k), tr.shape[0]), c
 
 
-def _neighbours_torch(
+def neighbours_torch(
     train: torch.Tensor, test: torch.Tensor, k: int, chunk_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     sims, idx = [], []
@@ -97,13 +90,17 @@ def _neighbours_torch(
     return torch.cat(sims), torch.cat(idx)
 
 
-def _neighbours_faiss(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def neighbours_faiss(train: torch.Tensor, test: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     import faiss
 
     index = faiss.IndexFlatIP(int(train.shape[1]))
     index.add(np.ascontiguousarray(train.detach().cpu().numpy(), dtype=np.float32))
     d, i = index.search(np.ascontiguousarray(test.detach().cpu().numpy(), dtype=np.float32), k)
     return torch.from_numpy(d).to(train.device), torch.from_numpy(i).long().to(train.device)
+
+
+# the faiss back end as knn_predict looks it up at call time (a test swaps it to count the calls)
+_neighbours_faiss = neighbours_faiss
 
 
 @torch.no_grad()
@@ -136,7 +133,7 @@ def knn_predict(
             raise ConfigError("use_faiss=True but faiss is not installed; `pip install faiss-cpu` or use_faiss=None")
         sims, idx = _neighbours_faiss(tr, te, k)
     else:
-        sims, idx = _neighbours_torch(tr, te, k, max(1, int(chunk_size)))
+        sims, idx = neighbours_torch(tr, te, k, max(1, int(chunk_size)))
     t = float(temperature)
     shift = 1.0 if 1.0 / t > 80.0 else 0.0
     weights = ((sims - shift) / t).exp()  # [M, k]
@@ -147,7 +144,7 @@ def knn_predict(
 
 def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
     """Top-k accuracies in percent; ``k`` larger than the number of classes counts as all classes."""
-    labels = _as_tensor(labels, "labels").long().to(scores.device)
+    labels = as_tensor(labels, "labels").long().to(scores.device)
     if labels.shape[0] != scores.shape[0]:
         raise DataError(f"{scores.shape[0]} predictions but {labels.shape[0]} labels")
     if labels.numel() == 0:
@@ -171,9 +168,9 @@ def knn_accuracy(
     use_faiss: bool | None = None,
 ) -> dict[str, Any]:
     """Weighted-kNN top-1/top-5 accuracy (%) of ``test_labels``: ``{"top1", "top5", "k", "temperature"}``."""
-    y_test = _as_tensor(test_labels, "test_labels").long()
+    y_test = as_tensor(test_labels, "test_labels").long()
     if num_classes is None:
-        num_classes = int(max(int(_as_tensor(train_labels, "train_labels").max()), int(y_test.max()))) + 1
+        num_classes = int(max(int(as_tensor(train_labels, "train_labels").max()), int(y_test.max()))) + 1
     scores = knn_predict(
         train_features, train_labels, test_features, k=k, temperature=temperature, num_classes=num_classes,
         chunk_size=chunk_size, use_faiss=use_faiss,

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor, topk_accuracy
+from selfsup.eval.features import as_tensor
+from selfsup.eval.knn import topk_accuracy
 
 OPTIMIZERS = ("lbfgs", "adamw")
 _CHUNK = 65536
@@ -51,10 +52,10 @@ def standardize_features(features: torch.Tensor, mean: torch.Tensor, std: torch.
 def _check(
     train_features: Any, train_labels: Any, test_features: Any, test_labels: Any, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    xtr = _as_tensor(train_features, "train_features")
-    xte = _as_tensor(test_features, "test_features")
-    ytr = _as_tensor(train_labels, "train_labels").long()
-    yte = _as_tensor(test_labels, "test_labels").long()
+    xtr = as_tensor(train_features, "train_features")
+    xte = as_tensor(test_features, "test_features")
+    ytr = as_tensor(train_labels, "train_labels").long()
+    yte = as_tensor(test_labels, "test_labels").long()
     if xtr.ndim != 2 or xte.ndim != 2 or xtr.shape[1] != xte.shape[1]:
         raise DataError(f"features must be [N, F] with the same F; got train {tuple(xtr.shape)}, "
                         f"test {tuple(xte.shape)}")

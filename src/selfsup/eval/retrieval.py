@@ -25,13 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import (
-    FAISS_AUTO_PAIRS,
-    _as_tensor,
-    _neighbours_faiss,
-    _neighbours_torch,
-    faiss_available,
-)
+from selfsup.eval.features import as_tensor
+from selfsup.eval.knn import FAISS_AUTO_PAIRS, faiss_available, neighbours_faiss, neighbours_torch
 
 
 def average_precision(relevant_sorted: torch.Tensor) -> torch.Tensor:
@@ -61,10 +56,10 @@ def retrieval_metrics(
     Returns ``{"mAP", "recall@1", "recall@5", "recall@10", "n_queries", "n_gallery",
     "n_queries_without_relevant", "ks"}`` (``mAP`` omitted when ``map=False``).
     """
-    g = _as_tensor(gallery_features, "gallery_features")
-    q = _as_tensor(query_features, "query_features")
-    yg = _as_tensor(gallery_labels, "gallery_labels").long()
-    yq = _as_tensor(query_labels, "query_labels").long()
+    g = as_tensor(gallery_features, "gallery_features")
+    q = as_tensor(query_features, "query_features")
+    yg = as_tensor(gallery_labels, "gallery_labels").long()
+    yq = as_tensor(query_labels, "query_labels").long()
     if g.ndim != 2 or q.ndim != 2 or g.shape[1] != q.shape[1]:
         raise DataError(f"features must be [N, F] with the same F; got gallery {tuple(g.shape)}, query {tuple(q.shape)}")
     if yg.shape != (g.shape[0],) or yq.shape != (q.shape[0],):
@@ -99,7 +94,7 @@ def retrieval_metrics(
     else:
         if use_faiss is None:
             use_faiss = device.type == "cpu" and g.shape[0] * q.shape[0] > FAISS_AUTO_PAIRS and faiss_available()
-        _, idx = _neighbours_faiss(g, q, kmax) if use_faiss else _neighbours_torch(g, q, kmax, chunk_size)
+        _, idx = neighbours_faiss(g, q, kmax) if use_faiss else neighbours_torch(g, q, kmax, chunk_size)
         hit_at = yg[idx] == yq[:, None]
     for k in ks:
         out[f"recall@{k}"] = 100.0 * float(hit_at[:, : min(k, kmax)].any(1).float().mean())

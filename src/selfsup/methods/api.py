@@ -4,12 +4,17 @@ A method is a plain ``nn.Module`` that *owns* its backbone, heads, loss state an
 composed from pure loss functions (``selfsup.losses``), heads (``selfsup.models.heads``) and view recipes
 (``selfsup.augment.views``); there is no base class. The training loop relies on exactly this:
 
-- ``method.backbone``: the :class:`selfsup.models.backbones.Encoder` being pretrained (what gets exported);
+the :class:`Method` protocol below. A method class names it as a base beside ``nn.Module``
+(``class SimCLR(nn.Module, Method)``), which gives it the protocol's default hooks and lets mypy check it:
+
+- ``method.backbone``: the encoder being pretrained (what gets exported);
 - ``method.view_recipe``: a :class:`selfsup.augment.views.ViewRecipe` telling the loop which views to make;
 - ``method(batch, progress) -> StepOutput``: the loss (and scalar logs) for one batch of views;
-- optionally ``method.after_step(progress)``: called after each optimizer step (EMA teachers, queues);
-- optionally ``method.param_groups()``: a list of ``{"params": [...], **overrides}`` for the optimizer
-  (e.g. SimSiam's fixed-LR predictor); default is all trainable parameters in one group.
+- ``method.after_step(progress)``: called after each optimizer step (EMA teachers, queues); default: nothing;
+- ``method.on_epoch_start(epoch, dataset)``: called before an epoch's first step with the training data
+  (FAMT refreshes its per-image weight maps); default: nothing;
+- ``method.param_groups()``: a list of ``{"params": [...], **overrides}`` for the optimizer (e.g. SimSiam's
+  fixed-LR predictor); default ``None``: all trainable parameters in one group.
 
 All state that must survive a resume (EMA teachers, queues, centers, prototypes) lives in parameters or
 registered buffers, so ``state_dict()`` checkpoints it.
@@ -21,9 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
+
+from selfsup.augment.views import ViewParams, ViewRecipe
 
 
 @dataclass
@@ -57,7 +65,7 @@ class Batch:
 
     views: list[torch.Tensor]
     index: torch.Tensor
-    params: list[Any] = field(default_factory=list)
+    params: list[ViewParams] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +73,28 @@ class StepOutput:
     loss: torch.Tensor  # scalar, differentiable
     logs: dict[str, float] = field(default_factory=dict)  # extra scalars for metrics.jsonl
     embeddings: torch.Tensor | None = None  # [B, D] detached embeddings for the collapse monitor
+
+
+@runtime_checkable
+class Method(Protocol):
+    """What the training loop calls on a method; the optional hooks have their defaults here."""
+
+    backbone: nn.Module
+    view_recipe: ViewRecipe
+
+    def forward(self, batch: Batch, progress: Progress) -> StepOutput: ...
+
+    def after_step(self, progress: Progress) -> None:
+        """After each optimizer step (EMA teachers, queues)."""
+        return None
+
+    def on_epoch_start(self, epoch: int, dataset: object) -> None:
+        """Before the first step of every epoch, with the training data set."""
+        return None
+
+    def param_groups(self) -> list[dict[str, Any]] | None:
+        """The optimizer's parameter groups; ``None``: all trainable parameters in one group."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -84,7 +114,7 @@ class MethodSpec:
     family: str  # contrastive | self-distillation | redundancy-reduction | clustering | context | masked
     paper: str  # "Author et al. YEAR, arXiv XXXX.XXXXX"
     config_cls: type  # dataclass of the method's hyper-parameters (paper defaults written beside them)
-    build: Callable[..., torch.nn.Module]  # build(backbone, cfg, image_size=..., grayscale=...) -> method
+    build: Callable[..., nn.Module]  # build(backbone, cfg, image_size=..., grayscale=...) -> a Method module
     recipe: Recipe
     summary: str = ""
 
@@ -94,10 +124,10 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 def register(
     name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = ""
-) -> Callable[[Callable[..., torch.nn.Module]], Callable[..., torch.nn.Module]]:
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class/function decorator adding a method to the registry."""
 
-    def deco(build: Callable[..., torch.nn.Module]) -> Callable[..., torch.nn.Module]:
+    def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
         _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary)
@@ -111,12 +141,13 @@ def registry() -> dict[str, MethodSpec]:
 
 
 def forward_by_size(
-    backbone: torch.nn.Module, head: torch.nn.Module, views: list[torch.Tensor]
+    backbone: nn.Module, head: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """``head(backbone(v))`` for every view, in order, where consecutive views of equal size share ONE
     backbone pass (multi-crop: global views together, local views together; the reference SwAV/DINO
     MultiCropWrapper does the same, so BN statistics are per resolution). Also returns the backbone
-    features of the first view, detached (the loop's online kNN / collapse logs)."""
+    features of the first view, detached (the loop's online kNN / collapse logs). Two-view methods pass
+    ``batch.views[:2]``: both views in one pass, so BN statistics are over 2B."""
     outs: list[torch.Tensor] = []
     first: torch.Tensor | None = None
     i = 0

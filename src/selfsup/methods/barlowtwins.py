@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.redundancy import barlow_twins_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -23,37 +23,25 @@ class BarlowTwinsConfig:
     min_scale: float = 0.08
 
 
-@register(
-    "barlowtwins",
-    family="redundancy-reduction",
-    paper="Zbontar et al. 2021, arXiv 2103.03230",
-    config=BarlowTwinsConfig,
-    # Paper (Sec. 4): LARS, lr 0.2 x B/256 for weights (0.0048 for biases and BN; we use one LR, biases are
-    # excluded from LARS adaptation and weight decay), wd 1.5e-6, 10 warmup epochs, cosine, B = 2048.
-    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
-    summary="drive the cross-correlation of the two views' embeddings to the identity",
-)
-class BarlowTwins(nn.Module):
-    def __init__(
-        self, backbone: nn.Module, cfg: BarlowTwinsConfig, *, image_size: int, grayscale: bool = False
-    ):
+# Paper (Sec. 4): LARS, lr 0.2 x B/256 for weights (0.0048 for biases and BN; we use one LR, biases are
+# excluded from LARS adaptation and weight decay), wd 1.5e-6, 10 warmup epochs, cosine, B = 2048.
+@register("barlowtwins", family="redundancy-reduction", paper="Zbontar et al. 2021, arXiv 2103.03230",
+          config=BarlowTwinsConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+          summary="drive the cross-correlation of the two views' embeddings to the identity")
+class BarlowTwins(nn.Module, Method):
+    def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
+        self.cfg, self.backbone = cfg, backbone
         # Linear-BN-ReLU hidden layers, bias-free output (reference); the per-dimension normalisation of
         # the embeddings (an affine-free BN) is done in the loss, over the global batch.
-        self.projector = mlp(width, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers, last_bias=False)
-        self.view_recipe = byol_recipe(
-            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers,
+                             last_bias=False)
+        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                       grayscale_input=grayscale)
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
         # Deviation: one forward pass over both views (the reference runs them separately, so its BN
         # statistics are per view); the loss standardises each view separately as in the paper.
-        h = self.backbone(torch.cat([x1, x2]))
-        z1, z2 = self.projector(h).split(b)
-        loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
-        return StepOutput(loss, embeddings=h[:b].detach())
+        (z1, z2), h0 = forward_by_size(self.backbone, self.projector, batch.views[:2])
+        return StepOutput(barlow_twins_loss(z1, z2, self.cfg.lambd), embeddings=h0)

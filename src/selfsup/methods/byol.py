@@ -9,9 +9,9 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.distillation import byol_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim
-from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
+from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
 from selfsup.models.heads import mlp
 
 
@@ -25,42 +25,30 @@ class BYOLConfig:
     min_scale: float = 0.08
 
 
-@register(
-    "byol",
-    family="self-distillation",
-    paper="Grill et al. 2020, arXiv 2006.07733",
-    config=BYOLConfig,
-    # Paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warmup epochs (Sec. 3.3).
-    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
-    summary="online network predicts an EMA target's projection of the other view",
-)
-class BYOL(nn.Module):
+# Paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warmup epochs (Sec. 3.3).
+@register("byol", family="self-distillation", paper="Grill et al. 2020, arXiv 2006.07733", config=BYOLConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+          summary="online network predicts an EMA target's projection of the other view")
+class BYOL(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
+        self.cfg, self.backbone = cfg, backbone
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         self.teacher_backbone = make_teacher(backbone)
         self.teacher_projector = make_teacher(self.projector)
-        self.view_recipe = byol_recipe(
-            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                       grayscale_input=grayscale)
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
-        x = torch.cat([x1, x2])
-        h = self.backbone(x)
-        p1, p2 = self.predictor(self.projector(h)).split(b)
+        (p1, p2), h0 = forward_by_size(self.backbone, lambda h: self.predictor(self.projector(h)), batch.views[:2])
         with torch.no_grad():
-            z1, z2 = self.teacher_projector(self.teacher_backbone(x)).split(b)
+            (z1, z2), _ = forward_by_size(self.teacher_backbone, self.teacher_projector, batch.views[:2])
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)  # symmetrised (Sec. 3.1)
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)  # the teacher momentum now
-        return StepOutput(loss, logs={"momentum": m}, embeddings=h[:b].detach())
+        return StepOutput(loss, logs={"momentum": m}, embeddings=h0)
 
     @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_projector, self.projector, m)
+        ema_update_all(m, (self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector))

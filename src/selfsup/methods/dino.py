@@ -12,8 +12,9 @@ from selfsup import distributed
 from selfsup.augment.views import byol_recipe, multicrop_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.dino import dino_center_update, dino_loss, teacher_temperature
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
-from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
+from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
 
 
 @dataclass
@@ -105,44 +106,29 @@ def freeze(module: nn.Module, frozen: bool, gate: WeightNormLinear | None = None
         p.requires_grad_(not frozen)
 
 
-@register(
-    "dino",
-    family="self-distillation",
-    paper="Caron et al. 2021, arXiv 2104.14294",
-    config=DINOConfig,
-    # Paper (Sec. 4.1 / App.): AdamW, lr 5e-4 x B/256 after 10 warmup epochs, wd 0.04 (cosine to 0.4 in the
-    # reference; our wd is constant), min lr 1e-6. For ResNets the paper uses LARS: pass --optim lars.
-    recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
-    summary="student matches a centered, sharpened EMA teacher across multi-crop views",
-)
-class DINO(nn.Module):
+# Paper (Sec. 4.1 / App.): AdamW, lr 5e-4 x B/256 after 10 warmup epochs, wd 0.04 (cosine to 0.4 in the
+# reference; our wd is constant), min lr 1e-6. For ResNets the paper uses LARS: pass --optim lars.
+@register("dino", family="self-distillation", paper="Caron et al. 2021, arXiv 2104.14294", config=DINOConfig,
+          recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
+          summary="student matches a centered, sharpened EMA teacher across multi-crop views")
+class DINO(nn.Module, Method):
     center: torch.Tensor  # registered buffer (checkpointed)
 
     def __init__(self, backbone: nn.Module, cfg: DINOConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
         if cfg.n_global_crops < 1 or cfg.n_global_crops + cfg.n_local_crops < 2:
             raise ConfigError("dino: needs n_global_crops >= 1 and at least 2 views in total")
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.head = DINOHead(width, cfg)
-        self.teacher_backbone = make_teacher(backbone)
-        self.teacher_head = make_teacher(self.head)
+        self.cfg, self.backbone = cfg, backbone
+        self.head = DINOHead(feature_dim(backbone), cfg)
+        self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         # DINO augmentations (main_dino.py DataAugmentationDINO): BYOL's colour ops; blur 1.0 / 0.1 and
         # solarize 0 / 0.2 on the two global views; blur 0.5 on the local views.
         base = byol_recipe(image_size, blur=True, grayscale_input=grayscale)
-        recipe = multicrop_recipe(
-            base,
-            n_global=cfg.n_global_crops,
-            n_local=cfg.n_local_crops,
-            local_size=cfg.local_size or None,
-            global_scale=(cfg.global_min_scale, 1.0),
-            local_scale=(0.05, cfg.local_max_scale),
-        )
-        recipe.views[cfg.n_global_crops :] = [
-            replace(v, blur_p=0.5) for v in recipe.views[cfg.n_global_crops :]
-        ]
+        recipe = multicrop_recipe(base, n_global=cfg.n_global_crops, n_local=cfg.n_local_crops,
+                                  local_size=cfg.local_size or None, global_scale=(cfg.global_min_scale, 1.0),
+                                  local_scale=(0.05, cfg.local_max_scale))
+        recipe.views[cfg.n_global_crops :] = [replace(v, blur_p=0.5) for v in recipe.views[cfg.n_global_crops :]]
         self.view_recipe = recipe
 
     def _student(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -174,5 +160,4 @@ class DINO(nn.Module):
     @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_head, self.head, m)
+        ema_update_all(m, (self.teacher_backbone, self.backbone), (self.teacher_head, self.head))

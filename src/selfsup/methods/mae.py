@@ -27,7 +27,6 @@ from selfsup.augment.masking import (
     MaskSplit,
     gather_tokens,
     patchify,
-    require_vit,
     sample_split,
     sincos_pos_embed_2d,
     split_counts,
@@ -36,7 +35,8 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.views import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.methods.vit import full_view, vit_layout
 from selfsup.models.backbones import feature_dim
 
 
@@ -71,27 +71,19 @@ def _decoder_defaults(image_size: int) -> tuple[int, int, int]:
     return (512, 8, 16) if image_size >= 128 else (256, 4, 8)
 
 
-@register(
-    "mae",
-    family="masked",
-    paper="He et al. 2021, arXiv 2111.06377",
-    config=MAEConfig,
-    # Paper App. A.1: AdamW, base lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05, 40 warmup epochs, cosine.
-    recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
-    summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones",
-)
-class MAE(nn.Module):
+# Paper App. A.1: AdamW, base lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05, 40 warmup epochs, cosine.
+@register("mae", family="masked", paper="He et al. 2021, arXiv 2111.06377", config=MAEConfig,
+          recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
+          summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones")
+class MAE(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
 
     method_name = "mae"
 
     def __init__(self, backbone: nn.Module, cfg: MAEConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.patch, self.grid = require_vit(backbone, self.method_name, image_size)
-        self.cfg = cfg
-        self.backbone = backbone
-        self.image_size = image_size
-        self.num_patches = self.grid * self.grid
+        self.cfg, self.backbone, self.image_size = cfg, backbone, image_size
+        self.patch, self.grid, self.num_patches = vit_layout(backbone, self.method_name, image_size)
         dim = feature_dim(backbone)
         d_dim, d_depth, d_heads = _decoder_defaults(image_size)
         d_dim = cfg.decoder_dim or d_dim
@@ -131,10 +123,6 @@ class MAE(nn.Module):
     def sample_split(self, batch: Batch, x: torch.Tensor) -> MaskSplit:
         return sample_split(x.shape[0], self.num_patches, self.n_mask, self.n_throw, device=x.device)
 
-    def _check_view(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ConfigError(f"{self.method_name}: views must be {self.image_size} px, got {tuple(x.shape[-2:])}")
-
     def forward_split(self, x: torch.Tensor, split: MaskSplit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, encoder CLS feature [B, D], predictions [B, n_masked, p*p*3]) for a given split."""
         net: Any = self.backbone.net  # type: ignore[union-attr]
@@ -152,8 +140,7 @@ class MAE(nn.Module):
         return mae_loss(pred, target, self.cfg.norm_pix_loss), latent[:, 0], pred
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x = batch.views[0]
-        self._check_view(x)
+        x = full_view(batch, self.image_size, self.method_name)
         split = self.sample_split(batch, x)
         loss, feat, _ = self.forward_split(x, split)
         return StepOutput(loss, logs=self.step_logs(), embeddings=feat.detach().float())

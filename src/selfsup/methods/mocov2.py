@@ -13,8 +13,9 @@ from selfsup import distributed
 from selfsup.augment.views import simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, moco_queue_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
-from selfsup.models.ema import ema_update, make_teacher
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.models.backbones import feature_dim
+from selfsup.models.ema import ema_update_all, make_teacher
 from selfsup.models.heads import mlp
 
 
@@ -30,16 +31,11 @@ class MoCoV2Config:
     key_bn_splits: int = 2  # our stand-in for Shuffle BN (v1 Sec. 3.3), see forward(); 1 = off
 
 
-@register(
-    "mocov2",
-    family="contrastive",
-    paper="Chen et al. 2020, arXiv 2003.04297",
-    config=MoCoV2Config,
-    # Paper: SGD lr 0.03 at batch 256, wd 1e-4, momentum 0.9, cosine schedule, no warmup (Sec. 2-3).
-    recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
-    summary="InfoNCE against a queue of 65k keys from a momentum encoder",
-)
-class MoCoV2(nn.Module):
+# Paper: SGD lr 0.03 at batch 256, wd 1e-4, momentum 0.9, cosine schedule, no warmup (Sec. 2-3).
+@register("mocov2", family="contrastive", paper="Chen et al. 2020, arXiv 2003.04297", config=MoCoV2Config,
+          recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
+          summary="InfoNCE against a queue of 65k keys from a momentum encoder")
+class MoCoV2(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
 
@@ -50,24 +46,14 @@ class MoCoV2(nn.Module):
                 f"mocov2: queue_size and key_bn_splits must be >= 1, got {cfg.queue_size}, "
                 f"{cfg.key_bn_splits}"
             )
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.projector = mlp(
-            width,
-            cfg.proj_hidden_dim,
-            cfg.proj_out_dim,
-            2,
-            batch_norm=False,
-        )
-        self.teacher_backbone = make_teacher(backbone)
-        self.teacher_projector = make_teacher(self.projector)
+        self.cfg, self.backbone = cfg, backbone
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2, batch_norm=False)
+        self.teacher_backbone, self.teacher_projector = make_teacher(backbone), make_teacher(self.projector)
         # the queue starts as random unit vectors, as in the reference implementation
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.view_recipe = simclr_recipe(
-            image_size, strength=0.5, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.view_recipe = simclr_recipe(image_size, strength=0.5, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                         grayscale_input=grayscale)
 
     @torch.no_grad()
     def _keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,5 +82,4 @@ class MoCoV2(nn.Module):
     def after_step(self, progress: Progress) -> None:
         # the reference updates the key encoder at the start of each forward; doing it after each
         # optimizer step is the same sequence of weights
-        ema_update(self.teacher_backbone, self.backbone, self.cfg.momentum)
-        ema_update(self.teacher_projector, self.projector, self.cfg.momentum)
+        ema_update_all(self.cfg.momentum, (self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector))

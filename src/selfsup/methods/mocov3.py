@@ -10,8 +10,9 @@ from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.contrastive import mocov3_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
-from selfsup.models.ema import cosine_momentum, ema_update, make_teacher
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
+from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
 from selfsup.models.heads import mlp
 
 
@@ -29,55 +30,34 @@ class MoCoV3Config:
     min_scale: float = 0.08  # --crop-min 0.08
 
 
-@register(
-    "mocov3",
-    family="contrastive",
-    paper="Chen, Xie, He 2021, arXiv 2104.02057",
-    config=MoCoV3Config,
-    # Paper (ResNet-50): LARS, lr 0.6 x B/256 (100 ep; 0.3 for longer), wd 1e-6, 10 warmup epochs.
-    # ViTs use AdamW (lr 1.5e-4 x B/256, wd 0.1): pass --optim adamw for a ViT backbone.
-    recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
-    summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys",
-)
-class MoCoV3(nn.Module):
+# Paper (ResNet-50): LARS, lr 0.6 x B/256 (100 ep; 0.3 for longer), wd 1e-6, 10 warmup epochs.
+# ViTs use AdamW (lr 1.5e-4 x B/256, wd 0.1): pass --optim adamw for a ViT backbone.
+@register("mocov3", family="contrastive", paper="Chen, Xie, He 2021, arXiv 2104.02057", config=MoCoV3Config,
+          recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
+          summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys")
+class MoCoV3(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.projector = mlp(
-            width,
-            cfg.proj_hidden_dim,
-            cfg.proj_out_dim,
-            cfg.proj_layers,
-            last_batch_norm=True,
-            last_bias=False,
-        )
-        self.predictor = mlp(
-            cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2, last_batch_norm=True, last_bias=False
-        )
-        self.teacher_backbone = make_teacher(backbone)
-        self.teacher_projector = make_teacher(self.projector)
-        self.view_recipe = byol_recipe(
-            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.cfg, self.backbone = cfg, backbone
+        d = cfg.proj_out_dim
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, d, cfg.proj_layers, last_batch_norm=True,
+                             last_bias=False)
+        self.predictor = mlp(d, cfg.pred_hidden_dim, d, 2, last_batch_norm=True, last_bias=False)
+        self.teacher_backbone, self.teacher_projector = make_teacher(backbone), make_teacher(self.projector)
+        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                       grayscale_input=grayscale)
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
         # Deviation: both views go through one forward pass (BN statistics over 2B, as SimCLR/BYOL here);
         # the reference runs the views separately. No queue: keys come from the (global) batch.
-        x = torch.cat([x1, x2])
-        h = self.backbone(x)
-        q1, q2 = self.predictor(self.projector(h)).split(b)
+        (q1, q2), h0 = forward_by_size(self.backbone, lambda h: self.predictor(self.projector(h)), batch.views[:2])
         with torch.no_grad():
-            k1, k2 = self.teacher_projector(self.teacher_backbone(x)).split(b)
+            (k1, k2), _ = forward_by_size(self.teacher_backbone, self.teacher_projector, batch.views[:2])
         loss = mocov3_loss(q1, q2, k1, k2, self.cfg.temperature)
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
-        return StepOutput(loss, logs={"momentum": m}, embeddings=h[:b].detach())
+        return StepOutput(loss, logs={"momentum": m}, embeddings=h0)
 
     @torch.no_grad()
     def after_step(self, progress: Progress) -> None:
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
-        ema_update(self.teacher_backbone, self.backbone, m)
-        ema_update(self.teacher_projector, self.projector, m)
+        ema_update_all(m, (self.teacher_backbone, self.backbone), (self.teacher_projector, self.projector))

@@ -12,7 +12,8 @@ from selfsup import distributed
 from selfsup.augment.views import byol_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -27,16 +28,11 @@ class NNCLRConfig:
     min_scale: float = 0.08
 
 
-@register(
-    "nnclr",
-    family="contrastive",
-    paper="Dwibedi et al. 2021, arXiv 2104.14548",
-    config=NNCLRConfig,
-    # Paper (Sec. 4.1): LARS, base lr 0.3 x B/256 (B = 4096), wd 1e-6, 10 warmup epochs, cosine.
-    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-    summary="the nearest neighbour from a support set replaces the positive in InfoNCE",
-)
-class NNCLR(nn.Module):
+# Paper (Sec. 4.1): LARS, base lr 0.3 x B/256 (B = 4096), wd 1e-6, 10 warmup epochs, cosine.
+@register("nnclr", family="contrastive", paper="Dwibedi et al. 2021, arXiv 2104.14548", config=NNCLRConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          summary="the nearest neighbour from a support set replaces the positive in InfoNCE")
+class NNCLR(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
     queue_filled: torch.Tensor  # registered buffer (checkpointed)
@@ -45,24 +41,15 @@ class NNCLR(nn.Module):
         super().__init__()
         if cfg.queue_size < 1:
             raise ConfigError(f"nnclr: queue_size must be >= 1, got {cfg.queue_size}")
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.projector = mlp(
-            width,
-            cfg.proj_hidden_dim,
-            cfg.proj_out_dim,
-            3,
-            last_batch_norm=True,
-        )
+        self.cfg, self.backbone = cfg, backbone
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 3, last_batch_norm=True)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         # support set Q (FIFO of normalised view-1 projections) and how much of it holds real entries
         self.register_buffer("queue", torch.zeros(cfg.queue_size, cfg.proj_out_dim))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros(1, dtype=torch.long))
-        self.view_recipe = byol_recipe(
-            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                       grayscale_input=grayscale)
 
     def support_neighbours(self, z: torch.Tensor) -> torch.Tensor:
         """NN(z, Q) over the filled part of the support set; before anything was enqueued (the very
@@ -73,12 +60,8 @@ class NNCLR(nn.Module):
         return nearest_neighbour(z, self.queue[:filled])
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
-        h = self.backbone(torch.cat([x1, x2]))
-        z = self.projector(h)
-        p1, p2 = self.predictor(z).split(b)
-        z1, z2 = z.split(b)
+        (z1, z2), h0 = forward_by_size(self.backbone, self.projector, batch.views[:2])
+        p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])
         nn1, nn2 = self.support_neighbours(z1), self.support_neighbours(z2)
         # symmetrised (Sec. 3.2): NN(z1) against p2 and NN(z2) against p1
         loss = 0.5 * (nnclr_loss(nn1, p2, self.cfg.temperature) + nnclr_loss(nn2, p1, self.cfg.temperature))
@@ -89,4 +72,4 @@ class NNCLR(nn.Module):
             F.normalize(distributed.gather(z1.detach().float()), dim=1),
             self.queue_filled,
         )
-        return StepOutput(loss, embeddings=h[:b].detach())
+        return StepOutput(loss, embeddings=h0)

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.augment.views import ViewRecipe, ViewSpec
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -34,29 +35,19 @@ class RotNetConfig:
     hflip_p: float = 0.5
 
 
-@register(
-    "rotnet",
-    family="context",
-    paper="Gidaris et al. 2018, arXiv 1803.07728",
-    config=RotNetConfig,
-    # Paper (Sec. 3.1, CIFAR): SGD, batch 128, momentum 0.9, wd 5e-4, lr 0.1 (step decay; ours is cosine).
-    recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
-    summary="classify which of 4 rotations (0/90/180/270) was applied to an image",
-)
-class RotNet(nn.Module):
+# Paper (Sec. 3.1, CIFAR): SGD, batch 128, momentum 0.9, wd 5e-4, lr 0.1 (step decay; ours is cosine).
+@register("rotnet", family="context", paper="Gidaris et al. 2018, arXiv 1803.07728", config=RotNetConfig,
+          recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
+          summary="classify which of 4 rotations (0/90/180/270) was applied to an image")
+class RotNet(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: RotNetConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.classifier: nn.Module = (
-            mlp(width, cfg.head_hidden_dim, 4, 2) if cfg.head_hidden_dim > 0 else nn.Linear(width, 4)
-        )
+        self.cfg, self.backbone = cfg, backbone
+        width = feature_dim(backbone)
+        self.classifier = mlp(width, cfg.head_hidden_dim, 4, 2) if cfg.head_hidden_dim > 0 else nn.Linear(width, 4)
         # one mildly augmented view, no colour ops (rotations are the pretext task; only horizontal flips,
         # which do not make rotations ambiguous)
-        spec = ViewSpec(
-            size=image_size, scale=(cfg.min_scale, 1.0), hflip_p=cfg.hflip_p, jitter_p=0.0, gray_p=0.0
-        )
+        spec = ViewSpec(size=image_size, scale=(cfg.min_scale, 1.0), hflip_p=cfg.hflip_p, jitter_p=0.0, gray_p=0.0)
         self.view_recipe = ViewRecipe(views=[spec])
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:

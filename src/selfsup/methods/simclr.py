@@ -10,7 +10,7 @@ from torch import nn
 from selfsup.augment.views import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
@@ -34,21 +34,15 @@ class SimCLRConfig:
     local_max_scale: float = 0.4
 
 
-@register(
-    "simclr",
-    family="contrastive",
-    paper="Chen et al. 2020, arXiv 2002.05709",
-    config=SimCLRConfig,
-    # Paper: LARS, lr 0.3 x B/256, wd 1e-6 (Sec. B.1) at batch 4096. On CIFAR at batch 256-512, the
-    # same LARS recipe works (the paper's CIFAR runs use lr 1.0-1.5 with B=1024); we keep 0.3 x B/256.
-    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-    summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)",
-)
-class SimCLR(nn.Module):
+# Paper: LARS, lr 0.3 x B/256, wd 1e-6 (Sec. B.1) at batch 4096. On CIFAR at batch 256-512, the
+# same LARS recipe works (the paper's CIFAR runs use lr 1.0-1.5 with B=1024); we keep 0.3 x B/256.
+@register("simclr", family="contrastive", paper="Chen et al. 2020, arXiv 2002.05709", config=SimCLRConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)")
+class SimCLR(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
+        self.cfg, self.backbone = cfg, backbone
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.view_recipe = simclr_recipe(
             image_size,

@@ -31,7 +31,6 @@ from selfsup.augment.masking import (
     expand_cell_split,
     gather_tokens,
     patchify,
-    require_vit,
     sample_split,
     split_counts,
     vit_patch_embed,
@@ -39,7 +38,8 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.views import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.methods.vit import full_view, vit_layout
 from selfsup.models.backbones import feature_dim
 
 
@@ -60,28 +60,20 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).abs().mean()
 
 
-@register(
-    "simmim",
-    family="masked",
-    paper="Xie et al. 2021, arXiv 2111.09886",
-    config=SimMIMConfig,
-    # Paper Sec. 4.1: AdamW, lr 8e-4 at batch 2048 (= 1e-4 x B/256), wd 0.05, betas (0.9, 0.999), 10 warmup
-    # epochs, cosine.
-    recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
-    summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)",
-)
-class SimMIM(nn.Module):
+# Paper Sec. 4.1: AdamW, lr 8e-4 at batch 2048 (= 1e-4 x B/256), wd 0.05, betas (0.9, 0.999), 10 warmup
+# epochs, cosine.
+@register("simmim", family="masked", paper="Xie et al. 2021, arXiv 2111.09886", config=SimMIMConfig,
+          recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
+          summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)")
+class SimMIM(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
 
     method_name = "simmim"
 
     def __init__(self, backbone: nn.Module, cfg: SimMIMConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.patch, self.grid = require_vit(backbone, self.method_name, image_size)
-        self.cfg = cfg
-        self.backbone = backbone
-        self.image_size = image_size
-        self.num_patches = self.grid * self.grid
+        self.cfg, self.backbone, self.image_size = cfg, backbone, image_size
+        self.patch, self.grid, self.num_patches = vit_layout(backbone, self.method_name, image_size)
         mps = cfg.mask_patch_size or 2 * self.patch
         if mps % self.patch or image_size % mps:
             raise ConfigError(
@@ -115,9 +107,7 @@ class SimMIM(nn.Module):
         return simmim_loss(pred, target), h[:, 0], pred
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x = batch.views[0]
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            raise ConfigError(f"{self.method_name}: views must be {self.image_size} px, got {tuple(x.shape[-2:])}")
+        x = full_view(batch, self.image_size, self.method_name)
         split = expand_cell_split(self.sample_cell_split(batch, x), self.grid, self.cell)
         loss, feat, _ = self.forward_split(x, split)
         return StepOutput(loss, logs=self.step_logs(), embeddings=feat.detach().float())

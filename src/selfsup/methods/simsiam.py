@@ -10,7 +10,8 @@ from torch import nn
 
 from selfsup.augment.views import simclr_recipe
 from selfsup.losses.distillation import negative_cosine_loss
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -24,35 +25,22 @@ class SimSiamConfig:
     min_scale: float = 0.2  # RandomResizedCrop(scale=(0.2, 1.0)) (App. A)
 
 
-@register(
-    "simsiam",
-    family="self-distillation",
-    paper="Chen & He 2020, arXiv 2011.10566",
-    config=SimSiamConfig,
-    # Paper (Sec. 4.1): SGD, lr 0.05 x B/256, wd 1e-4, momentum 0.9, cosine decay, no warmup (B = 512).
-    recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
-    summary="negative cosine between a predictor and a stop-gradient projection of the other view",
-)
-class SimSiam(nn.Module):
+# Paper (Sec. 4.1): SGD, lr 0.05 x B/256, wd 1e-4, momentum 0.9, cosine decay, no warmup (B = 512).
+@register("simsiam", family="self-distillation", paper="Chen & He 2020, arXiv 2011.10566",
+          config=SimSiamConfig,
+          recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
+          summary="negative cosine between a predictor and a stop-gradient projection of the other view")
+class SimSiam(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
+        self.cfg, self.backbone = cfg, backbone
         # the output layer's bias is redundant before the affine-free BN (the reference freezes it)
-        self.projector = mlp(
-            width,
-            cfg.proj_hidden_dim,
-            cfg.proj_out_dim,
-            3,
-            last_batch_norm=True,
-            last_bias=False,
-        )
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 3, last_batch_norm=True,
+                             last_bias=False)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         # MoCo v2 / SimSiam augmentation: jitter (0.4, 0.4, 0.4, 0.1) p 0.8 = SimCLR strength 0.5
-        self.view_recipe = simclr_recipe(
-            image_size, strength=0.5, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.view_recipe = simclr_recipe(image_size, strength=0.5, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                         grayscale_input=grayscale)
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The predictor in its own group with a constant LR (``fixed_lr``, read by ``optim.set_lr``)."""
@@ -66,12 +54,8 @@ class SimSiam(nn.Module):
         return groups
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
-        h = self.backbone(torch.cat([x1, x2]))
-        z = self.projector(h)
-        p1, p2 = self.predictor(z).split(b)
-        z1, z2 = z.split(b)
+        (z1, z2), h0 = forward_by_size(self.backbone, self.projector, batch.views[:2])
+        p1, p2 = self.predictor(torch.cat([z1, z2])).split(z1.shape[0])
         # Eq. 4: L = D(p1, stopgrad(z2)) / 2 + D(p2, stopgrad(z1)) / 2
         loss = 0.5 * negative_cosine_loss(p1, z2) + 0.5 * negative_cosine_loss(p2, z1)
-        return StepOutput(loss, embeddings=h[:b].detach())
+        return StepOutput(loss, embeddings=h0)

@@ -13,7 +13,8 @@ from selfsup.augment.views import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.clustering import sinkhorn, swav_loss
 from selfsup.losses.contrastive import enqueue
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -48,16 +49,11 @@ def freeze(module: nn.Module, frozen: bool) -> bool:
     return False
 
 
-@register(
-    "swav",
-    family="clustering",
-    paper="Caron et al. 2020, arXiv 2006.09882",
-    config=SwAVConfig,
-    # Paper (App. A.1): LARS, lr 4.8 at B = 4096 (= 0.3 x B/256), final lr 0.0048, wd 1e-6, 10 warmup epochs.
-    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-    summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)",
-)
-class SwAV(nn.Module):
+# Paper (App. A.1): LARS, lr 4.8 at B = 4096 (= 0.3 x B/256), final lr 0.0048, wd 1e-6, 10 warmup epochs.
+@register("swav", family="clustering", paper="Caron et al. 2020, arXiv 2006.09882", config=SwAVConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)")
+class SwAV(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)
     queue_ptr: torch.Tensor  # registered buffer (checkpointed)
     queue_filled: torch.Tensor  # registered buffer (checkpointed)
@@ -74,8 +70,7 @@ class SwAV(nn.Module):
         self.cfg = cfg
         self.assign_views = [0, 1]  # crops_for_assign
         self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.projector = mlp(width, cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.prototypes = nn.Linear(cfg.proj_out_dim, cfg.num_prototypes, bias=False)
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
@@ -84,17 +79,10 @@ class SwAV(nn.Module):
         self.register_buffer("queue", torch.zeros(n_a, max(cfg.queue_size, 1), cfg.proj_out_dim))
         self.register_buffer("queue_ptr", torch.zeros(n_a, 1, dtype=torch.long))
         self.register_buffer("queue_filled", torch.zeros(n_a, 1, dtype=torch.long))
-        base = simclr_recipe(
-            image_size, strength=cfg.jitter_strength, blur=cfg.blur, grayscale_input=grayscale
-        )
-        self.view_recipe = multicrop_recipe(
-            base,
-            n_global=cfg.n_global_crops,
-            n_local=cfg.n_local_crops,
-            local_size=cfg.local_size or None,
-            global_scale=(cfg.global_min_scale, 1.0),
-            local_scale=(0.05, cfg.local_max_scale),
-        )
+        base = simclr_recipe(image_size, strength=cfg.jitter_strength, blur=cfg.blur, grayscale_input=grayscale)
+        self.view_recipe = multicrop_recipe(base, n_global=cfg.n_global_crops, n_local=cfg.n_local_crops,
+                                            local_size=cfg.local_size or None, global_scale=(cfg.global_min_scale, 1.0),
+                                            local_scale=(0.05, cfg.local_max_scale))
 
     def _embed(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised projections [V*B, D] in view order (equal-size views share a forward pass), and

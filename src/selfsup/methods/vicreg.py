@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from selfsup.augment.views import byol_recipe
 from selfsup.losses.redundancy import vicreg_terms
-from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
 
@@ -27,37 +27,25 @@ class VICRegConfig:
     min_scale: float = 0.08
 
 
-@register(
-    "vicreg",
-    family="redundancy-reduction",
-    paper="Bardes et al. 2021, arXiv 2105.04906",
-    config=VICRegConfig,
-    # Paper (Sec. 4.1 / App. C): LARS, base lr 0.2 x B/256, wd 1e-6, 10 warmup epochs, cosine, B = 2048.
-    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
-    summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs",
-)
-class VICReg(nn.Module):
+# Paper (Sec. 4.1 / App. C): LARS, base lr 0.2 x B/256, wd 1e-6, 10 warmup epochs, cosine, B = 2048.
+@register("vicreg", family="redundancy-reduction", paper="Bardes et al. 2021, arXiv 2105.04906",
+          config=VICRegConfig,
+          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
+          summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs")
+class VICReg(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig, *, image_size: int, grayscale: bool = False):
         super().__init__()
-        self.cfg = cfg
-        self.backbone = backbone
-        width: int = backbone.num_features  # type: ignore[assignment]  # Encoder.num_features
-        self.projector = mlp(width, cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers, last_bias=False)
-        self.view_recipe = byol_recipe(
-            image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0), grayscale_input=grayscale
-        )
+        self.cfg, self.backbone = cfg, backbone
+        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers,
+                             last_bias=False)
+        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
+                                       grayscale_input=grayscale)
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
         cfg = self.cfg
-        x1, x2 = batch.views[0], batch.views[1]
-        b = x1.shape[0]
-        h = self.backbone(torch.cat([x1, x2]))  # one pass over both views (reference: separate passes)
-        z1, z2 = self.projector(h).split(b)
+        # one pass over both views (reference: separate passes, so per-view BN statistics)
+        (z1, z2), h0 = forward_by_size(self.backbone, self.projector, batch.views[:2])
         inv, var, cov = vicreg_terms(z1, z2, cfg.gamma, cfg.eps)
         loss = cfg.sim_coeff * inv + cfg.std_coeff * var + cfg.cov_coeff * cov
-        logs = {
-            "invariance": float(inv.detach()),
-            "variance": float(var.detach()),
-            "covariance": float(cov.detach()),
-        }
-        return StepOutput(loss, logs=logs, embeddings=h[:b].detach())
+        logs = {"invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach())}
+        return StepOutput(loss, logs=logs, embeddings=h0)

@@ -15,6 +15,7 @@ the compact CPU CNN is our own (torchvision has nothing that small).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -145,19 +146,19 @@ def _small_stem(cfg: BackboneConfig, image_size: int) -> bool:
 
 
 def resolve_backbone_config(cfg: BackboneConfig, image_size: int) -> BackboneConfig:
-    """Fill the automatic fields so that the saved config states exactly what was built."""
+    """A copy of ``cfg`` with the automatic fields filled, so that the saved config states exactly what was built."""
     if cfg.name not in BACKBONES:
         raise ConfigError(f"unknown backbone '{cfg.name}'; choose one of: {', '.join(BACKBONES)}")
     if cfg.name.startswith("resnet") and cfg.small_stem is None:
-        cfg.small_stem = image_size <= 96
+        return dataclasses.replace(cfg, small_stem=image_size <= 96)
     if cfg.name.startswith("vit") and cfg.patch_size is None:
-        cfg.patch_size = max(1, image_size // 8)
-    return cfg
+        return dataclasses.replace(cfg, patch_size=max(1, image_size // 8))
+    return dataclasses.replace(cfg)
 
 
 def build_backbone(cfg: BackboneConfig, image_size: int) -> nn.Module:
-    """Build the encoder named in ``cfg`` for square inputs of side ``image_size``."""
-    resolve_backbone_config(cfg, image_size)
+    """Build the encoder named in ``cfg`` for square inputs of side ``image_size`` (``cfg`` is not changed)."""
+    cfg = resolve_backbone_config(cfg, image_size)
     return BACKBONES[cfg.name][1](cfg, image_size)
 
 

@@ -31,3 +31,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
     for tb, sb in zip(teacher.buffers(), student.buffers()):
         tb.copy_(sb)
+
+
+@torch.no_grad()
+def ema_update_all(momentum: float, *pairs: tuple[nn.Module, nn.Module]) -> None:
+    """:func:`ema_update` of every ``(teacher, student)`` pair with the same momentum."""
+    for teacher, student in pairs:
+        ema_update(teacher, student, momentum)

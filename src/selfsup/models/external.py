@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from selfsup.errors import CheckpointError, ConfigError
+from selfsup.models.state import load_state_strict
 
 PREFIXES = ("torchvision", "timm")
 DEFAULT_SIZE = 224
@@ -103,8 +104,6 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
 def load_external(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     """Build and load the encoder named by ``spec``; returns ``(encoder in eval mode, info)`` like
     :func:`selfsup.checkpoint.load_encoder` (``info["external"]`` holds the parsed spec)."""
-    from selfsup.checkpoint import load_state_strict
-
     ext = parse_spec(spec)
     net = build_external(ext)
     state = _read_state(Path(ext["weights"]))

@@ -24,17 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import ConfigError
-from selfsup.eval.knn import _as_tensor  # copies read-only (cached) arrays
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def module_device(m: nn.Module) -> torch.device:
-    for p in m.parameters():
-        return p.device
-    return torch.device("cpu")
+from selfsup.eval.features import as_tensor  # copies read-only (cached) arrays
+from selfsup.runtime import module_device  # also imported from here by defense and unlearnable
 
 
 def to_unit(images: np.ndarray | torch.Tensor, image_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -143,7 +136,7 @@ def evaluate_perturbation(
         ftr = encode(encoder, h["train_images"], image_size)
         fte = encode(encoder, h["test_images"], image_size)
         fadv = encode(encoder, h["test_images"], image_size, delta)
-        ytr, yte = _as_tensor(h["train_labels"], "train_labels"), _as_tensor(h["test_labels"], "test_labels")
+        ytr, yte = as_tensor(h["train_labels"], "train_labels"), as_tensor(h["test_labels"], "test_labels")
         head = fit_linear_head(ftr, ytr, int(h["num_classes"]))
         pc, pa = head.predict(fte), head.predict(fadv)
         row = {"name": h["name"], "clean_acc": clean_accuracy(pc, yte), "adv_acc": clean_accuracy(pa, yte),

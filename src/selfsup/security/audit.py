@@ -27,8 +27,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from selfsup.config import PretrainConfig
+from selfsup.config.build import build_config
 from selfsup.errors import ConfigError, DataError
-from selfsup.eval.knn import _as_tensor
+from selfsup.eval.features import as_tensor
 from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
 from selfsup.security.poison import PoisonSpec, build_poisoned_folder, resolve_target
 
@@ -66,26 +68,16 @@ def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
                         min_classes=2 if labelled else 0, progress=cfg.progress)
 
 
-def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
-    """The victim's PretrainConfig: the preset (if any), then the audit's own fields."""
-    from selfsup.config import PretrainConfig, apply_overrides
-
-    pc = PretrainConfig(out=str(out))
-    if cfg.preset:
-        from selfsup.config.presets import load_preset
-
-        apply_overrides(pc, load_preset(cfg.preset, cfg.method), f"preset {cfg.preset}")
-    pc.data.path, pc.data.image_size, pc.data.cache_dir = data, cfg.image_size, cfg.cache_dir
-    pc.backbone.name, pc.backbone.width = cfg.backbone, cfg.width
-    if pc.method.get("name") != cfg.method:
-        pc.method = {"name": cfg.method}
-    if cfg.lr is not None:
-        pc.optim.lr = cfg.lr
-    t = pc.train
-    t.epochs, t.batch_size, t.max_steps, t.seed = cfg.epochs, cfg.batch_size, cfg.max_steps, cfg.seed
-    t.device, t.threads, t.progress, t.knn_every, t.log_every = cfg.device, cfg.threads, cfg.progress, 0, 50
-    t.time_budget = cfg.time_budget
-    return pc
+def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> PretrainConfig:
+    """The victim's PretrainConfig: the preset (if any), then the audit's own fields, through the one builder."""
+    return build_config(
+        preset=cfg.preset, method=cfg.method, out=str(out), data=data, image_size=cfg.image_size,
+        backbone=cfg.backbone, lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+        device=cfg.device, progress=cfg.progress, knn_every=0,
+        set={"data": {"cache_dir": cfg.cache_dir}, "backbone": {"width": cfg.width},
+             "train": {"max_steps": cfg.max_steps, "threads": cfg.threads, "log_every": 50,
+                       "time_budget": cfg.time_budget}},
+    )
 
 
 def run_pretrain(cfg: AuditConfig, data: str, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -124,7 +116,7 @@ def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, s
 
 def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray, tid: int) -> dict[str, float]:
     ftr = _features(enc, train.images, cfg)
-    labels = _as_tensor(train.labels, "labels")  # copies the read-only cached labels
+    labels = as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
     ca = clean_accuracy(head.predict(_features(enc, test.images, cfg)), test.labels)
     keep = test.labels != tid
@@ -254,7 +246,7 @@ def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, cluster
 
     def score(enc: torch.nn.Module) -> dict[str, float]:
         ftr, fte = _features(enc, train.images, cfg), _features(enc, test.images, cfg)
-        ytr, yte = _as_tensor(train.labels, "train labels"), _as_tensor(test.labels, "test labels")
+        ytr, yte = as_tensor(train.labels, "train labels"), as_tensor(test.labels, "test labels")
         nc = max(train.num_classes, test.num_classes)
         knn = knn_accuracy(ftr, ytr, fte, yte, k=min(knn_k, len(ftr)), temperature=0.1, num_classes=nc)["top1"]
         lin = clean_accuracy(fit_linear_head(ftr, ytr, nc).predict(fte), yte)

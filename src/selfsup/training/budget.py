@@ -16,8 +16,15 @@ only measured full steps remain, so a wrong nominal cost can only shift the swit
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections import deque
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
+
+from selfsup import distributed
+from selfsup.config import DataConfig
+from selfsup.eval.knn import knn_search_seconds
 
 
 def phase_cost(phases: tuple[tuple[float, float], ...], step: int, total: int) -> float:
@@ -100,3 +107,45 @@ class TimeBudget:
         """Call after a pause (an evaluation): time only training steps from here."""
         self._marks.clear()
         self._marks.append((step, now, self._work))
+
+
+def budget_phases(data: DataConfig) -> tuple[tuple[float, float], ...]:
+    """(start fraction, nominal cost) of the resolution schedule's phases: a step's nominal cost scales with the
+    view area (measured against real steps in benchmarks/RESULTS.md, "Time to accuracy")."""
+    if not data.low_res_size:
+        return ((0.0, 1.0),)
+    return ((0.0, (data.low_res_size / data.image_size) ** 2), (data.low_res_fraction, 1.0))
+
+
+def refit_budget(
+    budget: TimeBudget, step: int, train_ds: Sized, val_ds: Sized | None, local_batch: int, n_views: int,
+    eval_probe: Callable[[], tuple[float, int]] | None = None, cost: float = 1.0,
+) -> int | None:
+    """Re-estimate the steps that fit, keeping a reserve for saving and the final kNN.
+
+    The kNN reserve is measured once, when the throughput is first known: ``eval_probe()`` returns the
+    seconds per image of the final feature extraction (timed on a few training batches), plus the
+    similarity search (~2 N_train N_val F FLOPs at a conservative 50 GFLOP/s). Without a probe it falls
+    back to 1/3 of a training step per image (forward only). ``cost``: the nominal cost of the step just
+    taken (below 1 in a resolution schedule's low-resolution phase).
+    """
+    fitted = budget.observe(step, time.perf_counter(), cost)
+    if fitted is not None and budget.sec_per_step is not None and budget.reserve_s == 0.0:
+        # final checkpoint + encoder export + one slow step; fixed costs capped at 1% of the budget
+        budget.reserve_s = min(3.0, 0.6 * budget.minutes) + budget.sec_per_step
+        if val_ds is not None:
+            n = len(train_ds) + len(val_ds)
+            if eval_probe is not None:
+                per_image, dim = eval_probe()
+                budget.reserve_s += per_image * n + knn_search_seconds(len(train_ds), len(val_ds), dim)
+                budget.restart_timing(step, time.perf_counter())  # the probe's pause is not a training step
+            else:
+                budget.reserve_s += budget.sec_per_step / max(1, local_batch * n_views) / 3 * n
+        now = time.perf_counter()
+        left = budget.deadline - now
+        if left < budget.reserve_s and distributed.env_info().is_main:
+            print(f"warning: --time-budget {budget.minutes:g} min leaves {max(0.0, left):.0f} s, but saving and the "
+                  f"final kNN need about {budget.reserve_s:.0f} s: the run stops after this step and will overrun. "
+                  "Raise --time-budget, or drop --val to skip the final kNN.", file=sys.stderr, flush=True)
+        fitted = budget.fit(step, now)
+    return fitted

@@ -21,16 +21,15 @@ from selfsup.errors import ConfigError
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
-def param_groups(module: nn.Module, weight_decay: float, exclude_norm_bias: bool = True) -> list[dict[str, Any]]:
+def param_groups(module: nn.Module, weight_decay: float, exclude_norm_bias: bool = True,
+                 custom: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Split trainable parameters into decayed and non-decayed groups.
 
-    A method may provide ``param_groups()`` returning its own groups (e.g. SimSiam's predictor with a fixed
-    LR: ``{"params": [...], "fixed_lr": True}``); each is split again by the same rule.
+    ``custom``: a method's own groups (``Method.param_groups()``, e.g. SimSiam's predictor with a fixed LR:
+    ``{"params": [...], "fixed_lr": True}``), each split again by the same rule; None: all of ``module``'s
+    trainable parameters.
     """
-    custom = getattr(module, "param_groups", None)
-    base_groups: list[dict[str, Any]] = custom() if callable(custom) else [
-        {"params": [p for p in module.parameters() if p.requires_grad]}
-    ]
+    base_groups = custom if custom is not None else [{"params": [p for p in module.parameters() if p.requires_grad]}]
     groups: list[dict[str, Any]] = []
     for g in base_groups:
         params = [p for p in g["params"] if p.requires_grad]

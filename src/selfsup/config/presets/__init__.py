@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from selfsup.config.schema import load_yaml
 from selfsup.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent
@@ -65,8 +66,6 @@ def preset_layer(preset: dict[str, Any], method: str | None) -> dict[str, Any]:
 
 def load_preset(name: str, method: str | None) -> dict[str, Any]:
     """The packaged preset ``name`` as a config layer for ``method`` (see ``preset_layer``)."""
-    from selfsup.config import load_yaml
-
     return preset_layer(load_yaml(preset_path(name)), method)
 
 

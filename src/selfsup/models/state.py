@@ -1,0 +1,32 @@
+"""Loading saved weights into a module: strictly, with a one-line error that names the file and the mismatch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from selfsup.errors import CheckpointError
+
+
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error naming the file and the mismatch."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or shape:
+        detail = []
+        if shape:
+            k = shape[0]
+            detail.append(f"shape of {k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}")
+        if missing:
+            detail.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+        raise CheckpointError(
+            f"{source}: weights do not fit this {what} ({'; '.join(detail)}); the checkpoint was made with a "
+            "different backbone/method configuration — use the matching --backbone or another checkpoint"
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,157 @@
+"""What a run reports while it trains: metrics.jsonl rows, the progress bar, the collapse monitor, online kNN."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from selfsup import distributed
+from selfsup.checkpoint import atomic_write_text
+from selfsup.config import PretrainConfig
+from selfsup.data import ImageDataset
+from selfsup.eval.features import extract_features
+from selfsup.eval.knn import knn_accuracy
+from selfsup.methods import StepOutput
+from selfsup.training.batches import TrainData
+
+Row = dict[str, float | int | str]
+
+
+class MetricsLog:
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write."""
+
+    def __init__(self, path: Path | None, truncate_after_step: int | None = None) -> None:
+        self.path = path
+        if path is not None and path.exists() and truncate_after_step is not None:
+            # on resume, drop rows logged after the checkpoint so the file shows one trajectory
+            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= truncate_after_step]
+            atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+    def write(self, row: Row) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def embedding_stats(emb: torch.Tensor) -> dict[str, float]:
+    """Collapse monitor: std of L2-normalised embeddings (x sqrt(D): ~1 healthy, ~0 collapsed) and RankMe.
+
+    RankMe (Garrido et al. 2023, arXiv 2210.02885, Eq. 1): exp of the entropy of the normalised singular values.
+    """
+    e = torch.nn.functional.normalize(emb.float(), dim=1)
+    std = float(e.std(dim=0).mean() * math.sqrt(e.shape[1]))
+    s = torch.linalg.svdvals(e)
+    p = s / s.sum().clamp_min(1e-12) + 1e-7
+    rankme = float(torch.exp(-(p * p.log()).sum()))
+    return {"emb_std": std, "rankme": rankme}
+
+
+class Monitor:
+    """The run's reporting: rows every ``train.log_every`` steps, the bar, and kNN on ``data.val``."""
+
+    def __init__(self, cfg: PretrainConfig, data: TrainData, backbone: torch.nn.Module, metrics: MetricsLog, *,
+                 main: bool, world_size: int, name: str, start: int, end: int) -> None:
+        self.cfg, self.data, self.backbone, self.metrics = cfg, data, backbone, metrics
+        self.main, self.world_size = main, world_size
+        self.bar = (tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc=name)
+                    if main and cfg.train.progress else None)
+        self.last_row: Row = {}
+        self.knn_history: list[Row] = []
+        self.t_start = time.perf_counter()
+        self.t_window, self.n_window = time.perf_counter(), 0
+
+    @property
+    def knn_possible(self) -> bool:
+        """kNN needs labelled validation data and random access to the training images (not a stream)."""
+        return self.data.val is not None and self.data.images is not None
+
+    def _features(self, ds: ImageDataset, n: int | None = None) -> torch.Tensor:
+        self.backbone.eval()
+        f = extract_features(self.backbone, ds.images if n is None else ds.images[:n],
+                             image_size=self.cfg.data.image_size, precision=self.cfg.train.precision,
+                             crop_fraction=self.cfg.data.eval_crop_fraction)
+        self.backbone.train()
+        return f
+
+    def knn(self) -> dict[str, float]:
+        """Online kNN top-1 of the current encoder on ``data.val`` (empty when it cannot run)."""
+        train, val = self.data.images, self.data.val
+        if train is None or val is None:
+            return {}
+        feats_tr, feats_te = self._features(train), self._features(val)
+        if train.labels is None or val.labels is None:
+            return {}
+        res = knn_accuracy(feats_tr, torch.tensor(train.labels), feats_te, torch.tensor(val.labels),
+                           k=self.cfg.train.knn_k, temperature=self.cfg.train.knn_t,
+                           num_classes=max(train.num_classes, val.num_classes))
+        return {"knn_top1": res["top1"]}
+
+    def eval_probe(self) -> tuple[float, int]:
+        """(seconds per image, feature dim) of the final kNN's feature extraction, timed on <= 512 images."""
+        assert self.data.images is not None
+        n = min(512, len(self.data.images))
+        t = time.perf_counter()
+        f = self._features(self.data.images, n)
+        return (time.perf_counter() - t) / max(1, n), int(f.shape[1])
+
+    def step_done(self, step: int, end_step: int, spe: int, lr: float, grad_norm: float | None,
+                  views: list[torch.Tensor], out: StepOutput, n_images: int) -> None:
+        """After each step: count images; every ``log_every`` steps (and at the end) write a row."""
+        self.n_window += n_images * self.world_size
+        if step % self.cfg.train.log_every == 0 or step == end_step:
+            self._log(step, spe, lr, grad_norm, views, out)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def _log(self, step: int, spe: int, lr: float, grad_norm: float | None, views: list[torch.Tensor],
+             out: StepOutput) -> None:
+        now = time.perf_counter()
+        ips = self.n_window / max(1e-9, now - self.t_window)
+        self.t_window, self.n_window = now, 0
+        global_loss = float(distributed.all_reduce_mean(out.loss.detach().float()))  # mean over processes
+        row: Row = {"step": step, "epoch": round(step / spe, 4), "loss": global_loss, "lr": lr,
+                    "images_per_s": round(ips, 2), "time_s": round(now - self.t_start, 2)}
+        if grad_norm is not None:
+            row["grad_norm"] = grad_norm
+        if self.cfg.data.low_res_size:
+            row["view_size"] = int(views[0].shape[-1])
+        row.update({k: float(v) for k, v in out.logs.items()})
+        if out.embeddings is not None and out.embeddings.shape[0] > 1:
+            stats = embedding_stats(out.embeddings)
+            row.update(stats)
+            if stats["emb_std"] < 0.05 and self.main:
+                print(f"warning: representation collapse at step {step} (normalised embedding std "
+                      f"{stats['emb_std']:.3f} x sqrt(D)); lower the learning rate or check the recipe", file=sys.stderr)
+        self.metrics.write(row)
+        self.last_row = row
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{global_loss:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.3g}")
+
+    def knn_row(self, step: int, epoch: float, *, announce: bool = False) -> bool:
+        """Run kNN now and log it (``announce``: also above the progress bar); False when it could not run."""
+        res = self.knn()
+        if not res:
+            return False
+        row: Row = {"step": step, "epoch": epoch, "eval": "knn", **res}
+        self.knn_history.append(row)
+        self.metrics.write(row)
+        if self.bar is not None and announce:
+            self.bar.write(f"epoch {epoch}: online kNN top-1 {res['knn_top1']:.2f}%")
+        return True
+
+    def set_end(self, end_step: int) -> None:
+        if self.bar is not None:
+            self.bar.total = end_step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
