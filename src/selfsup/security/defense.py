@@ -105,7 +105,8 @@ def patchsearch_scores(
                     boxes[s + j] = (t0, l0)
     finally:
         encoder.train(was)
-    return {"scores": scores, "boxes": boxes, "window": w, "clusters": assign.numpy(), "n_test": len(test_idx)}
+    return {"method": "patchsearch-lite (Tejankar et al. CVPR 2023)", "scores": scores, "boxes": boxes, "window": w,
+            "clusters": assign.numpy(), "n_test": len(test_idx)}
 
 
 def flag_top(scores: np.ndarray, fraction: float) -> np.ndarray:

@@ -309,8 +309,15 @@ def _refit_budget(
     return fitted
 
 
-def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
-    """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
+def pretrain(
+    cfg: PretrainConfig, *, resume: bool = False,
+    on_views: Callable[[torch.Tensor, list[torch.Tensor], list[Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json).
+
+    ``on_views(index, views, params)``: called once per step after the views are made (dataset rows [B],
+    view tensors, their ``ViewParams``); the security audit counts poison mechanisms with it.
+    """
     from selfsup.augment import kernel as view_kernel
     from selfsup.augment.views import COLOUR_MODES, VIEW_BACKENDS, make_views, rescaled_recipe, uses_kernel
 
@@ -506,6 +513,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                                            channels_last=cfg.train.channels_last, dtype=view_dtype,
                                            compiled=cfg.train.compile, colour=cfg.data.colour,
                                            backend=cfg.data.view_backend)
+                if on_views is not None:
+                    on_views(idx, views, params)
                 progress = Progress(step=step, total_steps=total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(optimizer, lr, cfg.optim.lr or 0.0)
