@@ -464,7 +464,7 @@ def test_backdoor_audit_end_to_end_with_defense(tmp_path):
     from selfsup.security.audit import backdoor_audit
 
     r = backdoor_audit(_cfg(tmp_path, "bd"), "disc", PoisonSpec(rate=0.02, seed=0), defense=True, flag_fraction=0.05,
-                       defense_tests=8, decree=True)
+                       defense_tests=8, defense_iterations=5, decree=True, decree_steps=20)
     assert r["n_poison"] == 8 and r["victim_steps"] == 2
     for arm in ("victim", "clean"):
         assert 0.0 <= r[arm]["asr"] <= 100.0 and 0.0 <= r[arm]["ca"] <= 100.0
@@ -475,7 +475,8 @@ def test_backdoor_audit_end_to_end_with_defense(tmp_path):
     assert {r["decree"]["victim"]["verdict"], r["decree"]["clean"]["verdict"]} <= {"clean", "backdoored"}
     assert json.loads((tmp_path / "bd" / "audit.json").read_text())["mechanism"]["steps"] == 2
     d = r["defense"]
-    assert d["flagged"] == 21 and 0 <= d["recall"] <= 100 and "after" in d
+    assert 0 <= d["flagged"] <= 408 and 0 <= d["recall"] <= 100 and "after" in d
+    assert d["scores_only"]["flagged"] == 21 and d["search_rounds"] >= 1
     assert json.loads((tmp_path / "bd" / "report.json").read_text())["attack"] == "noisy-alignment"
 
 
@@ -518,3 +519,74 @@ def test_audit_pretraining_layers_the_preset_under_its_own_fields(tmp_path):
     assert other.method == {"name": "byol"} and other.optim.base_lr is None  # BYOL keeps its paper recipe
     plain = pretrain_config(AuditConfig(), "x", tmp_path)
     assert plain.optim.name is None and plain.method == {"name": "simclr"}
+
+
+# ------------------------------------------------------------------------------------------ defenses
+
+
+def test_grad_cam_matches_a_slow_reference():
+    from selfsup.security.defense import grad_cam
+
+    enc = _TinyEncoder()
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    centres = torch.nn.functional.normalize(torch.randn(4, 32, generator=torch.Generator().manual_seed(1)), dim=1)
+    got = grad_cam(enc, x, centres)
+    # reference: the last 4-D activation is the 2x2 adaptive pool output; Grad-CAM by hand, image by image
+    from selfsup.security.adversarial import normalise
+
+    for i in range(3):
+        xi = normalise(x[i : i + 1])
+        a = enc.net[2](enc.net[1](enc.net[0](xi))).detach().requires_grad_(True)
+        f = a.flatten(1)
+        logit = (torch.nn.functional.normalize(f, dim=1) @ centres.T).max()
+        (g,) = torch.autograd.grad(logit, a)
+        cam = torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
+        cam = torch.nn.functional.interpolate(cam, size=(16, 16), mode="bilinear", align_corners=False)[0, 0]
+        cam = (cam - cam.min()) / (cam.max() - cam.min()).clamp_min(1e-12)
+        torch.testing.assert_close(got[i], cam.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_max_window_finds_the_largest_sum():
+    from selfsup.security.defense import max_window
+
+    cam = torch.zeros(2, 12, 12)
+    cam[0, 3:6, 7:10] = 1.0
+    cam[1, 8:11, 0:3] = 0.5
+    cam[1, 0, 11] = 1.0  # a single bright pixel loses to a 3x3 block
+    assert max_window(cam, 3).tolist() == [[3, 7], [8, 0]]
+
+
+def test_patchsearch_scores_find_a_planted_trigger():
+    """An encoder whose features are dominated by a bright red patch: the poisons (patched images) form the
+    patch's cluster, their Grad-CAM window is the patch, and pasting it flips test images to that cluster."""
+    from selfsup.security.defense import patchsearch_scores
+
+    class RedDetector(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            with torch.no_grad():
+                self.conv.weight.zero_()
+                self.conv.bias.zero_()
+                self.conv.weight[0, 0, 1, 1] = 4.0  # red
+                self.conv.weight[0, 1, 1, 1] = -4.0
+                self.conv.weight[0, 2, 1, 1] = -4.0
+                self.conv.bias[0] = -2.0
+                self.conv.weight[1:, :, 1, 1] = torch.randn(3, 3, generator=torch.Generator().manual_seed(0))
+            self.pool = nn.AdaptiveMaxPool2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = torch.relu(self.conv(x))
+            return torch.cat([self.pool(a[:, :1]).flatten(1) * 10, self.pool(a[:, 1:]).mean((2, 3))], 1)
+
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 120, (40, 16, 16, 3), dtype=np.uint8)
+    imgs[:, :, :, 0] //= 2
+    red = np.zeros((5, 5, 3), np.uint8)
+    red[..., 0] = 255
+    for i in range(6):
+        imgs[i] = paste_patch(imgs[i], red, 2 + i, 3 + i, alpha=0.0)
+    r = patchsearch_scores(RedDetector(), imgs, image_size=16, clusters=4, window=5, n_test=16, seed=0)
+    top = np.argsort(-r["scores"], kind="stable")[:6]
+    assert len(set(top.tolist()) & set(range(6))) >= 4
+    assert r["scores"][:6].max() > 0
