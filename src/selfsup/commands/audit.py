@@ -51,7 +51,8 @@ def add_parser(sub: Any, formatter: type) -> None:
                    help="weight of the image under the patch (default: the attack's official value, NA 0.2, "
                    "SSL-Backdoor 0 = opaque)")
     b.add_argument("--defense", action="store_true", help="also run PatchSearch on the poisoned set and retrain")
-    b.add_argument("--flag-fraction", type=float, default=0.02, help="share of images the detector flags")
+    b.add_argument("--flag-fraction", type=float, default=0.02,
+                   help="share flagged by the poison scores alone (reported beside PatchSearch's classifier)")
     b.add_argument("--decree", action="store_true",
                    help="also run DECREE (encoder-level trigger inversion, no labels) on the victim and clean encoders")
     b.set_defaults(func=run_backdoor)
@@ -112,6 +113,8 @@ def backdoor_table(report: dict[str, Any]) -> str:
         lines.append(f"mechanism: {m['mechanism_pairs']} of {m['poison_pairs']} poison view pairs "
                      f"({100 * m['rate']:.2f}%; Monte-Carlo expectation {e}); "
                      f"{m['poisons_with_a_hit']} of {m['poisons']} poisons had at least one")
+        if m["mechanism_pairs"] == 0:
+            lines.append(f"WARNING: {m['note']}")
     if "decree" in report:
         d = report["decree"]
         lines.append("DECREE PL1: victim {:.3f} ({}), clean {:.3f} ({}), threshold {:.2f}".format(

@@ -192,7 +192,12 @@ class MechanismCounter:
     def summary(self) -> dict[str, Any]:
         n = int(self.geometry.is_poison.sum())
         seen = len(self.per_poison)
-        return {"attack": self.geometry.attack, "source": "counted during training (MechanismCounter)",
+        if self.hits == 0:
+            note = ("the mechanism never occurred: the attack never had its chance, so a low ASR says nothing "
+                    "about the encoder's resistance")
+        else:
+            note = f"the mechanism occurred in {self.hits} training pairs"
+        return {"attack": self.geometry.attack, "source": "counted during training (MechanismCounter)", "note": note,
                 "steps": self.steps, "poison_pairs": self.poison_pairs, "mechanism_pairs": self.hits,
                 "rate": self.hits / max(1, self.poison_pairs), "poisons": n,
                 "poisons_with_a_hit": sum(1 for h in self.per_poison.values() if h > 0), "poisons_seen": seen}

@@ -39,7 +39,9 @@ triggered test images (``loaders/diffaugment.py`` poisons both with ``self.magni
 Positions are scaled with the window for other sizes (``window // 2 - 1`` and ``window - 1``).
 Deviation: the official code keeps the poisoned images as float tensors; selfsup writes them as 8-bit
 PNGs, so each pixel is rounded (at most 0.5 levels; the trigger's amplitude at magnitude 100 is several
-levels per pixel).
+levels per pixel). The trigger is written at the images' own resolution: a data cache that resizes the
+poisons (a cache size other than the image side) resamples the trigger before training, and a downscale
+removes its highest components (see :mod:`selfsup.security.mechanism`).
 """
 
 from __future__ import annotations
