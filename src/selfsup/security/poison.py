@@ -1,10 +1,11 @@
 """Poisoned pretraining sets: Noisy Alignment, SSL-Backdoor and CTRL, written as a folder + ``manifest.json``.
 
 **Poison count and distinct poisons.** ``n_poison = round(rate * N_clean)``, with ``N_clean`` the size of the
-clean training set (CTRL's ``poison_num = int(len(trainset) * poison_ratio)``; SSL-Backdoor's configs give a
-share of the target class, ``poison_injection_rate``, which the paper reports as a share of the training set:
-0.5% of ImageNet-100 = 50% of one class). Every poison is built from its OWN image(s): no reference or shadow
-image is used twice (``ConfigError`` when the data holds too few), as in every official code.
+clean training set, as CTRL's ``poison_num = int(len(trainset) * poison_ratio)``. SSL-Backdoor's configs give
+instead a share of the TARGET CLASS (``poison_injection_rate``; 1.0 in the shipped HTBA configs, i.e. every
+target-class image, about 1% of ImageNet-100); for a balanced 10-class set, rate r of the training set is
+10 r of the target class. Every poison is built from its OWN image(s): no reference or shadow image is used
+twice (``ConfigError`` when the data holds too few), as in every official code.
 
 **Added or replaced.** As the official codes do it:
 - ``noisy-alignment`` (Chen, Gui et al., ICCV 2025, arXiv 2508.14015; jsrdcht/Noisy-Alignment ``utils.py``):
