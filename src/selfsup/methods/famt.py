@@ -34,7 +34,10 @@ FAMT-SimMIM: 44%): every patch not masked is visible. Then the weights of every 
 ``refresh_every`` epochs (paper: 40) by a full pass over the data, and the weighted masking + throwing
 (rho_m / rho_t) takes over. The training loop calls :meth:`on_epoch_start` at the start of every epoch
 (``method.on_epoch_start(epoch, train_ds)``); it refreshes when due. Whenever no weights are available
-(warm-up, or a resumed lazy buffer before its recomputation) the warm-up split is used.
+(warm-up, or a resumed lazy buffer before its recomputation) the warm-up split is used. Deviation: the
+official loop refreshes when ``epoch > warmup_epochs and (epoch - 1) % loc_interval == 0`` (first at epoch
+41 for a 40-epoch warm-up, masking switching at ``epoch > 40``); selfsup refreshes at ``warmup_epochs``
+itself and every ``refresh_every`` epochs after it: the same schedule shifted by one epoch, simpler to state.
 
 **Storage and resume.** The weights live in the buffer ``famt.weights`` [N_images, L]. With
 ``method.num_images`` set (> 0) the buffer is allocated at build time and saved in checkpoints, so a resumed

@@ -14,8 +14,9 @@ Noisy Alignment (Chen, Gui)   [0.45, 0.55] of the    [0.45, 0.55], alpha 0.2 (th
                               shadow half, alpha 0.2 README: ``add_watermark`` defaults)
 ============================  =====================  ============================
 
-(SSL-Backdoor: ``train_alpha``/``val_alpha`` 0 and the location ranges of every config in
-``poison-generation/cfg``.) For a patch wider than ``(hi - lo) W`` the range is one point, ``int(W * lo)``:
+(SSL-Backdoor: ``train_alpha``/``val_alpha`` 0, ``alpha_composite`` true and the location ranges of every
+config in ``poison-generation/cfg``; the code's other branch, ``alpha_composite`` false, centres the range on
+the patch instead and is not used by those configs.) For a patch wider than ``(hi - lo) W`` the range is one point, ``int(W * lo)``:
 with NA's 50 px patch on a 224 px image the left edge is always 100 px, so the patch sits slightly right of
 the centre, as in the official code.
 
