@@ -238,6 +238,7 @@ def test_warmup_is_plain_random_masking_without_throwing(name, expect):
     assert (split.masked.shape[1], split.thrown.shape[1]) == (m.n_mask, m.n_throw) and m.n_throw > 0
 
 
+@pytest.mark.integration
 def test_after_a_refresh_masking_falls_on_high_weight_patches():
     """FAMT's mechanism: after a refresh, masked patches land in the top quarter of each image's weights far
     more often than random masking puts them there (25%). The last block's attention is sharpened (q and k

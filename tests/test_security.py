@@ -524,6 +524,7 @@ def test_audit_pretraining_layers_the_preset_under_its_own_fields(tmp_path):
 # ------------------------------------------------------------------------------------------ defenses
 
 
+@pytest.mark.integration
 def test_grad_cam_matches_a_slow_reference():
     from selfsup.security.defense import grad_cam
 
@@ -556,6 +557,7 @@ def test_max_window_finds_the_largest_sum():
     assert max_window(cam, 3).tolist() == [[3, 7], [8, 0]]
 
 
+@pytest.mark.integration
 def test_patchsearch_scores_find_a_planted_trigger():
     """An encoder whose features are dominated by a bright red patch: the poisons (patched images) form the
     patch's cluster, their Grad-CAM window is the patch, and pasting it flips test images to that cluster."""
