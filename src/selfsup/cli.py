@@ -11,7 +11,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ["pretrain", "eval", "embed", "search", "report", "info", "demo", "masks", "audit"]  # modules under selfsup.commands
+COMMANDS = ["pretrain", "eval", "embed", "search", "report", "export", "info", "demo", "masks", "audit"]  # modules under selfsup.commands
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):

@@ -42,10 +42,38 @@ def run_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def plain_text(doc: str) -> str:
+    """A docstring's Markdown tables and RST literals as aligned plain text for a terminal."""
+    import re
+
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(max(map(len, table)))]
+            out.extend("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table)
+            table.clear()
+
+    for line in doc.splitlines():
+        text = re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", line)
+        text = text.replace("**", "")
+        if text.strip().startswith("|"):
+            cells = [c.strip() for c in text.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):  # not the |---|---| rule
+                table.append(cells)
+            continue
+        flush()
+        out.append(text)
+    flush()
+    return "\n".join(out).strip("\n")
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from selfsup.models import backbones
 
-    print(backbones.__doc__.split("\n\n", 2)[2] if backbones.__doc__ else "")
+    doc = backbones.__doc__ or ""
+    print(plain_text(doc.split("\n\n", 2)[2] if doc.count("\n\n") >= 2 else doc))
     return 0
 
 
