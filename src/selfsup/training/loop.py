@@ -408,7 +408,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
               f"{len(train_ds)} images, {spe} steps/epoch, {plan}{cap}", file=sys.stderr)
         print(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}",
               file=sys.stderr)
-        print("resolved config:\n" + dump_yaml(cfg), file=sys.stderr)
+        from selfsup import console
+
+        console.detail("resolved config:\n" + dump_yaml(cfg))  # always saved as RUN/config.yaml; shown with -v
         for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
             stale.unlink(missing_ok=True)
         if resume:
@@ -621,8 +623,13 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if knn_history:
         summary["knn_top1"] = knn_history[-1]["knn_top1"]
     if main:
+        from selfsup import console
+        from selfsup.summary import end_of_run
+
+        end_text = end_of_run(summary, cfg, train_ds, val_ds)  # adds the raw-pixel kNN baseline when cheap
         export_encoder(out, backbone, {"backbone": to_dict(cfg.backbone), "image_size": cfg.data.image_size,
                                        "method": spec.name, "steps": step})
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+        console.info(end_text)
     return summary
 
