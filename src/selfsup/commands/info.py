@@ -19,7 +19,14 @@ def add_parser(sub: Any, formatter: type) -> None:
                        formatter_class=formatter)
     p.set_defaults(func=run_presets)
     p = sub.add_parser("datasets", help="list built-in datasets (shipped inside PyPI packages; no download)",
-                       epilog="example:\n  selfsup datasets", formatter_class=formatter)
+                       epilog="example:\n  selfsup datasets\n"
+                       "  selfsup datasets --export builtin:synthetic photos --flat   # a folder of images to try\n"
+                       "  selfsup datasets --export builtin:mnist:test mnist-test      # class folders",
+                       formatter_class=formatter)
+    p.add_argument("--export", nargs=2, metavar=("SPEC", "DIR"),
+                   help="write a built-in dataset (builtin:NAME[:SPLIT]) as image files into the new folder DIR")
+    p.add_argument("--flat", action="store_true",
+                   help="with --export: all images directly in DIR, no class sub-folders (an unlabelled folder)")
     p.set_defaults(func=run_datasets)
 
 
@@ -77,9 +84,35 @@ def run_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_dataset(spec: str, out: str, *, flat: bool = False) -> int:
+    """``export_builtin`` into ``out``; ``flat`` moves every image up into ``out`` itself (``<class>_<id>.png``),
+    so the folder reads as unlabelled photos. Returns the number of images written."""
+    from pathlib import Path
+
+    from selfsup.data import export_builtin
+
+    root = export_builtin(spec, out)
+    files = sorted(root.glob("*/*.png"))
+    if flat:
+        for f in files:
+            f.rename(root / f"{f.parent.name}_{f.name}")
+        for d in sorted({f.parent for f in files}):
+            Path(d).rmdir()
+    return len(files)
+
+
 def run_datasets(args: argparse.Namespace) -> int:
     from selfsup.data import list_builtin
 
+    if args.export:
+        spec, out = args.export
+        n = export_dataset(spec, out, flat=args.flat)
+        print(f"wrote {n} images to {out}" + (" (no class sub-folders)" if args.flat else " (one folder per class)"))
+        return 0
+    if args.flat:
+        from selfsup.errors import ConfigError
+
+        raise ConfigError("--flat goes with --export SPEC DIR")
     for name, desc in list_builtin().items():
         print(f"builtin:{name:<12} {desc}")
     return 0
