@@ -170,3 +170,53 @@ def test_pixel_knn_baseline_matches_eval_and_is_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(K, "knn_accuracy", lambda *a, **k: pytest.fail("recomputed"))
     assert pixel_knn_baseline(tr, te, k=5, temperature=0.1) == pytest.approx(want)  # from the cache
     assert pixel_knn_baseline(tr, te, k=7, temperature=0.1, max_macs=1) is None  # too big and not cached
+
+
+# ------------------------------------------------------------------------------------------ README
+
+
+def readme_quick_start():
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Quick start", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [ln.split("  #", 1)[0].strip() for ln in block.strip().splitlines() if ln.strip()]
+
+
+def test_readme_quick_start_is_five_selfsup_commands():
+    lines = readme_quick_start()
+    assert len(lines) == 5 and all(ln.startswith("selfsup ") for ln in lines)
+    parsers = dict(_all_parsers())
+    import shlex
+
+    for ln in lines:  # every line parses with today's CLI
+        argv = shlex.split(ln)[1:]
+        assert "selfsup " + argv[0] in parsers, ln
+        assert callable(parsers["selfsup"].parse_args(argv).func), ln
+
+
+@pytest.mark.integration
+def test_datasets_export_flat_gives_an_unlabelled_folder(tmp_path, capsys):
+    from selfsup.cli import main
+    from selfsup.data import open_dataset
+
+    assert main(["datasets", "--export", "builtin:synthetic:test", str(tmp_path / "pics"), "--flat"]) == 0
+    assert "wrote 100 images" in capsys.readouterr().out
+    assert not [p for p in (tmp_path / "pics").iterdir() if p.is_dir()]
+    ds = open_dataset(str(tmp_path / "pics"), 16, progress=False)
+    assert len(ds) == 100 and ds.labels is None
+
+
+@pytest.mark.slow
+def test_readme_quick_start_runs_verbatim(tmp_path):
+    """The README's quick start, line by line, in an empty folder (`selfsup` = this checkout's CLI)."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "SELFSUP_CACHE": str(tmp_path / "cache")}
+    for ln in readme_quick_start():
+        r = subprocess.run([sys.executable, "-m", "selfsup", *shlex.split(ln)[1:]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, (ln, r.stderr[-2000:])
+    assert (tmp_path / "runs/photos/report.html").is_file()
+    assert "checker_00000.png" in r.stdout
