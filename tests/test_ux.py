@@ -220,3 +220,17 @@ def test_readme_quick_start_runs_verbatim(tmp_path):
         assert r.returncode == 0, (ln, r.stderr[-2000:])
     assert (tmp_path / "runs/photos/report.html").is_file()
     assert "checker_00000.png" in r.stdout
+
+
+@pytest.mark.integration
+def test_pretrain_json_prints_the_summary(tmp_path, capsys):
+    import json
+
+    from selfsup.cli import main
+
+    data = make_class_folder(tmp_path / "d", classes=2, per_class=6)
+    assert main(["pretrain", "--data", str(data), "--method", "simclr", "--epochs", "1", "--batch-size", "6",
+                 "--out", str(tmp_path / "run"), "--image-size", "16", "--backbone", "cnn-compact", "--set",
+                 "backbone.width=4", "--set", "train.threads=1", "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == json.loads((tmp_path / "run" / "summary.json").read_text()) and out["steps"] == 2

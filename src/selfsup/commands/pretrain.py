@@ -46,6 +46,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field, e.g. optim.clip_grad=1.0")
     p.add_argument("--out", help="run folder (checkpoint, metrics.jsonl, config.yaml, summary.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--json", action="store_true", help="print the run summary (summary.json) as JSON on stdout")
     p.set_defaults(func=run)
 
 
@@ -98,5 +99,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
     summary = pretrain(cfg, resume=args.resume)
-    del summary  # the training loop prints the end-of-run summary (selfsup.summary)
+    # the training loop prints the end-of-run summary (selfsup.summary) on stderr
+    from selfsup import distributed
+
+    if getattr(args, "json", False) and distributed.env_info().is_main:
+        import json
+
+        print(json.dumps(summary, indent=2))
     return 0
