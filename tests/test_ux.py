@@ -125,6 +125,7 @@ def test_config_dump_only_with_v_and_summary_unless_q(tmp_path, capsys, flags, c
     err = capsys.readouterr().err
     assert ("resolved config:" in err) == config_shown
     assert ("next:" in err and "selfsup report" in err) == summary_shown
+    assert ("selfsup pretrain: simclr" in err) == summary_shown, "-q drops the header too"
     if summary_shown:
         assert "(1.0 epochs)" in err and "raw pixels" in err
         assert f"selfsup eval all --checkpoint {tmp_path / 'run'}" in err

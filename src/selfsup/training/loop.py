@@ -404,12 +404,11 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         plan = (f"steps fitted to the {cfg.train.time_budget:g}-minute budget after warm-up" if budget is not None
                 else f"{total_steps} steps in total")
         cap = f", {'at most' if budget is not None else 'stopping at'} {end_step}" if end_step < total_steps else ""
-        print(f"selfsup pretrain: {spec.name} ({spec.family}) on {cfg.backbone.name}; "
-              f"{len(train_ds)} images, {spe} steps/epoch, {plan}{cap}", file=sys.stderr)
-        print(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}",
-              file=sys.stderr)
         from selfsup import console
 
+        console.info(f"selfsup pretrain: {spec.name} ({spec.family}) on {cfg.backbone.name}; "
+                     f"{len(train_ds)} images, {spe} steps/epoch, {plan}{cap}")
+        console.info(f"precision: {precision_note}; device: {device}; threads: {threads}; processes: {dinfo.world_size}")
         console.detail("resolved config:\n" + dump_yaml(cfg))  # always saved as RUN/config.yaml; shown with -v
         for stale in out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
             stale.unlink(missing_ok=True)
