@@ -235,3 +235,31 @@ def test_pretrain_json_prints_the_summary(tmp_path, capsys):
                  "backbone.width=4", "--set", "train.threads=1", "--no-progress", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == json.loads((tmp_path / "run" / "summary.json").read_text()) and out["steps"] == 2
+
+
+def test_readme_results_are_one_number_per_cell_without_lab_notes():
+    text = (ROOT / "README.md").read_text()
+    results = text.split("## Results", 1)[1].split("\n## ", 1)[0]
+    for word in ("failed", "target", "not met", "TODO", "2026-"):
+        assert word not in results, word
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in results.splitlines():
+        if line.startswith("|"):
+            if not previous.startswith("|"):
+                tables.append([])
+            if not set(line) <= set("|-: "):
+                tables[-1].append([c.strip().replace("**", "") for c in line.strip("|").split("|")])
+        previous = line
+    assert len(tables) == 3
+    values = 0
+    for header, *body in tables:
+        cols = [i for i, h in enumerate(header) if h in ("selfsup", "raw pixels", "random encoder", "lightly")]
+        for row in body:
+            for i in cols or range(len(row)):  # the method zoo: every cell is a score
+                values += 1
+                assert re.fullmatch(r"[\d,.]+ ?(%|pairs/s|µs)?|–", row[i]), row[i]  # one number (and a unit)
+    assert values >= 30
+    assert "## License" in text and "Apache-2.0" in text and (ROOT / "LICENSE").is_file()
+    assert "make test" in text and "make demo" in text and "pip install ." in text
+    assert (ROOT / "docs" / "report.png").is_file() and "docs/report.png" in text
