@@ -46,7 +46,7 @@ def test_help_shows_real_defaults_and_every_flag_has_help():
     for name, p in _all_parsers():
         text = p.format_help()
         assert "(default: None)" not in text, name
-        assert "(default: False)" not in text, name
+        assert "(default: False)" not in text and "(default: )" not in text, name
         for a in p._actions:
             if a.option_strings and a.help != argparse.SUPPRESS:
                 seen.add((name.split()[1] if " " in name else name, a.option_strings[-1]))

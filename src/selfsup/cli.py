@@ -20,7 +20,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+        d = action.default
+        if d is None or d is False or d == "" or d == argparse.SUPPRESS or "default" in text:  # `is`: keep 0
             return text
         return super()._get_help_string(action)
 
