@@ -144,6 +144,8 @@ def test_end_of_run_text_compares_with_the_baseline():
     assert "raw pixels score 41.25%: not beaten yet" in text
     assert "selfsup eval all --checkpoint runs/a --train photos --test 'val dir'" in text
     assert "selfsup report runs/a" in text and "selfsup embed --checkpoint runs/a --data photos" in text
+    unlabelled = format_end_of_run(s, "runs/a", data="photos", val="v", data_labelled=False)
+    assert "selfsup eval" not in unlabelled and "selfsup report runs/a" in unlabelled
     s["knn_top1"] = 55.0
     assert "+13.75 points over raw pixels (41.25%)" in format_end_of_run(s, "runs/a", data="d", val="v")
     assert fmt_number(3.206101655960083) == "3.206" and fmt_number(12000) == "12,000"

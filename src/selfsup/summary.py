@@ -149,13 +149,13 @@ def _q(x: Any) -> str:
     return shlex.quote(str(x))
 
 
-def next_commands(run_dir: str | Path, data: str | None, val: str | None) -> list[str]:
-    """The commands worth running after a pretraining run."""
+def next_commands(run_dir: str | Path, data: str | None, val: str | None, *, data_labelled: bool = True) -> list[str]:
+    """The commands worth running after a pretraining run (``eval`` only when there are labelled folders to
+    give it: the training data for the classifiers and ``val`` to score them)."""
     run = _q(run_dir)
     cmds = []
-    if val:
-        train = data if data and not str(data).startswith("wds:") else val
-        cmds.append(f"selfsup eval all --checkpoint {run} --train {_q(train)} --test {_q(val)}")
+    if val and data and data_labelled and not str(data).startswith("wds:"):
+        cmds.append(f"selfsup eval all --checkpoint {run} --train {_q(data)} --test {_q(val)}")
     if data and not str(data).startswith("wds:"):
         cmds.append(f"selfsup embed --checkpoint {run} --data {_q(data)} --out {_q(Path(run_dir) / 'embeddings.safetensors')}")
     cmds.append(f"selfsup report {run}")
@@ -163,7 +163,7 @@ def next_commands(run_dir: str | Path, data: str | None, val: str | None) -> lis
 
 
 def format_end_of_run(summary: dict[str, Any], run_dir: str | Path, *, data: str | None = None,
-                      val: str | None = None) -> str:
+                      val: str | None = None, data_labelled: bool = True) -> str:
     """The end-of-run text (see the module docstring) from a run's summary dict."""
     steps, epochs = summary.get("steps", 0), summary.get("epochs_completed")
     head = f"finished {summary.get('method', '?')} on {summary.get('backbone', '?')}: {fmt_number(steps)} steps"
@@ -189,7 +189,7 @@ def format_end_of_run(summary: dict[str, Any], run_dir: str | Path, *, data: str
     lines.append(f"run folder {run}: checkpoint.pt (resume with --resume), encoder.safetensors (the encoder alone), "
                  "metrics.jsonl, summary.json, config.yaml")
     lines.append("next:")
-    lines.extend(f"  {c}" for c in next_commands(run, data, val))
+    lines.extend(f"  {c}" for c in next_commands(run, data, val, data_labelled=data_labelled))
     return "\n".join(lines)
 
 
@@ -203,4 +203,5 @@ def end_of_run(summary: dict[str, Any], cfg: Any, train: Any, val: Any) -> str:
             pix = None
         if pix is not None:
             summary["knn_baselines"] = {"raw pixels": round(pix, 4)}
-    return format_end_of_run(summary, cfg.out, data=cfg.data.path, val=cfg.data.val)
+    return format_end_of_run(summary, cfg.out, data=cfg.data.path, val=cfg.data.val,
+                             data_labelled=getattr(train, "labels", None) is not None)
