@@ -112,6 +112,10 @@ def test_interrupted_eval_all_keeps_the_first_protocol_and_reuses_features(tiny,
     done = json.loads((run / "eval2.json").read_text())
     assert done["meta"]["complete"] is True and "finetune@10%" not in done, "quick by default: no fine-tuning"
     assert {"knn", "linear", "fewshot", "retrieval", "clustering", "diagnostics"} <= set(done)
+    from selfsup.report import write_report
+
+    assert "Nearest neighbours" in write_report(run, run / "r.html", test=str(data)).read_text()
+    assert counter.calls == 2, "the report reads the features `eval` cached"
     # --no-cache really extracts again (the counter can see extraction)
     assert main(["eval", "knn", "--checkpoint", str(run), "--train", str(data), "--test", str(data),
                  "--no-cache", "--no-baselines"]) == 0
