@@ -4,8 +4,8 @@ import json
 import pickle
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from selfsup.cli import build_parser, main
 

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-import yaml
 import torch
+import yaml
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.errors import ConfigError, TrainingDiverged
