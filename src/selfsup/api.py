@@ -13,6 +13,7 @@ from typing import Any
 
 from selfsup.checkpoint import load_encoder
 from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup.config.validate import validate_config
 from selfsup.embed import embed_folder as embed
 from selfsup.eval.api import evaluate
 
@@ -62,6 +63,7 @@ def pretrain(
     if out is not None:
         cfg.out = out
     apply_overrides(cfg, parse_set(set), "set")
+    validate_config(cfg)
     return _pretrain(cfg, resume=resume)
 
 

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from selfsup.config.validate import float_range
+
 EXAMPLE = """example:
   selfsup demo --out runs/demo            # what `make demo` runs; ~6 minutes on 2 CPU cores with native bf16, ~15 without
   selfsup demo --out runs/demo --minutes 2   # a shorter budget (lower accuracy)
@@ -39,24 +41,30 @@ def add_parser(sub: Any, formatter: type) -> None:
     p = sub.add_parser("demo", help="pretrain + evaluate on a built-in dataset (no download)", epilog=EXAMPLE,
                        formatter_class=formatter)
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--minutes", type=float, help=f"pretraining budget (default {DEMO_CONFIG['train']['time_budget']})")
+    p.add_argument("--minutes", type=float_range(0, open_lo=True), help=f"pretraining budget (default {DEMO_CONFIG['train']['time_budget']})")
     p.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
+    from selfsup.runlock import run_folder_lock
 
+    with run_folder_lock(args.out):  # no second demo (or run) in this folder meanwhile
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     from selfsup.commands.eval import format_table
     from selfsup.config import PretrainConfig, apply_overrides
+    from selfsup.config.validate import validate_config
+    from selfsup.errors import ConfigError
     from selfsup.eval.suite import evaluate_suite
     from selfsup.report import write_report
+    from selfsup.runlock import clear_run_folder, is_run_folder
     from selfsup.runtime import resolve_device, resolve_precision
     from selfsup.training.loop import pretrain
 
     out = Path(args.out)
-    if out.exists() and (args.fresh or not (out / "summary.json").exists()):
-        shutil.rmtree(out)  # the demo's own folder: restart an unfinished demo from scratch
     cfg = apply_overrides(PretrainConfig(), DEMO_CONFIG, "demo")
     cfg.out = str(out)
     if args.minutes:
@@ -68,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
             cfg.train.time_budget = FP32_MINUTES
             print(f"demo: precision {note}, so the demo trains for {FP32_MINUTES:g} minutes instead of "
                   f"{DEMO_CONFIG['train']['time_budget']:g} to take about as many steps (--minutes sets it)")
+    validate_config(cfg)
+    if not is_run_folder(out, allow_empty=True):
+        raise ConfigError(f"--out {out} holds files that are not a selfsup run; the demo clears its folder, so "
+                          "pass a new or empty folder")
+    if args.fresh or not (out / "summary.json").exists():
+        clear_run_folder(out)  # the demo's own folder: restart an unfinished demo from scratch
     t0 = time.perf_counter()
     if not (out / "summary.json").exists():
         pretrain(cfg)

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from selfsup.config import PretrainConfig, apply_overrides, load_yaml, parse_set
+from selfsup.config.validate import validate_config
 
 EXAMPLE = """example:
   selfsup pretrain --data ~/photos --method simclr --backbone resnet18 --epochs 100 --batch-size 256 --out runs/photos
@@ -45,6 +46,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field, e.g. optim.clip_grad=1.0")
     p.add_argument("--out", help="run folder (checkpoint, metrics.jsonl, config.yaml, summary.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print it and exit (creates nothing)")
     p.set_defaults(func=run)
 
 
@@ -84,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     if args.out:
         cfg.out = args.out
     apply_overrides(cfg, parse_set(args.set), "--set")
+    validate_config(cfg)
     return cfg
 
 
@@ -92,10 +95,13 @@ def run(args: argparse.Namespace) -> int:
     from selfsup.training.loop import pretrain
 
     cfg = config_from_args(args)
-    if not cfg.data.path:
-        raise ConfigError("no training data: pass --data PATH (a folder of images or builtin:NAME)")
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
+    if args.check:
+        from selfsup.config import dump_yaml
+
+        print(dump_yaml(cfg), end="")
+        return 0
     summary = pretrain(cfg, resume=args.resume)
     from selfsup import distributed
 

@@ -69,6 +69,7 @@ def _open(spec: str, cfg: AuditConfig, labelled: bool = True) -> Any:
 def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
     """The victim's PretrainConfig: the preset (if any), then the audit's own fields."""
     from selfsup.config import PretrainConfig, apply_overrides
+    from selfsup.config.validate import validate_config
 
     pc = PretrainConfig(out=str(out))
     if cfg.preset:
@@ -85,6 +86,7 @@ def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> Any:
     t.epochs, t.batch_size, t.max_steps, t.seed = cfg.epochs, cfg.batch_size, cfg.max_steps, cfg.seed
     t.device, t.threads, t.progress, t.knn_every, t.log_every = cfg.device, cfg.threads, cfg.progress, 0, 50
     t.time_budget = cfg.time_budget
+    validate_config(pc)
     return pc
 
 

@@ -30,15 +30,17 @@ from selfsup import distributed
 from selfsup.checkpoint import (
     CHECKPOINT_NAME,
     atomic_write_text,
+    ensure_finite,
     export_encoder,
     load_checkpoint,
     load_state_strict,
     save_checkpoint,
 )
 from selfsup.config import PretrainConfig, dump_yaml, from_dict, to_dict
-from selfsup.errors import ConfigError, TrainingDiverged, UserError
+from selfsup.errors import ConfigError, DataError, TrainingDiverged, UserError
 from selfsup.methods import Batch, MethodSpec, Progress, registry
 from selfsup.models.backbones import build_backbone, check_bf16_cpu_conv_sizes, resolve_backbone_config
+from selfsup.runlock import locks_run_folder
 from selfsup.runtime import (
     autocast,
     check_compile_toolchain,
@@ -159,14 +161,37 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write."""
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write.
+
+    Opening it with ``truncate_after_step=s`` (the step the run starts from: the checkpoint's on --resume, 0 on
+    a fresh run) drops the rows a killed run logged after ``s``, so the file holds exactly one row per logged
+    step: one trajectory. A line that does not parse (a kill in the middle of a write cuts the last one) is
+    dropped too, with a note.
+    """
 
     def __init__(self, path: Path | None, truncate_after_step: int | None = None) -> None:
         self.path = path
         if path is not None and path.exists() and truncate_after_step is not None:
-            # on resume, drop rows logged after the checkpoint so the file shows one trajectory
-            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= truncate_after_step]
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read it ({exc.strerror}); move it away to start a new log") from None
+            keep, broken = [], 0
+            for ln in lines:
+                if not ln.strip():
+                    continue
+                try:
+                    row = json.loads(ln)
+                    step = int(row.get("step", 0)) if isinstance(row, dict) else None
+                except (ValueError, TypeError):
+                    step = None
+                if step is None:
+                    broken += 1
+                elif step <= truncate_after_step:
+                    keep.append(ln)
+            if broken:
+                print(f"note: {path}: dropped {broken} unreadable line(s) (a run killed while writing)",
+                      file=sys.stderr)
             atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     def write(self, row: dict[str, Any]) -> None:
@@ -226,6 +251,10 @@ def _check_resume_compatible(saved: dict[str, Any], cfg: PretrainConfig, path: P
     if s_method != cfg.method["name"]:
         raise ConfigError(f"{path} was trained with method '{s_method}', not '{cfg.method['name']}'; "
                           f"resume with --method {s_method} or start a new --out")
+    s_data = str(saved.get("data", {}).get("path", ""))
+    if s_data != cfg.data.path and not (Path(s_data).exists() and Path(s_data).resolve() == Path(cfg.data.path).resolve()):
+        raise ConfigError(f"{path} was trained on --data {s_data}, not {cfg.data.path}; resuming on other data would "
+                          f"mix two data sets in one run — resume with --data {s_data} or start a new --out")
     if saved.get("train", {}).get("batch_size") != cfg.train.batch_size:
         raise ConfigError(f"{path} used --batch-size {saved.get('train', {}).get('batch_size')}; resuming with a "
                           f"different batch size would change the schedule — keep the same --batch-size")
@@ -309,6 +338,7 @@ def _refit_budget(
     return fitted
 
 
+@locks_run_folder  # one process per --out (selfsup.runlock)
 def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json)."""
     from selfsup.augment import kernel as view_kernel
@@ -385,6 +415,9 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
         load_state_strict(method, payload["method"], f"{cfg.method['name']} method", ckpt_path)
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
+        if int(payload.get("num_images", len(train_ds))) != len(train_ds):  # same path, other contents
+            raise ConfigError(f"{ckpt_path} was trained on {payload['num_images']} images but {cfg.data.path} now "
+                              f"holds {len(train_ds)}; the data changed — start a new --out")
 
     model: nn.Module = method
     if dinfo.enabled:
@@ -419,15 +452,17 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
                       f"global batch ({cfg.train.batch_size}) and so the schedule are unchanged, but augmentation "
                       "draws and BatchNorm statistics are per process, so losses will not match bit for bit",
                       file=sys.stderr)
-    metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step if resume else None)
+    metrics = MetricsLog(out / "metrics.jsonl" if main else None, truncate_after_step=step)  # also on a rerun: 0
     if kernel_views:
         view_kernel.warm_up()  # compiles once per install (it says so): here, not inside the first timed step
 
     def save(at_step: int) -> None:
+        ensure_finite(method, at_step, ckpt_path)  # every rank: all stop together, before any collective
         if main:
             save_checkpoint(ckpt_path, {
                 "config": to_dict(cfg), "method": method.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": at_step, "epoch": at_step // max(1, spe), "world_size": dinfo.world_size,
+                "num_images": len(train_ds),
             })
         distributed.barrier()
 
@@ -544,6 +579,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
                 log_now = step % cfg.train.log_every == 0 or step == end_step
                 if log_now:
+                    ensure_finite(method, step, ckpt_path)  # weights and BN statistics, at logging cadence
                     now = time.perf_counter()
                     ips = n_window / max(1e-9, now - t_window)
                     t_window, n_window = now, 0
