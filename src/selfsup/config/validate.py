@@ -204,6 +204,16 @@ def float_range(lo: float | None = None, hi: float | None = None, *, open_lo: bo
     return parse
 
 
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def device_name(text: str) -> str:
+    """``type=device_name``: auto, cpu, mps, cuda or cuda:N."""
+    if not re.fullmatch(DEVICE_PATTERN, text.strip()):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text.strip()
+
+
 def int_list(lo: int = 1) -> Callable[[str], list[int]]:
     """``type=int_list()``: comma-separated integers >= lo, e.g. ``1,5``."""
     one = int_range(lo)
@@ -272,5 +282,5 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     return p
 
 
-__all__ = ["validate_config", "check_value", "int_range", "float_range", "int_list", "check_output_file",
+__all__ = ["validate_config", "check_value", "int_range", "float_range", "int_list", "device_name", "check_output_file",
            "check_output_dir", "FLAGS"]
