@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -235,6 +236,9 @@ CASES: list[Case] = [
      lambda e: "--clusters"),
     ("audit-eps-negative", lambda e: ["audit", "adversarial", "--eps", "-1", "--out", str(e.out)],
      lambda e: "--eps"),
+    ("audit-batch-larger-than-data", lambda e: ["audit", "backdoor", "--train", str(e.data), "--test", str(e.data),
+                                               "--target", "class0", "--image-size", "16", "--batch-size", "64",
+                                               "--out", str(e.out)], lambda e: "--batch-size 64"),
     ("audit-unknown-method", lambda e: ["audit", "backdoor", "--method", "nope", "--out", str(e.out)],
      lambda e: "'nope'"),
     # ---- masks
@@ -349,6 +353,7 @@ def test_os_errors_on_a_named_file_are_one_line(monkeypatch, capsys):
     assert code == 2 and err == "selfsup: error: /data/run/checkpoint.pt: No space left on device\n"
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch notes the crafted file's protocol
 def test_unsafe_pickle_message_is_whole_words(tmp_path):
     import pickle
 
@@ -398,6 +403,7 @@ _numbers = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=
                                       "1e-6", "0x10", "1_000", " 3 ", ""]))
 
 
+@pytest.mark.integration  # ~10 s: 300 random values
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(FIELDS), value=st.one_of(_text, _numbers))
 def test_any_set_value_for_any_field_is_accepted_or_one_line(field, value, capsys, tmp_path):
@@ -409,8 +415,6 @@ def test_any_set_value_for_any_field_is_accepted_or_one_line(field, value, capsy
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and err.startswith("selfsup: error:"), err
     else:
-        import yaml
-
         saved = yaml.safe_load(out)  # --check prints the validated config: every float in it is finite
         def walk(v):
             if isinstance(v, float):
@@ -427,10 +431,8 @@ def test_any_set_value_for_any_field_is_accepted_or_one_line(field, value, capsy
 
 def test_check_prints_the_validated_config_and_creates_nothing(tmp_path, capsys):
     code, out, err = run_cli(capsys, ["pretrain", "--check", "--data", "x", "--out", str(tmp_path / "r"),
-                                      "--set", "method.temperature=0.3", "--max-steps", "1e1".replace("1e1", "10")])
+                                      "--set", "method.temperature=0.3", "--set", "train.max_steps=1e1"])
     assert code == 0, err
-    import yaml
-
     cfg = yaml.safe_load(out)
     assert cfg["method"] == {"name": "simclr", "temperature": 0.3} and cfg["train"]["max_steps"] == 10
     assert not (tmp_path / "r").exists()
