@@ -301,3 +301,28 @@ def test_search_index_stores_an_absolute_checkpoint_path(tmp_path, capsys, monke
     code, err = _cli(capsys, "search", "--index", str(tmp_path / "e.safetensors"), "--query", str(data), "-k", "2")
     assert code == 0, err
 
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write into a read-only folder")
+def test_an_output_inside_a_read_only_folder_is_refused_before_work(tmp_path):
+    from selfsup.config.validate import check_output_dir, check_output_file
+    from selfsup.errors import ConfigError
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(ConfigError, match="cannot write"):
+            check_output_file(ro / "eval.json")
+        with pytest.raises(ConfigError, match="cannot write"):
+            check_output_dir(ro / "run")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_output_checks_create_nothing(tmp_path):
+    from selfsup.config.validate import check_output_dir, check_output_file
+
+    check_output_file(tmp_path / "a" / "b" / "eval.json")
+    check_output_dir(tmp_path / "c" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
