@@ -378,21 +378,21 @@ def test_unsafe_pickle_message_is_whole_words(tmp_path):
 # ------------------------------------------------------------------------------------- property test
 
 
-def _fields() -> list[tuple[str, object]]:
-    """(key, default) of every PretrainConfig field and every simclr method field."""
+def _fields() -> list[tuple[str, str]]:
+    """(method, key) for every PretrainConfig field (with simclr) and every field of every method's config."""
     from selfsup.config import PretrainConfig
     from selfsup.methods import registry
 
-    out: list[tuple[str, object]] = []
+    out: list[tuple[str, str]] = []
     cfg = PretrainConfig()
     for section in dataclasses.fields(cfg):
         value = getattr(cfg, section.name)
         if dataclasses.is_dataclass(value):
-            out += [(f"{section.name}.{f.name}", getattr(value, f.name)) for f in dataclasses.fields(value)]
+            out += [("simclr", f"{section.name}.{f.name}") for f in dataclasses.fields(value)]
         elif not isinstance(value, dict):
-            out.append((section.name, value))
-    spec = registry()["simclr"]
-    out += [(f"method.{f.name}", f.default) for f in dataclasses.fields(spec.config_cls)]
+            out.append(("simclr", section.name))
+    for name, spec in sorted(registry().items()):
+        out += [(name, f"method.{f.name}") for f in dataclasses.fields(spec.config_cls)]
     return out
 
 
@@ -403,14 +403,14 @@ _numbers = st.one_of(st.integers(-10**12, 10**12).map(str), st.floats(allow_nan=
                                       "1e-6", "0x10", "1_000", " 3 ", ""]))
 
 
-@pytest.mark.integration  # ~10 s: 300 random values
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.mark.integration  # ~15 s: 400 random values
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(field=st.sampled_from(FIELDS), value=st.one_of(_text, _numbers))
 def test_any_set_value_for_any_field_is_accepted_or_one_line(field, value, capsys, tmp_path):
-    key, _ = field
+    method, key = field
     code, out, err = run_cli(capsys, ["pretrain", "--check", "--data", "x", "--out", str(tmp_path / "r"),
-                                      "--set", f"{key}={value}"])
-    assert code in (0, 2), (key, value, code, err)
+                                      "--method", method, "--set", f"{key}={value}"])
+    assert code in (0, 2), (method, key, value, code, err)
     assert "Traceback" not in err and "internal error" not in err, (key, value, err)
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and err.startswith("selfsup: error:"), err
@@ -437,3 +437,19 @@ def test_check_prints_the_validated_config_and_creates_nothing(tmp_path, capsys)
     assert cfg["method"] == {"name": "simclr", "temperature": 0.3} and cfg["train"]["max_steps"] == 10
     assert not (tmp_path / "r").exists()
     assert json.dumps(cfg)  # plain data
+
+
+@pytest.mark.integration  # 60+ in-process validations, ~2 s
+def test_every_method_and_preset_default_passes_validation(tmp_path, capsys):
+    """The rules must not reject a shipped default (else every random value above would be 'refused' too)."""
+    from selfsup.config.presets import list_presets
+    from selfsup.methods import registry
+
+    for name in sorted(registry()):
+        code, _, err = run_cli(capsys, ["pretrain", "--check", "--data", "x", "--out", str(tmp_path / "r"),
+                                        "--method", name])
+        assert code == 0, (name, err)
+        for preset in list_presets():
+            code, _, err = run_cli(capsys, ["pretrain", "--check", "--data", "x", "--out", str(tmp_path / "r"),
+                                            "--method", name, "--preset", preset])
+            assert code == 0, (name, preset, err)

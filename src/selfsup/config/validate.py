@@ -106,8 +106,9 @@ def _method_meta(name: str, default: Any, meta: dict[str, Any]) -> dict[str, Any
     if _UNIT.search(name):
         return {"min": 0.0, "max": 1.0}
     if isinstance(default, int) or default is None:
-        # a default of 0 (or None) means "off" or "automatic" for these fields, so 0 stays allowed
-        lo = 1 if _AT_LEAST_ONE.search(name) and default not in (0, None) else 0
+        # a default of 0 means "off" or "automatic" for these fields, so 0 stays allowed (None is "automatic"
+        # where the default is None: 0 is not)
+        lo = 1 if _AT_LEAST_ONE.search(name) and default != 0 else 0
         return {"min": lo, "max": _INT_MAX}
     return {}
 
