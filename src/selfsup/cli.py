@@ -102,6 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say("selfsup: interrupted")
         return 130
+    except BrokenPipeError:  # `selfsup methods | head -1`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # Python flushes stdout at exit: into nothing now
+        except OSError:
+            pass
+        return 141
     except Exception as exc:
         if debug:
             raise
