@@ -112,7 +112,9 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-_NULLS = ("null", "none", "~", "")
+_NULLS = ("null", "none", "~", "")  # an empty or null text means None for an optional number or flag
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
 
 
 def config_error(key: str, value: Any, problem: str, source: str = "", flag: str = "") -> ConfigError:
@@ -177,10 +179,6 @@ def _scalar(value: Any, kind: Any, key: str, source: str) -> Any:
             return str(value)  # YAML reads `val: 123` as a number; a path or name is meant
         raise config_error(key, value, "expected a string", source)
     return value
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
 
 
 def coerce(value: Any, annotation: Any, key: str, source: str = "") -> Any:
