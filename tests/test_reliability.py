@@ -326,3 +326,22 @@ def test_output_checks_create_nothing(tmp_path):
     check_output_file(tmp_path / "a" / "b" / "eval.json")
     check_output_dir(tmp_path / "c" / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
+def test_two_runs_started_together_on_one_out_never_mix(tmp_path):
+    """Two processes race for the same --out: exactly one trains; the other stops with one line naming a PID."""
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
+    run = tmp_path / "run"
+    # 60 steps: the winner holds the folder for seconds, longer than the two interpreters' start-up skew
+    cmd = [sys.executable, "-m", "selfsup", *_pretrain_args(data, run, "--epochs", "30")]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.pid, *p.communicate(timeout=120), p.returncode) for p in procs]
+    codes = sorted(r[3] for r in results)
+    assert codes == [0, 2], [r[2][-500:] for r in results]
+    winner = next(r for r in results if r[3] == 0)
+    loser = next(r for r in results if r[3] == 2)
+    errors = [ln for ln in loser[2].splitlines() if ln.startswith("selfsup:")]
+    assert len(errors) == 1 and f"PID {winner[0]}" in errors[0], loser[2]
+    assert _steps(run) == list(range(1, 61))  # one trajectory, not two interleaved
+    assert load_checkpoint(run)["step"] == 60 and _all_finite(run / "encoder.safetensors")
