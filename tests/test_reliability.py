@@ -83,6 +83,20 @@ def test_a_nonfinite_batchnorm_buffer_is_found_and_never_saved(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_first_nonfinite_against_isfinite_on_every_dtype():
+    """The fast check (min/max per tensor) agrees with torch.isfinite on each element, for every float dtype."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64):
+        for bad in (None, float("nan"), float("inf"), -float("inf")):
+            x = torch.randn(7, 5, generator=gen).to(dtype) * (1e300 if dtype == torch.float64 else 100)
+            if bad is not None:
+                x.view(-1)[int(torch.randint(0, 35, (), generator=gen))] = bad
+            state = {"ok": torch.zeros(3), "empty": torch.empty(0, dtype=dtype), "nested": [{"x": x}],
+                     "int": torch.arange(4)}
+            expect = None if bool(torch.isfinite(x).all()) else "nested.0.x"
+            assert first_nonfinite(state) == expect, (dtype, bad)
+
+
 @pytest.mark.integration
 def test_blown_up_batchnorm_stops_the_run_and_the_advice_works(tmp_path, capsys, monkeypatch):
     """BN statistics become inf after the first checkpoint while the loss stays finite: the run stops (exit 2),

@@ -111,14 +111,22 @@ def first_nonfinite(state: dict[str, Any]) -> str | None:
         by_device.setdefault(t.device, []).append(i)
     ok = torch.ones(len(items), dtype=torch.bool)
     for idx in by_device.values():  # one transfer (one sync) per device, not one per tensor
-        # max |x| is finite iff every element is (amax propagates NaN; unlike a norm it cannot overflow), and
-        # it is several times cheaper on the CPU than isfinite().all()'s boolean reduction
-        peaks = torch.stack([items[i][1].detach().abs().amax().float() if items[i][1].numel() else
-                             torch.zeros((), device=items[i][1].device) for i in idx])
-        ok[idx] = torch.isfinite(peaks).cpu()
+        # min and max are finite iff every element is (both propagate NaN): one pass, no copy, and much cheaper
+        # on the CPU than isfinite().all()'s boolean reduction
+        ok[idx] = torch.stack([_all_finite(items[i][1]) for i in idx]).cpu()
     if bool(ok.all()):
         return None
     return items[int((~ok).nonzero()[0])][0]
+
+
+def _all_finite(t: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on ``t``'s device: every element of ``t`` is finite (complex: both parts)."""
+    t = t.detach()
+    if t.numel() == 0:
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    if t.is_complex():
+        t = torch.view_as_real(t)
+    return torch.isfinite(torch.stack(torch.aminmax(t))).all()
 
 
 def ensure_finite(module: nn.Module, step: int, last_checkpoint: str | Path) -> None:
