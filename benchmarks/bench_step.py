@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from selfsup.augment.views import make_views  # noqa: E402
-from selfsup.config import build_config  # noqa: E402
+from selfsup.config.build import build_config  # noqa: E402
 from selfsup.config.presets import load_preset  # noqa: E402
 from selfsup.methods import Batch, Progress  # noqa: E402
 from selfsup.runtime import cpu_supports_bf16, resolve_precision  # noqa: E402

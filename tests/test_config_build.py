@@ -73,7 +73,8 @@ def test_resume_starts_from_the_saved_config_in_both_front_ends(tmp_path):
 def test_builder_changes_none_of_its_inputs(tmp_path):
     base = PretrainConfig()
     base.method = {"name": "simclr", "temperature": 0.4}
-    layer = {"train": {"epochs": 3}, "method": {"name": "simclr"}}
+    base.data.path = "builtin:synthetic"  # a valid configuration needs data
+    layer = {"train": {"epochs": 3}, "method": {"name": "simclr"}, "data": {"path": "builtin:synthetic"}}
     before_base, before_layer = copy.deepcopy(base), copy.deepcopy(layer)
     built = build_config(config=base, epochs=5, set={"optim": {"lr": 0.1}})
     assert base == before_base and built is not base and built.train.epochs == 5 and built.optim.lr == 0.1

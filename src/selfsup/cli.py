@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn, TextIO
 
 COMMANDS = ["pretrain", "eval", "embed", "search", "report", "export", "info", "demo", "masks", "audit", "views"]  # modules under selfsup.commands
 
@@ -42,8 +43,45 @@ def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
                 _add_verbosity(child, False)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (``selfsup: error: ...``, exit 2) like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        _say(f"selfsup: error: {self.prog}: {message} (see `{self.prog} --help`)")
+        sys.exit(2)
+
+
+def _say(line: str, stream: TextIO | None = None) -> None:
+    """Write one line to stderr in one write() (ranks under torchrun share it), even if the terminal's encoding
+    cannot show a file name in it (undecodable bytes in names arrive as surrogates)."""
+    stream = stream or sys.stderr
+    enc = getattr(stream, "encoding", None) or "utf-8"
+    stream.write((line + "\n").encode(enc, "backslashreplace").decode(enc, "replace"))
+    stream.flush()
+
+
+def _safe_streams() -> None:
+    """Printing a path the terminal cannot encode must not crash a command: escape it instead."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that was already used or cannot be changed
+                pass
+
+
+def _file_error(exc: BaseException) -> str | None:
+    """A one-line message for an OS error on a named file (a full disk, a folder without permission, ...)."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        what = exc.strerror or type(exc).__name__
+        other = f" -> {exc.filename2}" if exc.filename2 else ""
+        return f"{exc.filename}{other}: {what}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="selfsup",
         description="Self-supervised visual representation learning: pretrain, evaluate, embed.",
         formatter_class=_Formatter,
@@ -62,8 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. The one error boundary of the CLI:
+
+    - a :class:`UserError` (bad input, unreadable file, busy run folder ...) -> one line, its exit code (2);
+    - an OS error on a named file (disk full, permission denied) -> one line naming the file, exit 2;
+    - Ctrl-C outside the training loop -> one line, exit 130;
+    - anything else is a bug in selfsup -> one "internal error" line asking for a report, exit 1; the traceback
+      only with ``--debug`` (or SELFSUP_DEBUG=1).
+    """
     from selfsup.errors import UserError
 
+    _safe_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:  # bare `selfsup` (or `selfsup eval`): help, like git, exit 0
@@ -75,23 +122,39 @@ def main(argv: list[str] | None = None) -> int:
     from selfsup import console
 
     console.set_verbosity(console.NORMAL + args.verbose_count - args.quiet_count)
-    from selfsup.runtime import tune_allocator
-
-    tune_allocator()  # before any tensor is allocated: every command allocates and frees large tensors
     debug = args.debug or os.environ.get("SELFSUP_DEBUG") == "1"
     try:
+        from selfsup.runtime import tune_allocator
+
+        tune_allocator()  # before any tensor is allocated: every command allocates and frees large tensors
         return int(args.func(args) or 0)
     except UserError as exc:
         if debug:
             raise
         # one write() per line: under torchrun several ranks share stderr, and print() writes the text and
         # the newline separately, so two ranks' lines could run together
-        sys.stderr.write(f"selfsup: error: {exc}\n")
-        sys.stderr.flush()
+        _say(f"selfsup: error: {' '.join(str(exc).split())}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("selfsup: interrupted", file=sys.stderr)
+        _say("selfsup: interrupted")
         return 130
+    except BrokenPipeError:  # `selfsup methods | head -1`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # Python flushes stdout at exit: into nothing now
+        except OSError:
+            pass
+        return 141
+    except Exception as exc:
+        if debug:
+            raise
+        message = _file_error(exc)
+        if message is not None:
+            _say(f"selfsup: error: {' '.join(message.split())}")
+            return 2
+        first = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:200]
+        _say(f"selfsup: internal error: {type(exc).__name__}{': ' + first if first else ''}; please report it "
+             "(rerun with --debug for the traceback)")
+        return 1
     finally:
         from selfsup import distributed
 

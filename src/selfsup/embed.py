@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from selfsup.checkpoint import atomic_write
-from selfsup.errors import ConfigError
+from selfsup.config.validate import check_output_file
+from selfsup.errors import ConfigError, DataError
 
 
 def embed_folder(checkpoint: str, data: str, out: str, *, batch_size: int = 256, precision: str = "auto",
@@ -19,14 +20,17 @@ def embed_folder(checkpoint: str, data: str, out: str, *, batch_size: int = 256,
     from selfsup.data import open_dataset
     from selfsup.eval.features import extract_features
 
-    out_path = Path(out)
-    if out_path.suffix not in (".safetensors", ".npz"):
-        raise ConfigError(f"--out {out}: use a .safetensors or .npz file name")
+    out_path = check_output_file(out, "--out", (".safetensors", ".npz"))  # before any work
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     encoder, info = load_encoder(checkpoint)
     ds = open_dataset(data, int(info["image_size"]), strict=strict, progress=progress)
     feats = extract_features(encoder, ds.images, image_size=int(info["image_size"]), batch_size=batch_size,
                              precision=precision, progress=progress, desc="embed")
-    write_embeddings(out_path, feats.numpy(), ds.paths, ds.labels, ds.classes, source=str(info["source"]))
+    source = str(info["source"])
+    if Path(source).exists():  # absolute: `selfsup search` may run from another working directory
+        source = str(Path(source).resolve())
+    write_embeddings(out_path, feats.numpy(), ds.paths, ds.labels, ds.classes, source=source)
     return {"n": int(feats.shape[0]), "dim": int(feats.shape[1]), "path": str(out_path), "skipped": len(ds.skipped)}
 
 
@@ -55,10 +59,31 @@ def write_embeddings(path: Path, features: np.ndarray, paths: list[str], labels:
 
 
 def read_embeddings(path: str | Path) -> dict[str, Any]:
-    """Read a file written by :func:`write_embeddings` (no pickle)."""
+    """Read a file written by :func:`write_embeddings` (no pickle); any damage is a one-line DataError."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"embeddings file not found: {p} (write one with `selfsup embed`)")
+    if p.suffix not in (".safetensors", ".npz"):
+        raise DataError(f"{p}: not an embeddings index (.safetensors or .npz written by `selfsup embed`)")
+    try:
+        out = _read_embeddings(p)
+        feats = np.asarray(out["features"])
+        n = feats.shape[0] if feats.ndim == 2 else -1
+        ok = (feats.ndim == 2 and feats.shape[1] > 0 and np.issubdtype(feats.dtype, np.floating)
+              and len(out["paths"]) == n and ("labels" not in out or len(out["labels"]) == n))
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged file: safetensors, zip, JSON or numpy errors of many kinds
+        first = " ".join((str(exc).strip().splitlines() or [""])[0].split())[:100]
+        raise DataError(f"{p} is not a readable embeddings index ({type(exc).__name__}{': ' + first if first else ''}); "
+                        "write it again with `selfsup embed`") from None
+    if not ok:
+        raise DataError(f"{p}: features, paths and labels do not match (a damaged or hand-made index); write it "
+                        "again with `selfsup embed`")
+    return out
+
+
+def _read_embeddings(p: Path) -> dict[str, Any]:
     if p.suffix == ".safetensors":
         from safetensors import safe_open
 

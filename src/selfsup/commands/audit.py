@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
+
+from selfsup.config.validate import device_name, float_range, int_range
 
 
 def _common(p: argparse.ArgumentParser, train_default: str | None = "builtin:synthetic") -> None:
@@ -12,21 +15,21 @@ def _common(p: argparse.ArgumentParser, train_default: str | None = "builtin:syn
     p.add_argument("--test", default=None if train_default is None else "builtin:synthetic:test",
                    help="labelled test data")
     p.add_argument("--out", required=True, help="output folder (report.json, runs, poisoned data)")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--image-size", type=int_range(8, 2048), default=32)
     p.add_argument("--method", default="simclr", help="pretraining method of the victim (see `selfsup methods`)")
     p.add_argument("--backbone", default="cnn-compact")
-    p.add_argument("--width", type=int, default=32, help="cnn-compact width")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--width", type=int_range(1, 4096), default=32, help="cnn-compact width")
+    p.add_argument("--epochs", type=int_range(1), default=50)
+    p.add_argument("--batch-size", type=int_range(2), default=256)
+    p.add_argument("--max-steps", type=int_range(1), default=None)
+    p.add_argument("--lr", type=float_range(0, open_lo=True), default=None)
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0)
+    p.add_argument("--device", type=device_name, default="auto")
+    p.add_argument("--threads", type=int_range(1), default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--preset", default=None,
                    help="a packaged CPU recipe under the victim's pretraining (e.g. cpu-32px; flags above win)")
-    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+    p.add_argument("--time-budget", type=float_range(0, open_lo=True), default=None, metavar="MINUTES",
                    help="wall-clock minutes per pretraining run (schedule fitted to it)")
 
 
@@ -46,12 +49,12 @@ def add_parser(sub: Any, formatter: type) -> None:
     b.add_argument("--target", default="0", help="target class name (or index)")
     b.add_argument("--poison-rate", type=float, default=0.01,
                    help="poisons = round(rate * N_clean), each from distinct images; in (0, 1)")
-    b.add_argument("--trigger-size", type=int, default=None, help="patch side in px; default round(S * 50 / 224)")
-    b.add_argument("--alpha", type=float, default=None,
+    b.add_argument("--trigger-size", type=int_range(1), default=None, help="patch side in px; default round(S * 50 / 224)")
+    b.add_argument("--alpha", type=float_range(0, 1), default=None,
                    help="weight of the image under the patch (default: the attack's official value, NA 0.2, "
                    "SSL-Backdoor 0 = opaque)")
     b.add_argument("--defense", action="store_true", help="also run PatchSearch on the poisoned set and retrain")
-    b.add_argument("--flag-fraction", type=float, default=0.02,
+    b.add_argument("--flag-fraction", type=float_range(0, 1, open_lo=True, open_hi=True), default=0.02,
                    help="share flagged by the poison scores alone (reported beside PatchSearch's classifier)")
     b.add_argument("--decree", action="store_true",
                    help="also run DECREE (encoder-level trigger inversion, no labels) on the victim and clean encoders")
@@ -65,28 +68,33 @@ def add_parser(sub: Any, formatter: type) -> None:
     a.add_argument("--attacker-data", default=None, help="images the attacker optimises on (default: --train)")
     a.add_argument("--other-train", default=None, help="a second, different labelled folder for an unseen head")
     a.add_argument("--other-test", default=None)
-    a.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget in pixel units (8/255)")
-    a.add_argument("--steps", type=int, default=100)
+    a.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255, help="L-inf budget in pixel units (8/255)")
+    a.add_argument("--steps", type=int_range(1), default=100)
     a.set_defaults(func=run_adversarial)
 
     u = s.add_parser("unlearnable", help="protect data with Unlearnable Clusters; compare encoders trained on it",
                      formatter_class=formatter)
     _common(u)
     u.add_argument("--surrogate", default=None, help="surrogate encoder (default: the clean-data encoder)")
-    u.add_argument("--clusters", type=int, default=10)
-    u.add_argument("--eps", type=float, default=8 / 255)
-    u.add_argument("--steps", type=int, default=30)
+    u.add_argument("--clusters", type=int_range(2), default=10)
+    u.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255)
+    u.add_argument("--steps", type=int_range(1), default=30)
     u.set_defaults(func=run_unlearnable)
 
 
 def _cfg(args: argparse.Namespace) -> Any:
-    from selfsup.security.audit import AuditConfig
+    """The audit's config, with the victim's pretraining config validated now: before anything is written."""
+    from selfsup.config.validate import check_output_dir
+    from selfsup.security.audit import AuditConfig, pretrain_config
 
-    return AuditConfig(train=args.train or "", test=args.test or "", out=args.out, image_size=args.image_size,
+    check_output_dir(args.out)
+    cfg = AuditConfig(train=args.train or "", test=args.test or "", out=args.out, image_size=args.image_size,
                        method=args.method, backbone=args.backbone, width=args.width, epochs=args.epochs,
                        batch_size=args.batch_size, max_steps=args.max_steps, lr=args.lr, seed=args.seed,
                        device=args.device, threads=args.threads, cache_dir=args.cache_dir, preset=args.preset,
                        time_budget=args.time_budget)
+    pretrain_config(cfg, cfg.train or "unused", Path(cfg.out) / "check")  # validates; creates nothing
+    return cfg
 
 
 def _print(report: dict[str, Any]) -> int:
@@ -126,28 +134,37 @@ def backdoor_table(report: dict[str, Any]) -> str:
 def run_backdoor(args: argparse.Namespace) -> int:
     import sys
 
+    from selfsup.runlock import run_folder_lock
     from selfsup.security.audit import backdoor_audit
     from selfsup.security.poison import PoisonSpec, check_rate
 
     check_rate(args.poison_rate)
     spec = PoisonSpec(attack=args.attack, rate=args.poison_rate, trigger_size=args.trigger_size, alpha=args.alpha,
                       seed=args.seed)
-    report = backdoor_audit(_cfg(args), args.target, spec, defense=args.defense, flag_fraction=args.flag_fraction,
-                            decree=args.decree)
+    cfg = _cfg(args)
+    with run_folder_lock(cfg.out):
+        report = backdoor_audit(cfg, args.target, spec, defense=args.defense, flag_fraction=args.flag_fraction,
+                                decree=args.decree)
     print(backdoor_table(report), file=sys.stderr)
     return _print(report)
 
 
 def run_adversarial(args: argparse.Namespace) -> int:
+    from selfsup.runlock import run_folder_lock
     from selfsup.security.audit import adversarial_audit
 
-    return _print(adversarial_audit(_cfg(args), checkpoint=args.checkpoint, attacker_data=args.attacker_data,
-                                    other_train=args.other_train, other_test=args.other_test, eps=args.eps,
-                                    steps=args.steps))
+    cfg = _cfg(args)
+    with run_folder_lock(cfg.out):
+        return _print(adversarial_audit(cfg, checkpoint=args.checkpoint, attacker_data=args.attacker_data,
+                                        other_train=args.other_train, other_test=args.other_test, eps=args.eps,
+                                        steps=args.steps))
 
 
 def run_unlearnable(args: argparse.Namespace) -> int:
+    from selfsup.runlock import run_folder_lock
     from selfsup.security.audit import unlearnable_audit
 
-    return _print(unlearnable_audit(_cfg(args), surrogate=args.surrogate, clusters=args.clusters, eps=args.eps,
-                                    steps=args.steps))
+    cfg = _cfg(args)
+    with run_folder_lock(cfg.out):
+        return _print(unlearnable_audit(cfg, surrogate=args.surrogate, clusters=args.clusters, eps=args.eps,
+                                        steps=args.steps))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,11 @@ from typing import Any
 from selfsup import runtime
 from selfsup.commands.eval import format_table
 from selfsup.config.build import build_config
+from selfsup.config.validate import float_range
+from selfsup.errors import ConfigError
 from selfsup.eval.suite import evaluate_suite
 from selfsup.report import write_report
+from selfsup.runlock import clear_run_folder, is_run_folder, run_folder_lock
 from selfsup.training import loop
 
 EXAMPLE = """example:
@@ -46,15 +48,18 @@ def add_parser(sub: Any, formatter: type) -> None:
     p = sub.add_parser("demo", help="pretrain + evaluate on a built-in dataset (no download)", epilog=EXAMPLE,
                        formatter_class=formatter)
     p.add_argument("--out", default="runs/demo", help="run folder")
-    p.add_argument("--minutes", type=float, help=f"pretraining budget (default {DEMO_CONFIG['train']['time_budget']})")
+    p.add_argument("--minutes", type=float_range(0, open_lo=True), help=f"pretraining budget (default {DEMO_CONFIG['train']['time_budget']})")
     p.add_argument("--fresh", action="store_true", help="delete an existing run folder first")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    with run_folder_lock(args.out):  # no second demo (or run) in this folder meanwhile
+        return _demo(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and (args.fresh or not (out / "summary.json").exists()):
-        shutil.rmtree(out)  # the demo's own folder: restart an unfinished demo from scratch
     minutes = args.minutes
     if not minutes:
         device = runtime.resolve_device(DEMO_CONFIG["train"].get("device", "auto"))
@@ -64,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"demo: precision {note}, so the demo trains for {FP32_MINUTES:g} minutes instead of "
                   f"{DEMO_CONFIG['train']['time_budget']:g} to take about as many steps (--minutes sets it)")
     cfg = build_config(config=DEMO_CONFIG, out=str(out), time_budget=minutes)
+    if not is_run_folder(out, allow_empty=True):
+        raise ConfigError(f"--out {out} holds files that are not a selfsup run; the demo clears its folder, so "
+                          "pass a new or empty folder")
+    if args.fresh or not (out / "summary.json").exists():
+        clear_run_folder(out)  # the demo's own folder: restart an unfinished demo from scratch
     t0 = time.perf_counter()
     if not (out / "summary.json").exists():
         loop.pretrain(cfg)

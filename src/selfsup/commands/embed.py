@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from selfsup.config.validate import int_range
+
 EXAMPLE = """example:
   selfsup embed --checkpoint runs/a --data ~/photos --out photos.safetensors
   selfsup embed --checkpoint runs/a --data ~/photos --out photos.npz
@@ -19,7 +21,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint.pt or encoder.safetensors")
     p.add_argument("--data", required=True, help="image folder (labelled or not) or builtin:NAME")
     p.add_argument("--out", required=True, help="output file: .safetensors or .npz")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int_range(1), default=256)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--strict", action="store_true", help="fail on the first corrupt image")
     p.set_defaults(func=run)

@@ -7,6 +7,8 @@ import json
 import sys
 from typing import Any
 
+from selfsup.config.validate import device_name, float_range, int_list, int_range
+
 EXAMPLE = """example:
   selfsup eval knn --checkpoint runs/a --train data/train --test data/test
   selfsup eval linear --checkpoint runs/a/checkpoint.pt --train builtin:mnist:train --test builtin:mnist:test
@@ -32,10 +34,10 @@ def _common(p: argparse.ArgumentParser, protocol: str) -> None:
     p.add_argument("--train", required=True, help="labelled class-folder tree (or builtin:NAME:train)")
     p.add_argument("--test", required=True, help="labelled class-folder tree (or builtin:NAME:test)")
     p.add_argument("--backbone", help="assert the checkpoint holds this backbone")
-    p.add_argument("--batch-size", type=int, default=256, help="feature-extraction batch size")
+    p.add_argument("--batch-size", type=int_range(1), default=256, help="feature-extraction batch size")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the hardware has it natively, else fp32")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda when available), cpu, cuda, cuda:1 ...")
     out_default = "RUN/eval.json for a run folder, else ./eval.json" if protocol == "all" else "not written"
     p.add_argument("--out", help=f"write the result JSON to this file (default: {out_default})")
     p.add_argument("--no-baselines", action="store_true", help="skip the raw-pixel and random-encoder baselines")
@@ -45,10 +47,10 @@ def _common(p: argparse.ArgumentParser, protocol: str) -> None:
 
 
 def _linear_iters(p: argparse.ArgumentParser, flag: str = "--iters") -> None:
-    p.add_argument(flag, dest="iters", type=int, default=100,
+    p.add_argument(flag, dest="iters", type=int_range(1), default=100,
                    help="linear probe: L-BFGS iterations over the full training set")
     # the old spelling; it always meant L-BFGS iterations, not passes of minibatch SGD
-    p.add_argument("--epochs", dest="epochs_old", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--epochs", dest="epochs_old", type=int_range(1), help=argparse.SUPPRESS)
 
 
 def add_parser(sub: Any, formatter: type) -> None:
@@ -70,27 +72,32 @@ def add_parser(sub: Any, formatter: type) -> None:
         q = proto.add_parser(name, help=text, description=text, epilog=EXAMPLE, formatter_class=formatter)
         _common(q, name)
         if name in ("knn", "all"):
-            q.add_argument("--k", type=int, default=200, help="kNN: neighbours that vote")
-            q.add_argument("--temperature", type=float, default=0.1, help="kNN: softmax temperature of the votes")
+            q.add_argument("--k", type=int_range(1), default=200, help="kNN: neighbours that vote")
+            q.add_argument("--temperature", type=float_range(0, open_lo=True), default=0.1, help="kNN: softmax temperature of the votes")
         if name in ("linear", "all"):
             _linear_iters(q, "--iters" if name == "linear" else "--linear-iters")
         if name in ("finetune", "all"):
             q.add_argument("--labels", default=None,
                            help="label fraction(s), comma-separated: 1%%,10%%,100%% (default 10%%; with `all`, "
                                 "giving --labels runs fine-tuning as --full does)")
-            q.add_argument("--blocks", default="all", help="'all' or k = fine-tune only the last k blocks")
-            q.add_argument("--ft-epochs", type=int, default=10, help="fine-tuning epochs over the labelled subset")
-            q.add_argument("--ft-min-steps", type=int, default=100, help="at least this many fine-tuning steps")
-            q.add_argument("--ft-lr", type=float, default=1e-3, help="fine-tuning learning rate (AdamW)")
+            q.add_argument("--blocks", type=_blocks, default="all", help="'all' or k = fine-tune only the last k blocks")
+            q.add_argument("--ft-epochs", type=int_range(1), default=10, help="fine-tuning epochs over the labelled subset")
+            q.add_argument("--ft-min-steps", type=int_range(0), default=100, help="at least this many fine-tuning steps")
+            q.add_argument("--ft-lr", type=float_range(0, open_lo=True), default=1e-3, help="fine-tuning learning rate (AdamW)")
         if name in ("fewshot", "all"):
-            q.add_argument("--n-way", type=int, default=5, help="classes per episode")
-            q.add_argument("--k-shots", default="1,5", help="comma-separated shots per class")
-            q.add_argument("--n-query", type=int, default=15, help="query images per class per episode")
-            q.add_argument("--episodes", type=int, default=600, help="episodes (the 95%% CI shrinks with more)")
+            q.add_argument("--n-way", type=int_range(2), default=5, help="classes per episode")
+            q.add_argument("--k-shots", type=int_list(1), default="1,5", help="comma-separated shots per class")
+            q.add_argument("--n-query", type=int_range(1), default=15, help="query images per class per episode")
+            q.add_argument("--episodes", type=int_range(1), default=600, help="episodes (the 95%% CI shrinks with more)")
         if name == "all":
             q.add_argument("--full", action="store_true", help="also fine-tune (the slow protocol)")
             q.add_argument("--skip", default="", help="comma-separated protocols to leave out")
         q.set_defaults(func=run_suite)
+
+
+def _blocks(text: str) -> str | int:
+    """``--blocks``: 'all' or a positive integer."""
+    return "all" if text.strip() == "all" else int_range(1)(text)
 
 
 def format_table(protocol: str, results: dict[str, dict[str, Any]]) -> str:
@@ -106,11 +113,11 @@ def format_table(protocol: str, results: dict[str, dict[str, Any]]) -> str:
 def suite_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     opts: dict[str, dict[str, Any]] = {}
     if hasattr(args, "blocks"):
-        blocks = args.blocks if args.blocks == "all" else int(args.blocks)
+        blocks = args.blocks
         opts["finetune"] = {"blocks": blocks, "epochs": args.ft_epochs, "min_steps": args.ft_min_steps,
                             "lr": args.ft_lr}
     if hasattr(args, "n_way"):
-        opts["fewshot"] = {"n_way": args.n_way, "k_shots": [int(k) for k in str(args.k_shots).split(",") if k],
+        opts["fewshot"] = {"n_way": args.n_way, "k_shots": args.k_shots if isinstance(args.k_shots, list) else int_list(1)(str(args.k_shots)),
                            "n_query": args.n_query, "episodes": args.episodes}
     if hasattr(args, "k"):
         opts["knn"] = {"k": args.k, "temperature": args.temperature}
@@ -138,14 +145,20 @@ def _protocols(args: argparse.Namespace) -> list[str]:
     if bad:
         raise ConfigError(f"--skip {sorted(bad)[0]}: not a protocol; choose from {', '.join(PROTOCOLS)}")
     wanted = set(PROTOCOLS) if args.full or args.labels else set(QUICK)
-    return [p for p in PROTOCOLS if p in wanted and p not in skip]
+    protocols = [p for p in PROTOCOLS if p in wanted and p not in skip]
+    if not protocols:
+        raise ConfigError(f"--skip {args.skip}: leaves no protocol to run")
+    return protocols
 
 
 def run_suite(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
     from pathlib import Path
 
     from selfsup import console
+    from selfsup.config.validate import check_output_file
     from selfsup.eval.suite import evaluate_suite, format_suite_table
+    from selfsup.runlock import run_folder_lock
 
     protocols = _protocols(args)
     out = args.out
@@ -153,6 +166,17 @@ def run_suite(args: argparse.Namespace) -> int:
         ck = Path(args.checkpoint)
         out = str(ck / "eval.json") if ck.is_dir() else "eval.json"
     labels = [s.strip() for s in str(getattr(args, "labels", None) or "10%").split(",") if s.strip()]
+    if "finetune" in protocols:
+        from selfsup.eval.finetune import parse_fraction
+
+        for frac in labels:
+            parse_fraction(frac)  # before any work: a bad fraction fails now, not after the other protocols
+    # the output is checked (and a run folder it goes into is held) before any work starts
+    lock_dir = None
+    if out:
+        check_output_file(out, "--out")
+        parent = Path(out).absolute().parent
+        lock_dir = parent if (parent / "config.yaml").is_file() else None  # writing into a run folder
     single = args.protocol in ("knn", "linear")
     first = [True]
 
@@ -168,13 +192,14 @@ def run_suite(args: argparse.Namespace) -> int:
 
     log = None if args.json or console.verbosity() < console.NORMAL else console.info
     try:
-        results = evaluate_suite(
-            args.checkpoint, args.train, args.test, protocols=protocols, options=suite_options(args),
-            baselines=not args.no_baselines, finetune_labels=labels, backbone=args.backbone,
-            batch_size=args.batch_size, precision=args.precision, device=args.device, strict=args.strict, out=out,
-            log=log if len(protocols) > 1 else None, on_result=show, cache=not args.no_cache,
-            progress=console.verbosity() >= console.NORMAL,
-        )
+        with run_folder_lock(lock_dir, "run folder") if lock_dir is not None else nullcontext():
+            results = evaluate_suite(
+                args.checkpoint, args.train, args.test, protocols=protocols, options=suite_options(args),
+                baselines=not args.no_baselines, finetune_labels=labels, backbone=args.backbone,
+                batch_size=args.batch_size, precision=args.precision, device=args.device, strict=args.strict,
+                out=out, log=log if len(protocols) > 1 else None, on_result=show, cache=not args.no_cache,
+                progress=console.verbosity() >= console.NORMAL,
+            )
     except KeyboardInterrupt:
         if out and Path(out).is_file():
             try:

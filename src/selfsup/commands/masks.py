@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from selfsup.config.validate import int_range
+
 EXAMPLE = """example:
   selfsup masks --checkpoint runs/famt --data data/cifar10/test --out masks.png --num 8"""
 
@@ -21,8 +23,8 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of mae/simmim/famt-* run")
     p.add_argument("--data", required=True, help="image folder or builtin:NAME")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--num", type=int, default=8, help="images to show (the first N of the data)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the augmentation and the mask draw")
+    p.add_argument("--num", type=int_range(1, 256), default=8, help="images to show (the first N of the data)")
+    p.add_argument("--seed", type=int_range(0), default=0, help="seed of the augmentation and the mask draw")
     p.set_defaults(func=run)
 
 
@@ -36,6 +38,9 @@ def build_from_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
 
     payload = load_checkpoint(path)
     cfg = payload.get("config", {})
+    if not all(isinstance(cfg.get(k), dict) for k in ("method", "data", "backbone")) or "image_size" not in cfg["data"]:
+        raise CheckpointError(f"{path}: its saved config lacks the method, data or backbone section; pass a "
+                              "checkpoint written by `selfsup pretrain`")
     name = cfg.get("method", {}).get("name")
     specs = registry()
     if name not in specs:
@@ -84,11 +89,13 @@ def run(args: argparse.Namespace) -> int:
     )
     from selfsup.augment.views import eval_transform, make_views
     from selfsup.checkpoint import atomic_write
+    from selfsup.config.validate import check_output_file
     from selfsup.data import open_dataset
     from selfsup.errors import ConfigError
 
     if args.num < 1:
         raise ConfigError(f"--num must be at least 1, got {args.num}")
+    check_output_file(args.out, "--out", (".png",))  # before any work
     method, cfg = build_from_checkpoint(args.checkpoint)
     size = method.image_size
     ds = open_dataset(args.data, int(cfg["data"].get("cache_size") or size), progress=False)

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from selfsup import distributed
-from selfsup.config import PretrainConfig
+from selfsup.config import PretrainConfig, dump_yaml
 from selfsup.config.build import FLAG_FIELDS, build_config
 from selfsup.errors import ConfigError
 from selfsup.training import loop
@@ -52,6 +52,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--out", help="run folder (checkpoint, metrics.jsonl, config.yaml, summary.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--json", action="store_true", help="print the run summary (summary.json) as JSON on stdout")
+    p.add_argument("--check", action="store_true", help="validate the configuration, print it and exit (creates nothing)")
     p.set_defaults(func=run)
 
 
@@ -65,10 +66,11 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    if not cfg.data.path:
-        raise ConfigError("no training data: pass --data PATH (a folder of images or builtin:NAME)")
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
+    if args.check:
+        print(dump_yaml(cfg), end="")
+        return 0
     summary = loop.pretrain(cfg, resume=args.resume)
     # the training loop prints the end-of-run summary (selfsup.summary) on stderr
     if getattr(args, "json", False) and distributed.env_info().is_main:

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from selfsup.config.validate import int_range
+
 EXAMPLE = """example:
   selfsup embed --checkpoint runs/a --data ~/photos --out photos.safetensors
   selfsup search --index photos.safetensors --query ~/query.jpg -k 10
@@ -23,9 +25,9 @@ def add_parser(sub: Any, formatter: type) -> None:
                        formatter_class=formatter)
     p.add_argument("--index", required=True, help="embeddings file written by `selfsup embed` (.safetensors/.npz)")
     p.add_argument("--query", required=True, help="an image file or a folder of images")
-    p.add_argument("-k", type=int, default=10, help="neighbours per query")
+    p.add_argument("-k", type=int_range(1), default=10, help="neighbours per query")
     p.add_argument("--checkpoint", help="encoder to embed the queries (default: the one recorded in the index)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int_range(1), default=256)
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
@@ -38,9 +40,18 @@ def index_checkpoint(path: str | Path) -> str | None:
         return None
     from safetensors import safe_open
 
-    with safe_open(str(p), framework="np") as f:
-        meta = f.metadata() or {}
-    return meta.get("checkpoint") or None
+    from selfsup.errors import DataError
+
+    try:
+        with safe_open(str(p), framework="np") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise DataError(f"{p} is not a readable embeddings index ({type(exc).__name__}); write it again with "
+                        "`selfsup embed`") from None
+    ckpt = meta.get("checkpoint") or None
+    if ckpt and not Path(ckpt).is_absolute() and not Path(ckpt).exists() and (p.parent / ckpt).exists():
+        ckpt = str(p.parent / ckpt)  # an index written before paths were stored absolute, moved with its run
+    return ckpt
 
 
 def search(index: str, query: str, *, k: int = 10, checkpoint: str | None = None, batch_size: int = 256,

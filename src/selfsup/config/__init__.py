@@ -1,6 +1,6 @@
-"""Configuration: typed dataclasses (schema), presets, and the one place a run's configuration is built."""
+"""Configuration: typed dataclasses (schema) and presets. The one place a run's configuration is built is
+:func:`selfsup.config.build.build_config` (import it from there: it sits above the methods and models)."""
 
-from selfsup.config.build import build_config
 from selfsup.config.schema import (
     BackboneConfig,
     DataConfig,
@@ -18,5 +18,5 @@ from selfsup.config.schema import (
 
 __all__ = [
     "DataConfig", "BackboneConfig", "OptimConfig", "TrainConfig", "PretrainConfig", "apply_overrides",
-    "parse_set", "load_yaml", "dump_yaml", "to_dict", "from_dict", "asdict", "build_config",
+    "parse_set", "load_yaml", "dump_yaml", "to_dict", "from_dict", "asdict",
 ]

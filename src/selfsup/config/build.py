@@ -32,6 +32,8 @@ from selfsup.config.presets import config_file_layer, list_presets, load_preset
 from selfsup.config.schema import PretrainConfig, apply_overrides, load_yaml, parse_set
 from selfsup.config.validate import validate_config
 from selfsup.errors import ConfigError
+from selfsup.methods import registry
+from selfsup.models.backbones import BACKBONES
 
 # flag name (CLI ``--batch-size`` / API ``batch_size=``) -> (config section, field)
 FLAG_FIELDS: dict[str, tuple[str, str]] = {
@@ -136,7 +138,7 @@ def build_config(
         cfg.out = str(out)
     apply_overrides(cfg, copy.deepcopy(dict(set)) if isinstance(set, Mapping) else parse_set(list(set or [])),
                     "--set")
-    validate_config(cfg)
+    validate_config(cfg, methods=registry(), backbones=BACKBONES)
     size_given = (isinstance(config, PretrainConfig) or (resume and out is not None and config is None)
                   or flags.get("image_size") is not None or _names_size(load_preset(preset, method) if preset else None)
                   or (isinstance(config, (str, Path)) and _names_size(load_yaml(config)))

@@ -12,6 +12,9 @@ from selfsup.errors import CheckpointError
 
 def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: str | Path) -> None:
     """``load_state_dict(strict=True)`` with a one-line error naming the file and the mismatch."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: its {what} weights are not a mapping of tensors; pass a checkpoint "
+                              "written by `selfsup pretrain`")
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]

@@ -208,6 +208,9 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
         raise DataError(f"{cfg.test} has classes {test.classes[:5]}... but {cfg.train} has {train.classes[:5]}...; "
                         "pass train and test splits of the same dataset")
     resolve_target(test.classes, test.labels, target, cfg.test)
+    if cfg.batch_size > len(train):  # the clean reference run would fail only after the poisons were written
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than {cfg.train} ({len(train)} images); use "
+                          f"--batch-size {len(train)} or less")
     folder = out / "poisoned"
     _log(f"writing {spec.attack} poisons ({spec.rate:.2%} of {len(train)}) to {folder}")
     manifest = build_poisoned_folder(folder, train.images, train.labels, train.classes, train.paths,

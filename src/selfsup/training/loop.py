@@ -21,8 +21,10 @@ import torch
 
 from selfsup import distributed
 from selfsup.augment import views as view_ops
+from selfsup.checkpoint import ensure_finite
 from selfsup.config import PretrainConfig
 from selfsup.methods import Batch, Method, Progress
+from selfsup.runlock import locks_run_folder
 from selfsup.training.batches import EpochSampler, step_seed
 from selfsup.training.budget import budget_phases, phase_cost, refit_budget
 from selfsup.training.monitor import MetricsLog, Monitor, embedding_stats
@@ -38,6 +40,7 @@ __all__ = ["EpochSampler", "Interrupted", "MetricsLog", "PeerLost", "embedding_s
            "resolve_config", "step_seed"]
 
 
+@locks_run_folder  # one process per --out (selfsup.runlock)
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook | None = None) -> Summary:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json).
     ``cfg`` is not changed: the run works on a resolved copy (saved as RUN/config.yaml).
@@ -48,7 +51,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook |
     cfg, s, data, method, budget = run.cfg, run.schedule, run.data, run.method, run.budget
     spe, main = s.steps_per_epoch, run.dinfo.is_main
     open_run_folder(run)
-    metrics = MetricsLog(run.out / "metrics.jsonl" if main else None, truncate_after_step=run.step if resume else None)
+    metrics = MetricsLog(run.out / "metrics.jsonl" if main else None, truncate_after_step=run.step)  # also a rerun: 0
     if run.kernel_views:
         from selfsup.augment import kernel  # imports numba: only runs that use the fused kernel pay for it
 
@@ -95,7 +98,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook |
                                  device=run.device, amp_dtype=run.amp_dtype, clip_grad=cfg.optim.clip_grad,
                                  checkpoint=run.ckpt_path)
                 step += 1
-
+                if step % cfg.train.log_every == 0 or step == s.end_step:
+                    ensure_finite(run.module, step, run.ckpt_path)  # weights and BN statistics, at logging cadence
                 if budget is not None:
                     fitted = refit_budget(budget, step, data.source, data.val, images.shape[0], len(views),
                                           eval_probe, cost=step_cost)

@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from selfsup import distributed
+from selfsup import console, distributed
 from selfsup.checkpoint import atomic_write_text
 from selfsup.config import PretrainConfig
 from selfsup.data import ImageDataset
+from selfsup.errors import DataError
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.methods import StepOutput
@@ -24,14 +25,36 @@ Row = dict[str, float | int | str]
 
 
 class MetricsLog:
-    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write."""
+    """Appends one JSON object per line to RUN/metrics.jsonl (rank 0 only), flushed at every write.
+
+    Opening it with ``truncate_after_step=s`` (the step the run starts from: the checkpoint's on --resume, 0 on
+    a fresh run) drops the rows a killed run logged after ``s``, so the file holds exactly one row per logged
+    step: one trajectory. A line that does not parse (a kill in the middle of a write cuts the last one) is
+    dropped too, with a note.
+    """
 
     def __init__(self, path: Path | None, truncate_after_step: int | None = None) -> None:
         self.path = path
         if path is not None and path.exists() and truncate_after_step is not None:
-            # on resume, drop rows logged after the checkpoint so the file shows one trajectory
-            rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            keep = [ln for ln in rows if json.loads(ln).get("step", 0) <= truncate_after_step]
+            try:
+                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read it ({exc.strerror}); move it away to start a new log") from None
+            keep, broken = [], 0
+            for ln in lines:
+                if not ln.strip():
+                    continue
+                try:
+                    row = json.loads(ln)
+                    step = int(row.get("step", 0)) if isinstance(row, dict) else None
+                except (ValueError, TypeError):
+                    step = None
+                if step is None:
+                    broken += 1
+                elif step <= truncate_after_step:
+                    keep.append(ln)
+            if broken:
+                console.info(f"note: {path}: dropped {broken} unreadable line(s) (a run killed while writing)")
             atomic_write_text(path, "".join(k + "\n" for k in keep))
 
     def write(self, row: Row) -> None:

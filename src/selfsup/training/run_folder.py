@@ -11,7 +11,13 @@ import sys
 import time
 
 from selfsup import console, distributed
-from selfsup.checkpoint import CHECKPOINT_NAME, atomic_write_text, export_encoder, save_checkpoint
+from selfsup.checkpoint import (
+    CHECKPOINT_NAME,
+    atomic_write_text,
+    ensure_finite,
+    export_encoder,
+    save_checkpoint,
+)
 from selfsup.config import dump_yaml, to_dict
 from selfsup.summary import end_of_run
 from selfsup.training.monitor import Monitor, Row
@@ -50,11 +56,14 @@ def open_run_folder(run: Run) -> None:
 
 
 def save(run: Run, step: int) -> None:
-    """Checkpoint the method, optimizer and step (rank 0), then wait for every process."""
+    """Checkpoint the method, optimizer and step (rank 0), then wait for every process. Every rank first checks
+    that the weights and buffers are finite, so all stop together before any collective."""
+    ensure_finite(run.module, step, run.ckpt_path)
     if run.dinfo.is_main:
         save_checkpoint(run.ckpt_path, {
             "config": to_dict(run.cfg), "method": run.module.state_dict(), "optimizer": run.optimizer.state_dict(),
             "step": step, "epoch": step // max(1, run.schedule.steps_per_epoch), "world_size": run.dinfo.world_size,
+            "num_images": len(run.data.source),
         })
     distributed.barrier()
 

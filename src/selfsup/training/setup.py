@@ -119,6 +119,10 @@ def check_resume_compatible(saved: dict[str, dict[str, object]], cfg: PretrainCo
     if s_method != cfg.method["name"]:
         raise ConfigError(f"{path} was trained with method '{s_method}', not '{cfg.method['name']}'; "
                           f"resume with --method {s_method} or start a new --out")
+    s_data = str(saved.get("data", {}).get("path", ""))
+    if s_data != cfg.data.path and not (Path(s_data).exists() and Path(s_data).resolve() == Path(cfg.data.path).resolve()):
+        raise ConfigError(f"{path} was trained on --data {s_data}, not {cfg.data.path}; resuming on other data would "
+                          f"mix two data sets in one run — resume with --data {s_data} or start a new --out")
     if saved.get("train", {}).get("batch_size") != cfg.train.batch_size:
         raise ConfigError(f"{path} used --batch-size {saved.get('train', {}).get('batch_size')}; resuming with a "
                           f"different batch size would change the schedule — keep the same --batch-size")
@@ -222,6 +226,10 @@ def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = No
         load_state_strict(module, payload["method"], f"{cfg.method['name']} method", ckpt_path)
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
+        n_saved = int(payload.get("num_images", len(data.source)))
+        if n_saved != len(data.source):  # the same path, other contents
+            raise ConfigError(f"{ckpt_path} was trained on {n_saved} images but {cfg.data.path} now holds "
+                              f"{len(data.source)}; the data changed — start a new --out")
 
     model: nn.Module = module
     if dinfo.enabled:
