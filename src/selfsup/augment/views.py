@@ -5,7 +5,7 @@ Why our own code: ``torchvision.transforms.v2`` draws ONE set of random paramete
 batch when given a batched tensor, so independent per-sample randomness (what every SSL paper assumes)
 needs a Python loop over images (or per-image PIL transforms in DataLoader workers). Here every sample
 of a batch gets independent parameters, drawn in one vectorised call from a ``torch.Generator``. The image
-work is either a handful of batched tensor ops (:mod:`selfsup.augment.ops`; any device; several times
+work is either a handful of batched tensor ops (:mod:`selfsup.augment.ops`; any device; an order of magnitude
 cheaper per image than lightly's per-sample PIL SimCLRTransform on one CPU core) or, on a CPU, one fused
 compiled pass per sample over the same parameters (:mod:`selfsup.augment.kernel`, cheaper again); see
 benchmarks/RESULTS.md (augmentation) for the numbers.
