@@ -1,23 +1,39 @@
-"""CIFAR-10 security table under a CPU budget: backdoors (NA, SSL-Backdoor, CTRL) + defense, UAP, unlearnable.
+"""CIFAR-10 backdoor table: a clean victim + Noisy Alignment, SSL-Backdoor and CTRL, every arm the same fixed steps.
 
-Every pretraining run uses selfsup's ``--time-budget`` with the same share of ``--minutes`` (so every arm gets
-the same compute), SimCLR on ``cnn-compact`` by default. Pretraining runs: clean (shared by all rows), one
-victim per attack, one retrained after the defense, one on the protected data: ``3 + 3 = 6``; each gets
-``minutes * pretrain_share / 6`` minutes, the rest is left for poisoning, features, probes and the attacks.
+One command runs the table (issue 25, "What it must show" 1)::
 
-    .venv/bin/python benchmarks/bench_security.py --minutes 120               # the full table
-    .venv/bin/python benchmarks/bench_security.py --minutes 5 --per-class 100 # a smoke-sized version
+    .venv/bin/python benchmarks/bench_security.py                      # the full table (about 150 CPU-minutes)
+    .venv/bin/python benchmarks/bench_security.py --defense --decree   # plus PatchSearch and DECREE (longer)
+    .venv/bin/python benchmarks/bench_security.py --rates 0.005,0.01,0.02 --attacks noisy-alignment  # a rate curve
 
-Data: CIFAR-10 from ``common.ensure_cifar`` (``../shared/data`` unpacked once to /tmp/cifar); ``--per-class N``
-uses the first N training images per class (symlinks) for a smaller run. Writes ``--work/table.json`` and its
-own section of RESULTS.md (``--render`` rebuilds that section from the JSON).
+Every pretraining run (the clean encoder, one victim per attack) takes exactly ``--steps`` optimizer steps at
+``--batch-size``, so the arms are comparable; no time budget. Per attack the table reports clean accuracy
+(CA) and attack success rate (ASR) of a linear probe on the victim, the SAME trigger's ASR on the clean
+encoder, the mechanism count (training pairs in which the attack's mechanism occurred, counted in the loop,
+with its Monte-Carlo expectation) and the trigger->target cosine on both encoders.
+
+Defaults and why:
+- victim SimSiam (``--method simsiam``; Noisy Alignment's strongest published victim, 97.1% ASR on ImageNet-100;
+  ``--method mocov2`` is the other, 84.8%), backbone cnn-compact width 32 (the CPU preset's backbone), 32 px,
+  the method's own views (crop scale 0.2-1) without blur and without the low-resolution phase (see
+  :func:`selfsup.security.audit.victim_config`);
+- poison rate 1% of the training set (500 poisons from distinct images; CTRL's CIFAR-10 setting, twice NA's
+  0.5% on ImageNet-100), target class airplane (the official NA CIFAR-10 checkpoint's target);
+- ``--steps 2000`` at batch 256 (about 10 epochs of CIFAR-10): the preset's backbone runs at roughly 330
+  two-view images/s on this 2-core host (benchmarks/RESULTS.md, time to accuracy), so 4 runs x 2000 x 256 /
+  330 s is about 105 minutes of pretraining; with 3 poisoned folders, 4 cache builds, features and probes the
+  table is sized for 150 CPU-minutes. Not yet measured here: state the minutes it took (``wall_minutes``).
+
+Data: CIFAR-10 class folders unpacked from ``../shared/data/cifar10-jpg.tar.gz`` (``common.ensure_cifar``), or
+``--train DIR --test DIR`` (any labelled class folders: the smoke test uses a few synthetic images).
+Writes ``--work/table.json`` and its section of RESULTS.md (``--render`` rebuilds it from the JSON; this file
+does not run on import).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,138 +42,140 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-
-def unpack(work: Path) -> Path:
-    """CIFAR-10 from the benchmarks' shared location (``common.ensure_cifar``: $SELFSUP_CIFAR or /tmp/cifar)."""
-    root = common.ensure_cifar()
-    if root is None:
-        raise SystemExit(f"{common.CIFAR_TAR} not found; this benchmark needs the CIFAR-10 archive from ../shared/data")
-    return root
-
-
-def subset(data: Path, work: Path, per_class: int | None, split: str) -> str:
-    if not per_class:
-        return str(data / split)
-    out = work / f"{split}_{per_class}"
-    if not out.is_dir():
-        for cdir in sorted((data / split).iterdir()):
-            (out / cdir.name).mkdir(parents=True, exist_ok=True)
-            for f in sorted(cdir.iterdir())[:per_class]:
-                os.symlink(f, out / cdir.name / f.name)
-    return str(out)
+# published numbers to print beside ours (each paper's own protocol; see the render notes)
+PUBLISHED = {
+    "noisy-alignment": "ImageNet-100, 0.5% poisons, ResNet-18: ASR 97.1 (SimSiam) / 84.8 (MoCo v2) "
+                       "(third-party summary of Chen, Gui et al. ICCV 2025; check the paper's table)",
+    "ssl-backdoor": "ImageNet-100, MoCo v2 / BYOL, ResNet-18: reported as targeted false positives on the target "
+                    "class, not as ASR (Saha et al. CVPR 2022)",
+    "ctrl": "abstract: <= 1% poisons, ASR >= 99% (Li et al. ICCV 2023; CIFAR-10 SimCLR 800 epochs in the code)",
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=120.0, help="total CPU budget for the table")
-    ap.add_argument("--pretrain-share", type=float, default=0.7, help="share of the budget spent pretraining")
+    ap.add_argument("--steps", type=int, default=2000, help="optimizer steps of EVERY pretraining run")
+    ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--work", default="/tmp/selfsup-bench-security")
-    ap.add_argument("--per-class", type=int, default=None, help="training images per class (default: all 5,000)")
-    ap.add_argument("--test-per-class", type=int, default=None, help="test images per class (default: all 1,000)")
+    ap.add_argument("--train", default=None, help="labelled class folders (default: CIFAR-10 train)")
+    ap.add_argument("--test", default=None, help="labelled class folders (default: CIFAR-10 test)")
     ap.add_argument("--target", default="airplane")
     ap.add_argument("--poison-rate", type=float, default=0.01)
-    ap.add_argument("--method", default="simclr")
+    ap.add_argument("--rates", default=None, help="comma-separated poison rates: a rate curve instead of one rate")
+    ap.add_argument("--method", default="simsiam")
     ap.add_argument("--backbone", default="cnn-compact")
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--attacks", default="noisy-alignment,ssl-backdoor,ctrl")
     ap.add_argument("--preset", default="cpu-32px", help="CPU preset under every pretraining run ('' for none)")
+    ap.add_argument("--defense", action="store_true", help="PatchSearch on the NA and SSL-Backdoor victims + retrain")
+    ap.add_argument("--decree", action="store_true", help="DECREE's verdict on every victim and the clean encoder")
     ap.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from --work/table.json")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     attacks = [a for a in args.attacks.split(",") if a]
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else [args.poison_rate]
+    work = Path(args.work)
     if args.render:
-        publish(json.loads((Path(args.work) / "table.json").read_text()), attacks, args)
+        publish(json.loads((work / "table.json").read_text()), args)
         return
+    rows = run(args, attacks, rates, work)
+    (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
+    publish(rows, args)
 
-    from selfsup.security.audit import (
-        AuditConfig,
-        adversarial_audit,
-        backdoor_audit,
-        run_pretrain,
-        unlearnable_audit,
-    )
+
+def run(args: argparse.Namespace, attacks: list[str], rates: list[float], work: Path) -> dict[str, Any]:
+    from selfsup.security.audit import AuditConfig, backdoor_audit, run_pretrain
     from selfsup.security.poison import PoisonSpec
 
     t0 = time.time()
-    work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    data = unpack(work)
-    train = subset(data, work, args.per_class, "train")
-    test = subset(data, work, args.test_per_class, "test")
-    n_runs = 3 + len(attacks)
-    per_run = args.minutes * args.pretrain_share / n_runs
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = work / f"run-{stamp}"
+    if args.train and args.test:
+        train, test = args.train, args.test
+    else:
+        root = common.ensure_cifar()
+        if root is None:
+            raise SystemExit(f"{common.CIFAR_TAR} not found; this benchmark needs the CIFAR-10 archive in ../shared/data")
+        train, test = str(root / "train"), str(root / "test")
+    base = work / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def cfg(name: str) -> AuditConfig:
-        return AuditConfig(train=train, test=test, out=str(base / name), image_size=32, method=args.method,
-                           backbone=args.backbone, width=args.width, epochs=1000, batch_size=args.batch_size,
-                           device=args.device, cache_dir=str(work / "cache"), time_budget=per_run,
-                           preset=args.preset or None)
+        # epochs is a ceiling: max_steps ends every run after exactly --steps steps
+        return AuditConfig(train=train, test=test, out=str(base / name), image_size=args.image_size,
+                           method=args.method, backbone=args.backbone, width=args.width, epochs=10_000,
+                           batch_size=args.batch_size, max_steps=args.steps, device=args.device, threads=args.threads,
+                           cache_dir=str(work / "cache"), preset=args.preset or None)
 
-    print(f"budget {args.minutes} min: {n_runs} pretraining runs of {per_run:.2f} min each", flush=True)
+    print(f"{1 + len(attacks) * len(rates)} pretraining runs of {args.steps} steps at batch {args.batch_size}",
+          flush=True)
     clean = run_pretrain(cfg("clean"), train, base / "clean")
-    rows: dict[str, object] = {"minutes": args.minutes, "per_run_minutes": per_run, "train": train, "test": test,
-                               "method": args.method, "backbone": args.backbone, "preset": args.preset,
-                               "clean_steps": clean[1]["steps"]}
-    for attack in attacks:
-        rows[attack] = backdoor_audit(cfg(attack), args.target, PoisonSpec(attack=attack, rate=args.poison_rate),
-                                      defense=attack == "noisy-alignment", clean_run=clean)
-    rows["adversarial"] = adversarial_audit(cfg("adversarial"), encoder=clean[0], other_train="builtin:mnist",
-                                            other_test="builtin:mnist:test", steps=100)
-    rows["unlearnable"] = unlearnable_audit(cfg("unlearnable"), clean_run=clean)
+    rows: dict[str, Any] = {"steps": args.steps, "batch_size": args.batch_size, "train": train, "test": test,
+                            "method": args.method, "backbone": args.backbone, "width": args.width,
+                            "preset": args.preset, "target": args.target, "rates": rates, "attacks": attacks,
+                            "clean_steps": clean[1]["steps"], "results": []}
+    for rate in rates:
+        for attack in attacks:
+            r = backdoor_audit(cfg(f"{attack}-{rate:g}"), args.target, PoisonSpec(attack=attack, rate=rate),
+                               defense=args.defense and attack != "ctrl", decree=args.decree, clean_run=clean)
+            r["rate"] = rate
+            rows["results"].append(r)
+            print(f"{attack} @ {rate:g}: victim ASR {r['victim']['asr']:.1f} / clean-encoder ASR "
+                  f"{r['clean']['asr']:.1f}; mechanism {r['mechanism']['mechanism_pairs']}", flush=True)
     rows["wall_minutes"] = (time.time() - t0) / 60
     rows["command"] = common.command_line()
     rows["finished"] = time.strftime("%Y-%m-%d %H:%M")
     rows["peak_rss_mb"] = round(common.peak_rss_mb())
-    (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
-
-    publish(rows, attacks, args)
+    return rows
 
 
-def publish(rows: dict[str, Any], attacks: list[str], args: argparse.Namespace) -> None:
+def publish(rows: dict[str, Any], args: argparse.Namespace) -> None:
     """Print the section and (unless --no-write) replace it in RESULTS.md."""
-    text = render(rows, attacks, args.target, args.poison_rate)
+    text = render(rows)
     print(text)
     if not args.no_write:
-        common.update_section(f"Security audit: CIFAR-10, {rows['method']} victim (bench_security.py)", text)
+        common.update_section(f"Backdoor table: CIFAR-10, {rows['method']} victim, fixed steps (bench_security.py)",
+                              text)
 
 
-def render(rows: dict[str, Any], attacks: list[str], target: str, rate: float) -> str:
-    """The RESULTS.md section: backdoor rows (victim vs the clean run), the defense, the UAP, unlearnable."""
+def render(rows: dict[str, Any]) -> str:
     out = [common.header({
-        "budget": f"{rows['minutes']:g} min in all; each of the pretraining runs gets "
-                  f"{rows['per_run_minutes']:.2f} min of `--time-budget` ({rows['method']}, {rows['backbone']}, "
-                  f"--preset {rows.get('preset', 'cpu-32px') or 'none'}); the clean run took {rows['clean_steps']} steps",
-        "data": f"train {rows['train']}, test {rows['test']}; target class {target}, poison rate {rate:g}",
+        "budget": f"every pretraining run {rows['steps']} steps at batch {rows['batch_size']} ({rows['method']}, "
+                  f"{rows['backbone']} width {rows['width']}, --preset {rows.get('preset') or 'none'}; no "
+                  "low-resolution phase, no blur)",
+        "data": f"train {rows['train']}, test {rows['test']}; target class {rows['target']}",
         "wall time": f"{rows['wall_minutes']:.1f} min",
         "measured by": f"`{rows.get('command', '?')}`, finished {rows.get('finished', '?')}, "
                        f"peak RSS {rows.get('peak_rss_mb', '?')} MiB",
-        "ASR": "share of triggered non-target test images classified as the target by a linear probe "
-               "fitted on clean labels; CA = clean test accuracy of that probe",
-    }), "", "| attack | poisons | victim CA % | victim ASR % | clean-run CA % | clean-run ASR % |",
-        "|---|---|---|---|---|---|"]
-    for attack in attacks:
-        r = rows[attack]
-        out.append(f"| {attack} | {r['n_poison']} | {r['victim']['ca']:.1f} | {r['victim']['asr']:.1f} | "
-                   f"{r['clean']['ca']:.1f} | {r['clean']['asr']:.1f} |")
+        "columns": "CA / ASR: linear probe on clean labels; ASR = triggered non-target test images classified as "
+                   "the target (each paper's test trigger); clean-enc. ASR: the same trigger on the clean encoder; "
+                   "mechanism: training pairs in which the attack's mechanism occurred (counted in the loop; "
+                   "Monte-Carlo expectation in brackets); cos: mean cosine of triggered non-target test features "
+                   "to the target class's mean feature, victim / clean encoder",
+    }), "", "| attack | rate | poisons | CA % | ASR % | clean-enc. ASR % | mechanism pairs | cos victim / clean |",
+        "|---|---|---|---|---|---|---|---|"]
+    for r in rows["results"]:
+        m = r["mechanism"]
+        exp = m.get("expected", {})
+        e = f" ({exp['mechanism_pairs']:.0f})" if "mechanism_pairs" in exp else ""
+        out.append(f"| {r['attack']} | {r['rate']:g} | {r['n_poison']} | {r['victim']['ca']:.1f} | "
+                   f"{r['victim']['asr']:.1f} | {r['clean']['asr']:.1f} | {m['mechanism_pairs']}{e} of "
+                   f"{m['poison_pairs']} | {r['victim']['cos_trigger_target']:.3f} / "
+                   f"{r['clean']['cos_trigger_target']:.3f} |")
+    for r in rows["results"]:
         if "defense" in r:
             d = r["defense"]
-            out.append(f"| {attack}, retrained after PatchSearch-lite (precision {d['precision']:.1f}% / "
-                       f"recall {d['recall']:.1f}%) | - | {d['after']['ca']:.1f} | {d['after']['asr']:.1f} | | |")
-    adv = rows["adversarial"]
+            out.append(f"- {r['attack']}: PatchSearch flagged {d['flagged']} (precision {d['precision']:.1f}%, recall "
+                       f"{d['recall']:.1f}%; scores alone, top {d['scores_only']['flag_fraction']:.0%}: precision "
+                       f"{d['scores_only']['precision']:.1f}%, recall {d['scores_only']['recall']:.1f}%); after "
+                       f"retraining CA {d['after']['ca']:.1f}%, ASR {d['after']['asr']:.1f}%")
+        if "decree" in r:
+            d = r["decree"]
+            out.append(f"- {r['attack']}: DECREE PL1 victim {d['victim']['pl1']:.3f} ({d['victim']['verdict']}), "
+                       f"clean {d['clean']['pl1']:.3f} ({d['clean']['verdict']}), threshold {d['victim']['threshold']}")
     out.append("")
-    for h in adv["heads"]:
-        out.append(f"- UAP (L-inf 8/255) on downstream head `{h['name']}`: fooling rate {h['fooling_rate']:.1f}% "
-                   f"(random-sign noise of the same norm: {h['fooling_rate_random_sign']:.1f}%), "
-                   f"accuracy {h['clean_acc']:.1f}% -> {h['adv_acc']:.1f}%")
-    out.append(f"- retrieval recall@1 {adv['recall@1_clean']:.1f}% -> {adv['recall@1_adv']:.1f}% under the UAP")
-    ue = rows["unlearnable"]
-    out.append(f"- unlearnable clusters: encoder pretrained on clean data kNN {ue['clean']['knn_top1']:.1f}% / "
-               f"linear {ue['clean']['linear_top1']:.1f}%; on protected data kNN {ue['protected']['knn_top1']:.1f}% "
-               f"/ linear {ue['protected']['linear_top1']:.1f}%")
+    out += [f"- published ({a}): {PUBLISHED[a]}" for a in rows["attacks"] if a in PUBLISHED]
     return "\n".join(out)
 
 

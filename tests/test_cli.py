@@ -5,6 +5,7 @@ import pickle
 
 import pytest
 import torch
+import yaml
 
 from selfsup.cli import build_parser, main
 
@@ -75,12 +76,15 @@ def test_empty_folder_and_folder_without_images(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_batch_size_larger_than_dataset(tmp_path, capsys):
+def test_batch_size_larger_than_dataset_is_capped_with_a_warning(tmp_path, capsys):
     data = make_class_folder(tmp_path / "d", classes=2, per_class=3)
     code, _, err = _run(capsys, "pretrain", "--data", str(data), "--method", "simclr", "--batch-size", "100",
                         "--out", str(tmp_path / "r"), *TINY)
-    _assert_one_line_error(code, err, "--batch-size 100", str(data))
-    assert not (tmp_path / "r").exists()
+    assert code == 0, err
+    warning = [ln for ln in err.splitlines() if ln.startswith("warning: --batch-size 100")]
+    assert len(warning) == 1 and str(data) in warning[0] and "using batch 6" in warning[0]
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 6  # the run folder states the batch that ran
 
 
 @pytest.mark.integration

@@ -107,3 +107,32 @@ def test_pretrain_leaves_the_config_it_was_given_unchanged(tmp_path, method):
     assert "lr: " in saved and "lr: null" not in saved  # the run itself saved the resolved copy
     if method == "famt-mae":
         assert "num_images: 8" in saved
+
+
+def _photos(folder, size, n=5):
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", size, (40 * i, 100, 200)).save(folder / f"p{i}.jpg")
+    return folder
+
+
+def test_a_photo_folder_without_a_size_gets_a_photo_size_and_preset(tmp_path, capsys):
+    photos = _photos(tmp_path / "photos", (400, 300))
+    cfg = build_config(data=str(photos), method="simclr", device="cpu")
+    assert cfg.data.image_size == 96 and cfg.backbone.name == "resnet18"  # the cpu-96px preset
+    assert "image size: 96 px views" in capsys.readouterr().err
+    # a size from any layer wins over the data
+    assert build_config(data=str(photos), image_size=48, device="cpu").data.image_size == 48
+    assert build_config(data=str(photos), set=["data.image_size=40"], device="cpu").data.image_size == 40
+    assert build_config(data=str(photos), preset="cpu-64px", device="cpu").data.image_size == 64
+
+
+def test_tiny_images_keep_32px_and_builtins_are_not_probed(tmp_path):
+    tiny = _photos(tmp_path / "tiny", (32, 32))
+    assert build_config(data=str(tiny), device="cpu").data.image_size == 32
+    assert build_config(data="builtin:synthetic", device="cpu").data.image_size == 32
+    mid = _photos(tmp_path / "mid", (80, 70))
+    assert build_config(data=str(mid), device="cpu").data.image_size == 64
+    assert build_config(data=str(_photos(tmp_path / "big", (640, 480))), device="cuda").data.image_size == 224

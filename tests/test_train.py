@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+import yaml
 
 from selfsup.checkpoint import load_checkpoint
 from selfsup.errors import ConfigError, TrainingDiverged
@@ -82,12 +83,17 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path, monkeypatch):
         pretrain(tiny_config(str(data), str(tmp_path / "run")))
 
 
-def test_batch_larger_than_dataset_is_a_config_error_and_leaves_no_folder(tmp_path):
+def test_batch_larger_than_dataset_is_capped_and_the_lr_follows_the_real_batch(tmp_path):
+    from selfsup.training.batches import capped_batch
+
+    assert capped_batch(64, 6, 1, "d") == 6 and capped_batch(64, 7, 2, "d") == 6 and capped_batch(4, 6, 1, "d") == 4
+    with pytest.raises(ConfigError, match="d has 1 image"):
+        capped_batch(64, 1, 1, "d")
     data = make_class_folder(tmp_path / "data", classes=2, per_class=3)
-    cfg = tiny_config(str(data), str(tmp_path / "run"), batch_size=64)
-    with pytest.raises(ConfigError, match=r"--batch-size 64 is larger than the dataset \(6 images"):
-        pretrain(cfg)
-    assert not (tmp_path / "run").exists()
+    summary = pretrain(tiny_config(str(data), str(tmp_path / "run"), batch_size=64))
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["train"]["batch_size"] == 6 and summary["steps"] >= 1
+    assert saved["optim"]["lr"] == pytest.approx(saved["optim"]["base_lr"] * 6 / 256)  # linear scaling rule
 
 
 def test_compile_without_a_cpp_compiler_is_a_config_error_and_leaves_no_folder(tmp_path, monkeypatch):

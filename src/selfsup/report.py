@@ -5,16 +5,19 @@ end, and the only script is a few inline lines that, once the page has loaded, s
 ``ok:<number of images decoded>`` (or ``broken:<ok>:<failed>``) so that a headless browser can check it.
 
 Sections (each present when its inputs are):
-1. the resolved configuration (``RUN/config.yaml``) and the summary (``RUN/summary.json``);
-2. training curves from ``RUN/metrics.jsonl``: loss, learning rate, throughput (images/s) per step;
-3. the online kNN top-1 curve (``{"eval": "knn"}`` rows of ``metrics.jsonl``);
+1. the run summary (``RUN/summary.json``, readable numbers only) and the resolved configuration;
+2. training curves from ``RUN/metrics.jsonl``: loss, learning rate, throughput (images/s), every logged step;
+3. the online kNN top-1 curve (``{"eval": "knn"}`` rows of ``metrics.jsonl``), drawn from 2 points on;
 4. the evaluation table from ``RUN/eval.json`` (``selfsup eval all`` or ``selfsup demo``);
-5. a 2-D map of test embeddings coloured by label (UMAP when installed, else t-SNE, else PCA);
-6. a nearest-neighbour grid: query test images and their top-8 cosine neighbours among the other test
-   images (green frame: same label, red: different);
+5. a 2-D map of embeddings (UMAP when installed, else t-SNE, else PCA), coloured by label when the folder has
+   class sub-folders, else by k-means cluster;
+6. a nearest-neighbour grid: query images and their top-8 cosine neighbours among the other images (with
+   labels: green frame same label, red different);
 7. the FAMT mask grid ``RUN/masks.png`` (written by ``selfsup masks``) when present.
 
-Sections 5-6 need labelled test data: ``test=`` or the run config's ``data.val``.
+Sections 5-6 need no labels. Their images: ``test=`` (any folder, labelled or not), else the run config's
+``data.val``, else its training data ``data.path``. Their features come from the evaluation feature cache
+(:func:`selfsup.eval.features.cached_features`), shared with ``selfsup eval``.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 
 
 def curves_figure(rows: list[dict[str, Any]]) -> str | None:
-    """Loss, learning rate and images/s against the step, one panel each (base64 PNG)."""
+    """Loss, learning rate and images/s against the step, one panel each, every logged step (base64 PNG)."""
     import matplotlib.pyplot as plt
 
     keys = [(k, t) for k, t in (("loss", "loss"), ("lr", "learning rate"), ("images_per_s", "throughput (images/s)"))
@@ -71,26 +74,35 @@ def curves_figure(rows: list[dict[str, Any]]) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
     for ax, (k, title) in zip(axes[0], keys):
-        pts = [(r["step"], r[k]) for r in rows if k in r and "step" in r and r[k] is not None]
+        pts = sorted((r["step"], r[k]) for r in rows if k in r and "step" in r and isinstance(r[k], int | float))
         if pts:
             x, y = zip(*pts)
-            ax.plot(x, y, lw=1.2)
-        ax.set_title(title)
+            # few points: mark each one, so a sparse log is not mistaken for a smooth curve
+            ax.plot(x, y, lw=1.2, marker="o" if len(pts) <= 60 else None, ms=3)
+        ax.set_title(f"{title}, {len(pts)} logged steps" if k == "loss" else title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _png(fig)
 
 
-def knn_figure(evals: list[dict[str, Any]]) -> str | None:
-    import matplotlib.pyplot as plt
+def knn_points(evals: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    return sorted((float(r.get("epoch", r.get("step", 0))), float(r["knn_top1"])) for r in evals
+                  if r.get("eval") == "knn" and isinstance(r.get("knn_top1"), int | float))
 
-    pts = [(r.get("epoch", r.get("step")), r["knn_top1"]) for r in evals if r.get("eval") == "knn" and "knn_top1" in r]
-    if not pts:
+
+def knn_figure(evals: list[dict[str, Any]]) -> str | None:
+    """The online kNN top-1 against the epoch; None below 2 points (one point is a number, not a curve)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    pts = knn_points(evals)
+    if len(pts) < 2:
         return None
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     x, y = zip(*pts)
     ax.plot(x, y, marker="o")
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1 (%)")
     ax.set_title("online kNN accuracy")
@@ -124,7 +136,18 @@ def project_2d(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     return out, "PCA"
 
 
-def map_figure(coords: np.ndarray, labels: np.ndarray, classes: list[str], method: str) -> str:
+def cluster_labels(features: np.ndarray, seed: int = 0) -> tuple[np.ndarray, int]:
+    """k-means cluster ids of L2-normalised ``features`` for unlabelled data; k = clamp(sqrt(N / 2), 2, 10)."""
+    from sklearn.cluster import KMeans
+
+    n = features.shape[0]
+    k = int(min(10, max(2, round((n / 2) ** 0.5)), n))
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x).astype(np.int64), k
+
+
+def map_figure(coords: np.ndarray, labels: np.ndarray, classes: list[str], method: str, *,
+               what: str = "test embeddings") -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -135,16 +158,18 @@ def map_figure(coords: np.ndarray, labels: np.ndarray, classes: list[str], metho
         ax.scatter(coords[m, 0], coords[m, 1], s=8, color=cmap(int(c) % cmap.N), label=name, alpha=0.8)
     if len(classes) <= 20:
         ax.legend(markerscale=2, fontsize=7, loc="best", frameon=False)
-    ax.set_title(f"test embeddings ({method}, {len(labels)} points)")
+    ax.set_title(f"{what} ({method}, {len(labels)} points)")
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
     return _png(fig)
 
 
-def neighbour_figure(images: np.ndarray, features: np.ndarray, labels: np.ndarray, classes: list[str], *,
+def neighbour_figure(images: np.ndarray, features: np.ndarray, labels: np.ndarray | None, classes: list[str], *,
                      n_queries: int = 6, k: int = 8, seed: int = 0) -> str:
-    """Rows: a query image then its k nearest neighbours (cosine) among the other images."""
+    """Rows: a query image then its k nearest neighbours (cosine) among the other images. With ``labels``
+    each frame says whether the neighbour shares the query's label (green) or not (red); without, frames
+    are neutral and the titles show the score alone."""
     import matplotlib.pyplot as plt
 
     f = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -162,12 +187,15 @@ def neighbour_figure(images: np.ndarray, features: np.ndarray, labels: np.ndarra
             ax.imshow(np.asarray(images[j]), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            colour = "black" if col == 0 else ("#1a9850" if labels[j] == labels[qi] else "#d73027")
+            if labels is None:
+                colour, name = ("black" if col == 0 else "#999999"), ""
+            else:
+                colour = "black" if col == 0 else ("#1a9850" if labels[j] == labels[qi] else "#d73027")
+                name = classes[int(labels[j])] if int(labels[j]) < len(classes) else str(labels[j])
             for side in ax.spines.values():
                 side.set_edgecolor(colour)
                 side.set_linewidth(3 if col else 1.5)
-            name = classes[int(labels[j])] if int(labels[j]) < len(classes) else str(labels[j])
-            ax.set_title(("query: " if col == 0 else f"{sims[j]:.2f} ") + name, fontsize=7)
+            ax.set_title((f"query {name}" if col == 0 else f"{sims[j]:.2f} {name}").strip(), fontsize=7)
     fig.tight_layout()
     return _png(fig)
 
@@ -191,6 +219,7 @@ pre{background:#f6f8fa;padding:.8rem;overflow:auto;font-size:.8rem;max-height:28
 table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:right}
 td:first-child,td:nth-child(2),th:first-child,th:nth-child(2){text-align:left}th{background:#f0f0f0}
 img{max-width:100%;height:auto}.note{color:#666;font-size:.85rem}
+table.kv td:nth-child(2){text-align:left}
 """
 
 SCRIPT = """<script>
@@ -204,27 +233,57 @@ window.addEventListener("load", function () {
 </script>"""
 
 
-def _embedding_sections(run: Path, test: str, max_points: int, seed: int) -> tuple[list[str], list[str]]:
+#: up to this many images the report encodes the whole folder through the shared feature cache (so a later
+#: `selfsup eval` on the same folder reuses them); above it only the sampled images are encoded
+CACHE_MAX_IMAGES = 20000
+
+
+def _embedding_sections(run: Path, data: str, max_points: int, seed: int, *, what: str) -> tuple[list[str], list[str]]:
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
-    from selfsup.eval.features import extract_features
+    from selfsup.eval.features import cached_features, encoder_key, extract_features
 
     encoder, info = load_encoder(run)
     size = int(info["image_size"])
-    ds = open_dataset(test, size, require_labels=True, min_classes=2, progress=False)
+    ds = open_dataset(data, size, progress=False)
     n = len(ds)
+    if n < 2:
+        return [f"<h2>Embeddings</h2><p class=note>{html.escape(data)} holds {n} readable image; a map and a "
+                "neighbour grid need at least 2</p>"], []
     pick = np.sort(np.random.default_rng(seed).permutation(n)[:max_points]) if n > max_points else np.arange(n)
     images = np.asarray(ds.images[pick])
-    labels = np.asarray(ds.labels)[pick]
-    feats = extract_features(encoder, images, image_size=size).numpy()
+    if n <= CACHE_MAX_IMAGES:
+        feats = cached_features(encoder, ds, key=encoder_key(info), image_size=size).numpy()[pick]
+    else:
+        feats = extract_features(encoder, images, image_size=size).numpy()
+    labelled = ds.labels is not None and ds.num_classes >= 2
     coords, method = project_2d(feats, seed)
-    notes = [f"test data: {html.escape(test)} ({len(pick)} of {n} images)"]
+    if labelled:
+        labels = np.asarray(ds.labels)[pick]
+        colour_note = "coloured by class folder"
+        fig_map = map_figure(coords, labels, ds.classes, method, what=what)
+        grid_note = "score above each; green = same label, red = different"
+    else:
+        clusters, k = cluster_labels(feats, seed)
+        colour_note = f"no labels: coloured by k-means cluster (k = {k})"
+        fig_map = map_figure(coords, clusters, [f"cluster {i}" for i in range(k)], method, what=what)
+        labels = None
+        grid_note = "cosine similarity above each; no labels, so no right or wrong"
+    notes = [f"{what}: {html.escape(data)} ({len(pick)} of {n} images)"]
     return [
-        "<h2>Test embeddings</h2>" + _img(map_figure(coords, labels, ds.classes, method), "embedding map"),
-        "<h2>Nearest neighbours</h2><p class=note>Each row: a test image, then its 8 nearest test images by "
-        "cosine similarity (score above each; green = same label, red = different).</p>"
-        + _img(neighbour_figure(images, feats, labels, ds.classes, seed=seed), "nearest-neighbour grid"),
+        f"<h2>{what[0].upper() + what[1:]}</h2><p class=note>{colour_note}</p>" + _img(fig_map, "embedding map"),
+        f"<h2>Nearest neighbours</h2><p class=note>Each row: an image, then its 8 nearest images by "
+        f"cosine similarity ({grid_note}).</p>"
+        + _img(neighbour_figure(images, feats, labels, ds.classes if labelled else [], seed=seed),
+               "nearest-neighbour grid"),
     ], notes
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    from selfsup.summary import summary_rows
+
+    cells = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in summary_rows(summary))
+    return f"<h2>Summary</h2><table class=kv>{cells}</table>" if cells else ""
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, test: str | None = None,
@@ -252,17 +311,21 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, test: st
     title = f"selfsup report: {run.name or run.resolve().name}"
     parts.append(f"<h1>{html.escape(title)}</h1>")
     if summary:
-        cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>"
-                        for k, v in summary.items())
-        parts.append(f"<h2>Summary</h2><table>{cells}</table>")
+        parts.append(_summary_table(summary))
     parts.append("<h2>Configuration</h2>" + (f"<pre>{html.escape(cfg_text)}</pre>" if cfg_text
                                               else "<p class=note>no config.yaml in the run folder</p>"))
     curves = curves_figure(rows)
     parts.append("<h2>Training curves</h2>" + (_img(curves, "loss, learning rate and throughput") if curves
                                                  else "<p class=note>no metrics.jsonl rows</p>"))
     knn = knn_figure(evals)
-    parts.append("<h2>Online kNN</h2>" + (_img(knn, "online kNN accuracy") if knn
-                                          else "<p class=note>no online kNN rows (set data.val)</p>"))
+    pts = knn_points(evals)
+    if knn:
+        parts.append("<h2>Online kNN</h2>" + _img(knn, "online kNN accuracy"))
+    elif pts:
+        parts.append(f"<h2>Online kNN</h2><p>top-1 {pts[0][1]:.2f}% at epoch {pts[0][0]:g} (one evaluation; "
+                     "set train.knn_every for a curve)</p>")
+    else:
+        parts.append("<h2>Online kNN</h2><p class=note>no online kNN rows (pass --val to pretrain)</p>")
     ev_path = run / "eval.json"
     if ev_path.is_file():
         try:
@@ -272,15 +335,19 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, test: st
     else:
         parts.append("<h2>Evaluation</h2><p class=note>no eval.json; run `selfsup eval all --checkpoint "
                      f"{html.escape(str(run))} ...`</p>")
-    if not test and isinstance(cfg, dict):
-        test = (cfg.get("data") or {}).get("val")
-    if test:
-        sections, notes = _embedding_sections(run, str(test), max_points, seed)
+    data_cfg = (cfg.get("data") or {}) if isinstance(cfg, dict) else {}
+    what = "test embeddings"
+    if not test:
+        test = data_cfg.get("val")
+    if not test and data_cfg.get("path") and not str(data_cfg["path"]).startswith("wds:"):
+        test, what = data_cfg["path"], "training-data embeddings"
+    if test and ((run / "checkpoint.pt").is_file() or (run / "encoder.safetensors").is_file()):
+        sections, notes = _embedding_sections(run, str(test), max_points, seed, what=what)
         parts.extend(sections)
         parts.append("".join(f"<p class=note>{n}</p>" for n in notes))
     else:
-        parts.append("<h2>Test embeddings</h2><p class=note>no labelled test data: pass --test PATH or set "
-                     "data.val in the run config</p>")
+        parts.append("<h2>Embeddings</h2><p class=note>no images to embed: pass --test PATH (any image "
+                     "folder, labelled or not)</p>")
     masks = run / "masks.png"
     if masks.is_file():
         b64 = base64.b64encode(masks.read_bytes()).decode("ascii")

@@ -14,7 +14,7 @@ Pieces (all batched, CPU or CUDA):
 - **FAMT weights** (Gui et al., arXiv 2211.15362): :func:`famt_attention_weights`,
   :func:`famt_frequency_weights`, their product :func:`famt_weights`, and
   :func:`vit_attention_and_tokens` which runs an unmasked ViT forward and returns the last block's
-  attention and the last layer's patch tokens.
+  attention and its output patch tokens before the final norm (as the official code).
 - **Geometry.** FAMT stores one weight map per image over the FULL source image's patch grid. Each training
   view is a random crop (+ flip) of the source, so :func:`weights_to_view` resamples the stored map into the
   crop box (``selfsup.augment.views.ViewParams.boxes``: top, left, height, width as fractions of the source) and
@@ -183,7 +183,7 @@ def lowpass_kernel(n: int, device: torch.device | str | None = None) -> torch.Te
 
 
 def famt_frequency_weights(tokens: torch.Tensor) -> torch.Tensor:
-    """FAMT frequency weight f_j from the last layer's patch tokens T [B, L, D] (no CLS).
+    """FAMT frequency weight f_j from the last block's patch tokens T [B, L, D] (no CLS, before the final norm).
 
     FFT over the token axis; the magnitude is multiplied by :func:`lowpass_kernel` and recombined with the
     original phase; inverse FFT gives T~. f_j = sum_d |T~_dj| / mean_j sum_d |T_dj|. Returns [B, L].
@@ -261,8 +261,13 @@ def _block_attention(block: Any, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def vit_attention_and_tokens(net: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unmasked forward of a timm ViT: (last block's attention [B, H, 1+L, 1+L], final-norm patch tokens
-    [B, L, D]). Run it in eval mode (FAMT step 1)."""
+    """Unmasked forward of a timm ViT: (last block's attention [B, H, 1+L, 1+L], the last block's output patch
+    tokens [B, L, D] BEFORE the final norm). Run it in eval mode (FAMT step 1).
+
+    Why pre-norm: the official FAMT code (jsrdcht/famt ``models_mae.py`` ``forward_encoder_test``) returns the
+    last block's output with its attention and never applies ``self.norm``; the frequency weight's FFT runs
+    on those tokens. The final LayerNorm would rescale every token to unit variance and change the weights.
+    """
     t, pos, cls = vit_patch_embed(net, x)
     h = torch.cat([cls.expand(t.shape[0], -1, -1), t + pos], dim=1)
     h = net.norm_pre(h)
@@ -270,7 +275,7 @@ def vit_attention_and_tokens(net: Any, x: torch.Tensor) -> tuple[torch.Tensor, t
     for blk in blocks[:-1]:
         h = blk(h)
     attn = _block_attention(blocks[-1], h)
-    h = net.norm(blocks[-1](h))
+    h = blocks[-1](h)
     return attn, h[:, 1:]
 
 

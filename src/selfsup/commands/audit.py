@@ -44,14 +44,17 @@ def add_parser(sub: Any, formatter: type) -> None:
     _common(b)
     b.add_argument("--attack", default="noisy-alignment", choices=["noisy-alignment", "ssl-backdoor", "ctrl"])
     b.add_argument("--target", default="0", help="target class name (or index)")
-    b.add_argument("--poison-rate", type=float, default=0.01, help="poisons added = round(rate * N_clean); in (0, 1)")
+    b.add_argument("--poison-rate", type=float, default=0.01,
+                   help="poisons = round(rate * N_clean), each from distinct images; in (0, 1)")
     b.add_argument("--trigger-size", type=int, default=None, help="patch side in px; default round(S * 50 / 224)")
-    b.add_argument("--alpha", type=float, default=0.2, help="weight of the image under the patch (paper: 0.2)")
-    b.add_argument("--fit", default="square", choices=["square", "native"],
-                   help="noisy-alignment canvas: square fits selfsup's square cache; native is the paper's S x 2S")
-    b.add_argument("--num-references", type=int, default=50)
-    b.add_argument("--defense", action="store_true", help="also run the PatchSearch-style detector and retrain")
-    b.add_argument("--flag-fraction", type=float, default=0.02, help="share of images the detector flags")
+    b.add_argument("--alpha", type=float, default=None,
+                   help="weight of the image under the patch (default: the attack's official value, NA 0.2, "
+                   "SSL-Backdoor 0 = opaque)")
+    b.add_argument("--defense", action="store_true", help="also run PatchSearch on the poisoned set and retrain")
+    b.add_argument("--flag-fraction", type=float, default=0.02,
+                   help="share flagged by the poison scores alone (reported beside PatchSearch's classifier)")
+    b.add_argument("--decree", action="store_true",
+                   help="also run DECREE (encoder-level trigger inversion, no labels) on the victim and clean encoders")
     b.set_defaults(func=run_backdoor)
 
     a = s.add_parser("adversarial", help="universal perturbation against a frozen encoder; fooling rate, recall@1",
@@ -91,14 +94,48 @@ def _print(report: dict[str, Any]) -> int:
     return 0
 
 
+def backdoor_table(report: dict[str, Any]) -> str:
+    """The audit's summary table: CA, ASR and trigger->target cosine per encoder, then the mechanism count."""
+    m = report.get("mechanism", {})
+    lines = [f"backdoor audit: {report['attack']} -> {report['target']} ({report['n_poison']} poisons)",
+             f"{'encoder':<10} {'CA %':>7} {'ASR %':>7} {'cos(trig,target)':>17} {'cos(clean,target)':>18}"]
+    for arm in ("victim", "clean"):
+        r = report[arm]
+        lines.append(f"{arm:<10} {r['ca']:>7.1f} {r['asr']:>7.1f} {r['cos_trigger_target']:>17.3f} "
+                     f"{r['cos_clean_target']:>18.3f}")
+    if "defense" in report:
+        r = report["defense"]["after"]
+        lines.append(f"{'retrained':<10} {r['ca']:>7.1f} {r['asr']:>7.1f} {r['cos_trigger_target']:>17.3f} "
+                     f"{r['cos_clean_target']:>18.3f}")
+    if m:
+        exp = m.get("expected", {})
+        e = f"{exp['mechanism_pairs']:.0f}" if "mechanism_pairs" in exp else "n/a"
+        lines.append(f"mechanism: {m['mechanism_pairs']} of {m['poison_pairs']} poison view pairs "
+                     f"({100 * m['rate']:.2f}%; Monte-Carlo expectation {e}); "
+                     f"{m['poisons_with_a_hit']} of {m['poisons']} poisons had at least one")
+        if m["mechanism_pairs"] == 0:
+            lines.append(f"WARNING: {m['note']}")
+    if "decree" in report:
+        d = report["decree"]
+        lines.append("DECREE PL1: victim {:.3f} ({}), clean {:.3f} ({}), threshold {:.2f}".format(
+            d["victim"]["pl1"], d["victim"]["verdict"], d["clean"]["pl1"], d["clean"]["verdict"],
+            d["victim"]["threshold"]))
+    return "\n".join(lines)
+
+
 def run_backdoor(args: argparse.Namespace) -> int:
+    import sys
+
     from selfsup.security.audit import backdoor_audit
     from selfsup.security.poison import PoisonSpec, check_rate
 
     check_rate(args.poison_rate)
     spec = PoisonSpec(attack=args.attack, rate=args.poison_rate, trigger_size=args.trigger_size, alpha=args.alpha,
-                      fit=args.fit, num_references=args.num_references, seed=args.seed)
-    return _print(backdoor_audit(_cfg(args), args.target, spec, defense=args.defense, flag_fraction=args.flag_fraction))
+                      seed=args.seed)
+    report = backdoor_audit(_cfg(args), args.target, spec, defense=args.defense, flag_fraction=args.flag_fraction,
+                            decree=args.decree)
+    print(backdoor_table(report), file=sys.stderr)
+    return _print(report)
 
 
 def run_adversarial(args: argparse.Namespace) -> int:

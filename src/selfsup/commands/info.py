@@ -19,7 +19,14 @@ def add_parser(sub: Any, formatter: type) -> None:
                        formatter_class=formatter)
     p.set_defaults(func=run_presets)
     p = sub.add_parser("datasets", help="list built-in datasets (shipped inside PyPI packages; no download)",
-                       epilog="example:\n  selfsup datasets", formatter_class=formatter)
+                       epilog="example:\n  selfsup datasets\n"
+                       "  selfsup datasets --export builtin:synthetic photos --flat   # a folder of images to try\n"
+                       "  selfsup datasets --export builtin:mnist:test mnist-test      # class folders",
+                       formatter_class=formatter)
+    p.add_argument("--export", nargs=2, metavar=("SPEC", "DIR"),
+                   help="write a built-in dataset (builtin:NAME[:SPLIT]) as image files into the new folder DIR")
+    p.add_argument("--flat", action="store_true",
+                   help="with --export: all images directly in DIR, no class sub-folders (an unlabelled folder)")
     p.set_defaults(func=run_datasets)
 
 
@@ -42,16 +49,70 @@ def run_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def plain_text(doc: str) -> str:
+    """A docstring's Markdown tables and RST literals as aligned plain text for a terminal."""
+    import re
+
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            widths = [max(len(r[i]) for r in table if i < len(r)) for i in range(max(map(len, table)))]
+            out.extend("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip() for r in table)
+            table.clear()
+
+    for line in doc.splitlines():
+        text = re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", line)
+        text = text.replace("**", "")
+        if text.strip().startswith("|"):
+            cells = [c.strip() for c in text.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):  # not the |---|---| rule
+                table.append(cells)
+            continue
+        flush()
+        out.append(text)
+    flush()
+    return "\n".join(out).strip("\n")
+
+
 def run_backbones(args: argparse.Namespace) -> int:
     from selfsup.models import backbones
 
-    print(backbones.__doc__.split("\n\n", 2)[2] if backbones.__doc__ else "")
+    doc = backbones.__doc__ or ""
+    print(plain_text(doc.split("\n\n", 2)[2] if doc.count("\n\n") >= 2 else doc))
     return 0
+
+
+def export_dataset(spec: str, out: str, *, flat: bool = False) -> int:
+    """``export_builtin`` into ``out``; ``flat`` moves every image up into ``out`` itself (``<class>_<id>.png``),
+    so the folder reads as unlabelled photos. Returns the number of images written."""
+    from pathlib import Path
+
+    from selfsup.data import export_builtin
+
+    root = export_builtin(spec, out)
+    files = sorted(root.glob("*/*.png"))
+    if flat:
+        for f in files:
+            f.rename(root / f"{f.parent.name}_{f.name}")
+        for d in sorted({f.parent for f in files}):
+            Path(d).rmdir()
+    return len(files)
 
 
 def run_datasets(args: argparse.Namespace) -> int:
     from selfsup.data import list_builtin
 
+    if args.export:
+        spec, out = args.export
+        n = export_dataset(spec, out, flat=args.flat)
+        print(f"wrote {n} images to {out}" + (" (no class sub-folders)" if args.flat else " (one folder per class)"))
+        return 0
+    if args.flat:
+        from selfsup.errors import ConfigError
+
+        raise ConfigError("--flat goes with --export SPEC DIR")
     for name, desc in list_builtin().items():
         print(f"builtin:{name:<12} {desc}")
     return 0

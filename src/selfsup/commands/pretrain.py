@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from selfsup import distributed
@@ -15,7 +16,8 @@ EXAMPLE = """example:
   selfsup pretrain --data ~/photos --method simclr --backbone resnet18 --epochs 100 --batch-size 256 --out runs/photos
   selfsup pretrain --data builtin:mnist --val builtin:mnist:test --method byol --backbone cnn-compact \\
       --epochs 10 --batch-size 128 --out runs/mnist-byol
-  selfsup pretrain --config configs/cifar10_simclr.yaml --set optim.lr=0.5 --set method.temperature=0.3
+  selfsup pretrain --config configs/cifar10_simclr.yaml --data cifar10/train --out runs/c   # configs/ in the repo
+  selfsup pretrain --config configs/photos_simclr.yaml --data ~/photos --set optim.lr=0.5 --out runs/p
   selfsup pretrain --out runs/photos --resume        # continue an interrupted run exactly
 
 tuning advice: contrastive methods (simclr) want large batches and many epochs; if the loss becomes NaN,
@@ -30,7 +32,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--val", help="labelled folder for the online kNN monitor (every --knn-every epochs)")
     p.add_argument("--method", help="pretraining method (see `selfsup methods`)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup backbones`)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help=f"passes over the training data (default: the config's, {PretrainConfig().train.epochs})")
     p.add_argument("--batch-size", type=int, help="global batch size (summed over processes)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the LR schedule still spans --epochs)")
     p.add_argument("--image-size", type=int, help="side of the square views fed to the encoder")
@@ -38,7 +40,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"])
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help=f"seed of every random draw (default: the config's, {PretrainConfig().train.seed}); same seed, same run")
     p.add_argument("--knn-every", type=int, help="epochs between online kNN evaluations on --val")
     p.add_argument("--time-budget", type=float, help="minutes for the whole run (fits the schedule to it)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (and the colour augmentation where it runs as torch ops: CUDA, data.view_backend=torch)")
@@ -49,6 +51,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any config field, e.g. optim.clip_grad=1.0")
     p.add_argument("--out", help="run folder (checkpoint, metrics.jsonl, config.yaml, summary.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--json", action="store_true", help="print the run summary (summary.json) as JSON on stdout")
     p.set_defaults(func=run)
 
 
@@ -67,9 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out and not args.config:
         raise ConfigError("pass --out RUN_DIR for the run folder")
     summary = loop.pretrain(cfg, resume=args.resume)
-    if not distributed.env_info().is_main:
-        return 0
-    print(f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f}s; checkpoint {summary['checkpoint']}")
-    if "knn_top1" in summary:
-        print(f"online kNN top-1: {summary['knn_top1']:.2f}%")
+    # the training loop prints the end-of-run summary (selfsup.summary) on stderr
+    if getattr(args, "json", False) and distributed.env_info().is_main:
+        print(json.dumps(summary, indent=2))
     return 0

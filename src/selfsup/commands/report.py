@@ -8,11 +8,13 @@ from typing import Any
 EXAMPLE = """example:
   selfsup report runs/demo                       # -> runs/demo/report.html
   selfsup report runs/a --test data/test --out a.html
+  selfsup report runs/photos --test ~/more-photos     # a plain folder: no labels needed
 
-The HTML file needs no network (inline CSS, figures as embedded PNG). It shows the resolved config, loss /
-learning-rate / throughput curves, the online kNN curve, the table of RUN/eval.json (`selfsup eval all`),
-a 2-D map of the test embeddings (UMAP if installed, else t-SNE), a nearest-neighbour image grid and,
-for FAMT runs, RUN/masks.png. Test data: --test, else the run config's data.val."""
+The HTML file needs no network (inline CSS, figures as embedded PNG). It shows the run summary, the resolved
+config, loss / learning-rate / throughput curves, the online kNN curve, the table of RUN/eval.json
+(`selfsup eval all`), a 2-D map of the embeddings (UMAP if installed, else t-SNE, else PCA; coloured by class
+folder, or by k-means cluster when the folder has no labels), a nearest-neighbour image grid and, for FAMT
+runs, RUN/masks.png. Images for the map and grid: --test, else the run config's data.val, else its data.path."""
 
 
 def add_parser(sub: Any, formatter: type) -> None:
@@ -20,8 +22,9 @@ def add_parser(sub: Any, formatter: type) -> None:
                        formatter_class=formatter)
     p.add_argument("run", metavar="RUN_DIR", help="run folder written by `selfsup pretrain`")
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
-    p.add_argument("--test", help="labelled test data for the embedding map and neighbour grid (default: data.val)")
-    p.add_argument("--max-points", type=int, default=1500, help="test images used for the map and the grid")
+    p.add_argument("--test", help="image folder for the embedding map and neighbour grid, labelled or not "
+                   "(default: the run's data.val, else its training data)")
+    p.add_argument("--max-points", type=int, default=1500, help="images sampled for the map and the grid")
     p.set_defaults(func=run)
 
 

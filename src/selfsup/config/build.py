@@ -11,6 +11,12 @@ Layers, each overriding the last:
    the lower layers name drops their method parameters, so it runs with its own paper defaults;
 6. ``set`` (``--set KEY=VALUE``).
 
+When no layer names a training size (``data.image_size``) and the data is a local folder, the size is chosen from
+the data (:mod:`selfsup.data.probe`: the median shorter side of a sample of image headers, mapped to 32/64/96 px on
+a CPU, also 224 px on a GPU), and photo-sized data on a CPU gets the matching packaged preset (``cpu-64px``,
+``cpu-96px``) under the other layers, unless a preset or a config was given. The choice is printed, and saved
+with the run like every other field.
+
 The result is a new ``PretrainConfig``; nothing passed in is changed.
 """
 
@@ -21,7 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from selfsup.config.presets import config_file_layer, load_preset
+from selfsup import console
+from selfsup.config.presets import config_file_layer, list_presets, load_preset
 from selfsup.config.schema import PretrainConfig, apply_overrides, load_yaml, parse_set
 from selfsup.config.validate import validate_config
 from selfsup.errors import ConfigError
@@ -64,6 +71,33 @@ def flag_layer(flags: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return layer
 
 
+def _names_size(layer: Mapping[str, Any] | None) -> bool:
+    data = (layer or {}).get("data")
+    return isinstance(data, Mapping) and data.get("image_size") is not None
+
+
+def _size_from_data(cfg: PretrainConfig) -> tuple[int, str] | None:
+    """(size, why) for a local image folder whose size no layer gave; None to keep the default."""
+    from selfsup.data.probe import suggest_image_size  # reads image headers: only when it is needed
+
+    path = cfg.data.path
+    if not path or str(path).startswith(("builtin:", "wds:")) or not Path(path).is_dir():
+        return None
+    gpu = cfg.train.device.startswith("cuda") or (cfg.train.device == "auto" and _cuda())
+    found = suggest_image_size(path, gpu=gpu)
+    if found is None:
+        return None
+    size, shape = found
+    return size, (f"median image {shape.median_short}x{shape.median_long} px over {shape.probed} of the "
+                  f"folder's files")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def build_config(
     *,
     preset: str | None = None,
@@ -103,6 +137,23 @@ def build_config(
     apply_overrides(cfg, copy.deepcopy(dict(set)) if isinstance(set, Mapping) else parse_set(list(set or [])),
                     "--set")
     validate_config(cfg)
+    size_given = (isinstance(config, PretrainConfig) or (resume and out is not None and config is None)
+                  or flags.get("image_size") is not None or _names_size(load_preset(preset, method) if preset else None)
+                  or (isinstance(config, (str, Path)) and _names_size(load_yaml(config)))
+                  or (isinstance(config, Mapping) and _names_size(config))
+                  or _names_size(set if isinstance(set, Mapping) else parse_set(list(set or []))))
+    auto = None if size_given else _size_from_data(cfg)
+    if auto is None or auto[0] == cfg.data.image_size:
+        return cfg
+    size, why = auto
+    photo_preset = f"cpu-{size}px"
+    if not preset and config is None and size > 32 and size != 224 and photo_preset in list_presets():
+        cfg = build_config(preset=photo_preset, method=method, out=out, set=set, resume=resume, **flags)
+        console.info(f"image size: {size} px views ({why}; preset {photo_preset}); pass --image-size to choose")
+        return cfg
+    cfg = build_config(preset=preset, config=config, method=method, out=out, set=set, resume=resume,
+                       **{**flags, "image_size": size})
+    console.info(f"image size: {size} px views ({why}); pass --image-size to choose")
     return cfg
 
 

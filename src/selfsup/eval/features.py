@@ -6,8 +6,12 @@
 supports it (CUDA with bf16, CPUs with AVX512-BF16 or AMX), fp16 only on CUDA, otherwise fp32.
 
 ``cached_features`` stores the features of a dataset as ``.safetensors`` (never pickle) under a key
-built from the checkpoint identity, the dataset's file list and the image size, so that re-running an
-evaluation does not recompute them.
+built from the encoder's identity (checkpoint path, size and mtime; or the architecture and seed of a
+random baseline), the dataset's identity (its image-cache key, which covers every file's path, size and
+mtime), the eval transform, the image size and the precision, so that re-running an evaluation
+(``selfsup eval``, ``selfsup report``) does not recompute them. The files live in
+:func:`feature_cache_dir` (``<data cache>/features``, i.e. ``$SELFSUP_CACHE/features`` or
+``~/.cache/selfsup/features``) and are written atomically.
 
 ``pixel_features`` is the raw-pixel baseline: flattened pixels in [0, 1], mean-centred per feature.
 """
@@ -19,7 +23,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,7 +40,7 @@ from selfsup.runtime import precision_dtype as resolve_precision
 if TYPE_CHECKING:  # pragma: no cover
     from selfsup.data import ImageDataset
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -198,6 +202,15 @@ def pixel_features(
 # --------------------------------------------------------------------------------------------------
 
 
+def feature_cache_dir() -> Path:
+    """Where evaluation features are cached: ``features/`` inside the data cache (see
+    :func:`selfsup.data.cache.default_cache_dir`), so they sit beside the decoded images they come from and
+    work for any checkpoint, including read-only run folders and external ``torchvision:``/``timm:`` weights."""
+    from selfsup.data import default_cache_dir
+
+    return Path(default_cache_dir()) / "features"
+
+
 def checkpoint_key(path: str | Path) -> str:
     """An identity string for a checkpoint file: resolved path, size and modification time."""
     p = Path(path).resolve()
@@ -210,15 +223,46 @@ def checkpoint_key(path: str | Path) -> str:
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def encoder_key(info: dict[str, Any]) -> str:
+    """The cache identity of the encoder ``load_encoder`` returned with ``info``.
+
+    A selfsup checkpoint is identified by :func:`checkpoint_key` of its file (a new save changes its mtime);
+    an external ``torchvision:NAME:WEIGHTS`` / ``timm:...`` spec by its weights file the same way.
+    """
+    source = str(info.get("source", ""))
+    if Path(source).exists():
+        return checkpoint_key(source)
+    weights = str((info.get("external") or {}).get("weights", ""))
+    if weights and Path(weights).exists():
+        return f"{source}|{checkpoint_key(weights)}"
+    return source  # no file to stat: the spec alone
+
+
+def random_encoder_key(info: dict[str, Any], seed: int) -> str:
+    """The cache identity of the random-init baseline: architecture, image size, seed and torch version
+    (the same seed draws the same weights only within one torch version)."""
+    arch = info.get("external") or info.get("backbone")
+    return "random|" + json.dumps({"arch": arch, "size": info.get("image_size"), "seed": int(seed),
+                                   "torch": torch.__version__}, sort_keys=True, default=str)
+
+
 def dataset_fingerprint(dataset: ImageDataset) -> str:
-    """Hash of a dataset's file paths (or of its pixels when it has none) and shape."""
+    """The identity of a dataset's pixels.
+
+    A folder's images are a memmap over the data cache file, whose name is the hash of every file's path,
+    size and mtime: that name and the shape identify the pixels. Otherwise (builtin or in-memory data) the
+    file paths, or the pixels themselves when there are no paths, are hashed.
+    """
     h = hashlib.sha256()
     images = dataset.images
     h.update(repr(tuple(int(s) for s in images.shape)).encode())
     if hasattr(images, "sizes") and not callable(images.sizes):  # native-aspect rows: their shapes too
         h.update(np.ascontiguousarray(images.sizes).tobytes())
+    filename = getattr(images, "filename", None)
     paths = getattr(dataset, "paths", None)
-    if paths:
+    if filename:
+        h.update(b"memmap:" + Path(str(filename)).name.encode())
+    elif paths:
         for p in paths:
             h.update(str(p).encode())
             h.update(b"\0")
@@ -230,11 +274,17 @@ def dataset_fingerprint(dataset: ImageDataset) -> str:
     return h.hexdigest()
 
 
+def transform_key(transform: Callable[..., torch.Tensor] | None) -> str:
+    """The eval transform's qualified name (a different transform gives different features)."""
+    tf = transform if transform is not None else _default_transform()
+    return f"{getattr(tf, '__module__', '?')}.{getattr(tf, '__qualname__', repr(tf))}"
+
+
 def cache_path(cache_dir: str | Path, key: str, dataset: ImageDataset, image_size: int, precision: str,
-               crop_fraction: float = 1.0) -> Path:
-    fields = {"v": CACHE_VERSION, "key": key, "data": dataset_fingerprint(dataset), "size": int(image_size),
-              "precision": precision}
-    if crop_fraction != 1.0:  # (absent at 1.0: the same key as before the field existed)
+               transform: str = "", crop_fraction: float = 1.0) -> Path:
+    fields: dict[str, object] = {"v": CACHE_VERSION, "key": key, "data": dataset_fingerprint(dataset),
+                                 "size": int(image_size), "precision": precision, "transform": transform}
+    if crop_fraction != 1.0:  # the eval protocol's centre crop (absent at 1.0, the default)
         fields["crop"] = float(crop_fraction)
     ident = json.dumps(fields, sort_keys=True)
     digest = hashlib.sha256(ident.encode()).hexdigest()[:20]
@@ -246,7 +296,7 @@ def cached_features(
     dataset: ImageDataset,
     *,
     key: str,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     image_size: int,
     batch_size: int = 256,
     precision: str = "auto",
@@ -258,9 +308,10 @@ def cached_features(
 ) -> torch.Tensor:
     """``extract_features`` on ``dataset.images``, memoised in ``cache_dir`` as a ``.safetensors`` file.
 
-    ``key`` identifies the encoder weights (e.g. :func:`checkpoint_key` of the checkpoint); the file name
-    also hashes the dataset's paths, the image size and the resolved precision. A file that is unreadable
-    or of the wrong length is recomputed. Loading uses safetensors only (no pickle).
+    ``key`` identifies the encoder weights (e.g. :func:`encoder_key`); the file name also hashes the
+    dataset's identity, the eval transform, the image size and the resolved precision. ``cache_dir`` defaults
+    to :func:`feature_cache_dir`. A file that is unreadable or of the wrong length is recomputed. Loading uses
+    safetensors only (no pickle).
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -269,7 +320,8 @@ def cached_features(
 
     resolved = resolve_precision(precision, module_device(encoder))
     prec_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[resolved]
-    path = cache_path(cache_dir, key, dataset, image_size, prec_name, crop_fraction)
+    path = cache_path(cache_dir if cache_dir is not None else feature_cache_dir(), key, dataset, image_size,
+                      prec_name, transform_key(transform), crop_fraction)
     n = int(dataset.images.shape[0])
     if path.is_file():
         try:
@@ -283,6 +335,11 @@ def cached_features(
         channels_last=channels_last, transform=transform, progress=progress, desc=desc, crop_fraction=crop_fraction,
     )
     meta = {"key": key, "image_size": str(image_size), "precision": prec_name, "n": str(n)}
-    os.makedirs(path.parent, exist_ok=True)
-    atomic_write(path, lambda p: save_file({"features": feats.contiguous()}, p, metadata=meta))
+    try:
+        os.makedirs(path.parent, exist_ok=True)
+        atomic_write(path, lambda p: save_file({"features": feats.contiguous()}, p, metadata=meta))
+    except OSError as exc:  # a read-only or full cache disk costs the reuse, not the evaluation
+        import sys
+
+        sys.stderr.write(f"warning: cannot cache features in {path.parent} ({exc.strerror or exc})\n")
     return feats

@@ -22,6 +22,10 @@ Protocols (train = ``--train`` split, test = ``--test`` split):
 | diagnostics | test images (+ 2 augmented views)   | rankme, alignment, uniformity, feature_std |
 
 Fine-tuning trains the encoder, so it is run for the encoder only (no baselines) unless asked.
+
+Features of the encoder and of the random baseline are cached on disk (see
+:func:`selfsup.eval.features.cached_features`), so a second ``selfsup eval`` or ``selfsup report`` on the same
+checkpoint and data does not extract them again; ``eval.json`` is rewritten after every protocol.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from selfsup.errors import ConfigError
 
@@ -100,6 +105,60 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+class _FeatureStore:
+    """Train/test features per source ("encoder", "pixels", "random"), computed on first use and, for the two
+    encoders, kept in the on-disk feature cache (:func:`selfsup.eval.features.cached_features`)."""
+
+    def __init__(self, *, encoder: nn.Module, info: dict[str, Any], train_ds: Any, test_ds: Any, fx: dict[str, Any],
+                 baselines: bool, cache: bool, cache_dir: str | Path | None, device: torch.device) -> None:
+        self.encoder, self.info, self.train_ds, self.test_ds, self.fx = encoder, info, train_ds, test_ds, fx
+        self.baselines, self.cache, self.cache_dir, self.device = baselines, cache, cache_dir, device
+        self.random: nn.Module | None = None
+        self._feats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.time_s = 0.0
+
+    def names(self) -> list[str]:
+        return ["encoder", "pixels", "random"] if self.baselines else ["encoder"]
+
+    def random_encoder(self) -> nn.Module:
+        from selfsup.eval.api import encoder_factory
+        from selfsup.eval.baselines import random_encoder_like
+
+        if self.random is None:
+            self.random = random_encoder_like(encoder_factory(self.info), seed=0).to(self.device)
+        return self.random
+
+    def _encode(self, enc: nn.Module, key: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        from selfsup.eval.features import cached_features, extract_features
+
+        out = []
+        for ds, split in ((self.train_ds, "train"), (self.test_ds, "test")):
+            desc = f"{what} {split} features"
+            if self.cache:
+                out.append(cached_features(enc, ds, key=key, cache_dir=self.cache_dir, desc=desc, **self.fx))
+            else:
+                out.append(extract_features(enc, ds.images, desc=desc, **self.fx))
+        return out[0], out[1]
+
+    def get(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        from selfsup.eval.features import encoder_key, random_encoder_key, raw_pixels
+
+        if name not in self._feats:
+            t0 = time.perf_counter()
+            if name == "encoder":
+                self._feats[name] = self._encode(self.encoder, encoder_key(self.info), "encoder")
+            elif name == "random":
+                self._feats[name] = self._encode(self.random_encoder(), random_encoder_key(self.info, 0), "random-init")
+            else:  # raw pixels: cheap, never cached
+                side = int(self.train_ds.images.shape[1])
+                psize = None if side <= 32 else 32
+                ptr = raw_pixels(self.train_ds.images, psize)
+                mean = ptr.mean(0)
+                self._feats[name] = (ptr - mean, raw_pixels(self.test_ds.images, psize) - mean)
+            self.time_s += time.perf_counter() - t0
+        return self._feats[name]
+
+
 def evaluate_suite(
     checkpoint: str,
     train: str,
@@ -117,18 +176,24 @@ def evaluate_suite(
     progress: bool = True,
     out: str | Path | None = None,
     log: Any = None,
+    on_result: Any = None,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``protocols`` on the encoder in ``checkpoint``; see the module docstring for the result layout.
 
     ``options[protocol]`` overrides that protocol's :data:`DEFAULTS` (its settings are recorded in full).
-    ``finetune_labels`` lists the label fractions to fine-tune with (one result key each). ``out`` writes
-    the result as JSON (e.g. ``RUN/eval.json``). ``log`` (e.g. ``print``) gets one line per finished protocol.
+    ``finetune_labels`` lists the label fractions to fine-tune with (one result key each).
+
+    The work is kept: features come from the on-disk feature cache (``cache=False`` turns it off;
+    ``cache_dir`` defaults to :func:`selfsup.eval.features.feature_cache_dir`), and ``out`` (e.g.
+    ``RUN/eval.json``) is rewritten atomically after every protocol, so an interrupted suite (Ctrl-C) leaves
+    the finished protocols on disk with ``meta.complete = false``. ``log`` (e.g. ``print``) gets one progress
+    line per protocol (count, time, ETA); ``on_result(key, results)`` is called as each protocol finishes.
     """
     from selfsup.checkpoint import atomic_write_text, load_encoder
-    from selfsup.eval.api import encoder_factory, load_labelled
-    from selfsup.eval.baselines import random_encoder_like
+    from selfsup.eval.api import load_labelled
     from selfsup.eval.diagnostics import diagnostics_from_features, representation_diagnostics
-    from selfsup.eval.features import extract_features, raw_pixels
     from selfsup.eval.finetune import finetune
 
     unknown = [p for p in protocols if p not in PROTOCOLS]
@@ -152,22 +217,19 @@ def evaluate_suite(
     yte = torch.tensor(test_ds.labels).long()
     num_classes = int(max(train_ds.num_classes, int(ytr.max()) + 1, int(yte.max()) + 1))
     fx: dict[str, Any] = {"image_size": size, "batch_size": batch_size, "precision": precision, "progress": progress}
+    store = _FeatureStore(encoder=encoder, info=info, train_ds=train_ds, test_ds=test_ds, fx=fx, baselines=baselines,
+                          cache=cache, cache_dir=cache_dir, device=dev)
 
-    t0 = time.perf_counter()
-    feats: dict[str, tuple[torch.Tensor, torch.Tensor]] = {
-        "encoder": (extract_features(encoder, train_ds.images, desc="train features", **fx),
-                    extract_features(encoder, test_ds.images, desc="test features", **fx))}
-    rnd = None
-    if baselines:
-        side = int(train_ds.images.shape[1])
-        psize = None if side <= 32 else 32
-        ptr = raw_pixels(train_ds.images, psize)
-        mean = ptr.mean(0)
-        feats["pixels"] = (ptr - mean, raw_pixels(test_ds.images, psize) - mean)
-        rnd = random_encoder_like(encoder_factory(info), seed=0).to(dev)
-        feats["random"] = (extract_features(rnd, train_ds.images, desc="random-init train", **fx),
-                           extract_features(rnd, test_ds.images, desc="random-init test", **fx))
-    t_feat = time.perf_counter() - t0
+    # the work list: one entry per result key (finetune gives one per label fraction)
+    jobs: list[tuple[str, str, dict[str, Any]]] = []
+    for protocol in protocols:
+        opts = {**DEFAULTS[protocol], **options.get(protocol, {})}
+        if protocol == "finetune":
+            given = options.get("finetune", {})
+            for frac in [given["labels"]] if "labels" in given else list(finetune_labels):
+                jobs.append((protocol, f"finetune@{frac}", {**opts, "labels": frac}))
+        else:
+            jobs.append((protocol, protocol, opts))
 
     results: dict[str, Any] = {"meta": {
         "checkpoint": str(info["source"]), "backbone": info["backbone"].get("name"), "image_size": size,
@@ -175,50 +237,58 @@ def evaluate_suite(
         "device": str(dev), "precision": precision, "batch_size": batch_size, "baselines": bool(baselines),
         "baseline_settings": {"pixels": "raw pixels in [0,1], resized to 32 px when larger, centred with the "
                               "train mean", "random": "same architecture, torch.manual_seed(0) init"},
-        "features_time_s": round(t_feat, 3),
+        "protocols": [key for _, key, _ in jobs], "complete": False, "feature_cache": bool(cache),
     }}
-    for protocol in protocols:
-        opts = {**DEFAULTS[protocol], **options.get(protocol, {})}
-        if protocol == "finetune":
-            given = options.get("finetune", {})
-            for frac in [given["labels"]] if "labels" in given else list(finetune_labels):
-                o = {**opts, "labels": frac}
-                t1 = time.perf_counter()
-                r = finetune(encoder, train_ds.images, ytr, test_ds.images, yte, image_size=size,
-                             num_classes=num_classes, precision=precision, **o)
-                key = f"finetune@{r['labels']}"
-                results[key] = {"encoder": r, "settings": {**o, "labels": r["labels"]},
-                                "time_s": round(time.perf_counter() - t1, 3)}
-                _log(log, key, results[key])
-            continue
+
+    def save() -> None:
+        results["meta"]["features_time_s"] = round(store.time_s, 3)
+        results["meta"]["total_time_s"] = round(time.perf_counter() - t_all, 3)
+        if out is not None:
+            atomic_write_text(out, json.dumps(_jsonable(results), indent=2))
+
+    spent: list[float] = []  # protocol times without feature extraction, for the ETA
+    for i, (protocol, key, opts) in enumerate(jobs):
         t1 = time.perf_counter()
+        feat_before = store.time_s
         entry: dict[str, Any] = {}
-        if protocol == "diagnostics":
+        if protocol == "finetune":
+            r = finetune(encoder, train_ds.images, ytr, test_ds.images, yte, image_size=size,
+                         num_classes=num_classes, precision=precision, **opts)
+            key = f"finetune@{r['labels']}"
+            entry = {"encoder": r, "settings": {**opts, "labels": r["labels"]}}
+        elif protocol == "diagnostics":
             entry["encoder"] = representation_diagnostics(encoder, test_ds.images, image_size=size,
-                                                          features=feats["encoder"][1], batch_size=batch_size, **opts)
-            if rnd is not None:
-                entry["random"] = representation_diagnostics(rnd, test_ds.images, image_size=size,
-                                                             features=feats["random"][1], batch_size=batch_size,
+                                                          features=store.get("encoder")[1], batch_size=batch_size,
+                                                          **opts)
+            if baselines:
+                entry["random"] = representation_diagnostics(store.random_encoder(), test_ds.images, image_size=size,
+                                                             features=store.get("random")[1], batch_size=batch_size,
                                                              **opts)
-            if "pixels" in feats:
-                entry["pixels"] = diagnostics_from_features(feats["pixels"][1], **opts)
+                entry["pixels"] = diagnostics_from_features(store.get("pixels")[1], **opts)
+            entry["settings"] = opts
         else:
-            for name, (ftr, fte) in feats.items():
+            for name in store.names():
+                ftr, fte = store.get(name)
                 entry[name] = run_on_features(protocol, ftr, ytr, fte, yte, num_classes, dict(opts))
-        entry["settings"] = opts
-        entry["time_s"] = round(time.perf_counter() - t1, 3)
-        results[protocol] = entry
-        _log(log, protocol, entry)
-    results["meta"]["total_time_s"] = round(time.perf_counter() - t_all, 3)
-    results = _jsonable(results)
-    if out is not None:
-        atomic_write_text(out, json.dumps(results, indent=2))
-    return results
-
-
-def _log(log: Any, key: str, entry: dict[str, Any]) -> None:
-    if log is not None:
-        log(f"{key}: done in {entry['time_s']:.1f}s")
+            entry["settings"] = opts
+        # time_s is the protocol's own time; features extracted on its first use are counted apart
+        feat_s = store.time_s - feat_before
+        entry["time_s"] = round(time.perf_counter() - t1 - feat_s, 3)
+        results[key] = _jsonable(entry)
+        results["meta"]["complete"] = i == len(jobs) - 1
+        save()
+        spent.append(entry["time_s"])
+        left = len(jobs) - i - 1
+        eta = f"; about {sum(spent) / len(spent) * left:.0f}s left" if left else ""
+        if log is not None:
+            feats = f" (+{feat_s:.1f}s features)" if feat_s >= 0.05 else ""
+            log(f"[{i + 1}/{len(jobs)}] {key}: done in {entry['time_s']:.1f}s{feats}{eta}")
+        if on_result is not None:
+            on_result(key, results)
+    if not jobs:
+        results["meta"]["complete"] = True
+        save()
+    return _jsonable(results)
 
 
 def _fmt(v: Any, ci: Any = None) -> str:
@@ -230,10 +300,13 @@ def _fmt(v: Any, ci: Any = None) -> str:
     return s
 
 
-def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
-    """One row per (protocol, headline metric): protocol, metric, encoder, pixels, random, time_s."""
+def table_rows(results: dict[str, Any], keys: Sequence[str] | None = None) -> list[dict[str, str]]:
+    """One row per (protocol, headline metric): protocol, metric, encoder, pixels, random, time_s.
+    ``keys`` restricts the rows to those result keys (e.g. the protocol that just finished)."""
     rows = []
     for key, entry in results.items():
+        if keys is not None and key not in keys:
+            continue
         if not isinstance(entry, dict) or "encoder" not in entry:
             continue
         proto = key.split("@", 1)[0]
@@ -253,15 +326,21 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
-def format_suite_table(results: dict[str, Any]) -> str:
-    rows = table_rows(results)
+#: fixed column widths, so the tables printed one protocol at a time line up
+WIDTHS = {"protocol": 14, "metric": 16, "encoder": 12, "pixels": 12, "random": 12, "time_s": 8}
+
+
+def format_suite_table(results: dict[str, Any], keys: Sequence[str] | None = None, *, header: bool = True,
+                       footer: bool = True) -> str:
+    """The results as a text table (``keys``: only those protocols); ``footer`` adds the meta line."""
+    rows = table_rows(results, keys)
     cols = ["protocol", "metric", "encoder", "pixels", "random", "time_s"]
-    width = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in cols}
-    lines = ["  ".join(c.ljust(width[c]) if i < 2 else c.rjust(width[c]) for i, c in enumerate(cols))]
+    width = {c: max([WIDTHS[c], len(c)] + [len(r[c]) for r in rows]) for c in cols}
+    lines = ["  ".join(c.ljust(width[c]) if i < 2 else c.rjust(width[c]) for i, c in enumerate(cols))] if header else []
     for r in rows:
         lines.append("  ".join(r[c].ljust(width[c]) if i < 2 else r[c].rjust(width[c]) for i, c in enumerate(cols)))
     meta = results.get("meta", {})
-    if meta:
+    if meta and footer:
         lines.append(f"\n{meta.get('checkpoint')} ({meta.get('backbone')}, {meta.get('image_size')} px); "
                      f"train {meta.get('n_train')}, test {meta.get('n_test')} images; "
                      f"features {meta.get('features_time_s', 0):.1f}s, total {meta.get('total_time_s', 0):.1f}s")

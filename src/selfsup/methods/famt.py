@@ -2,7 +2,9 @@
 first version "Good helper is around you: Attention-driven Masked Image Modeling", AMT) for MAE and SimMIM.
 
 **Weights** (per image, over the full image's patch grid; :mod:`selfsup.augment.masking`): an unmasked eval-mode
-forward of the current encoder gives the last block's attention A_h and last-layer patch tokens T;
+forward of the current encoder gives the last block's attention A_h and the last block's patch tokens T
+BEFORE the final norm (the official ``forward_encoder_test`` returns ``blk(x, return_attention=True)`` of the
+last block, and ``update_mask`` takes the FFT of those tokens);
 attention weight a_j = c_j + g_j (:func:`~selfsup.augment.masking.famt_attention_weights`), frequency weight f_j
 from a Gaussian low-pass over the token-axis FFT (:func:`~selfsup.augment.masking.famt_frequency_weights`),
 w_j = a_j f_j.
@@ -25,10 +27,17 @@ matches the public code's ordering as described in our issue. A third-party summ
 informative regions"; ``mask_high=False`` gives that reading: high-weight patches are drawn first and stay
 VISIBLE, the next rho_m L are masked, and the lowest-weight rho_t L are thrown.
 
-**Schedule.** Random masking (with the same rho_m / rho_t counts, drawn uniformly) for ``warmup_epochs``
-(paper: 40 of 800), then the weights of every image are recomputed every ``refresh_every`` epochs (paper:
-40) by a full pass over the data. The training loop calls :meth:`on_epoch_start` at the start of every
-epoch (``train.py`` does ``method.on_epoch_start(epoch, train_ds)``); it refreshes when due.
+**Schedule** (jsrdcht/famt ``main_pretrain.py`` and ``models_mae.py`` ``forward_encoder``). For the first
+``warmup_epochs`` (paper: 40 of 800) the split is plain random masking with NO throwing, at
+``warmup_mask_ratio`` (FAMT-MAE: 75%, the code's ``random_masking(x, mask_ratio=0.75)``, MAE's own ratio;
+FAMT-SimMIM: 44%): every patch not masked is visible. Then the weights of every image are recomputed every
+``refresh_every`` epochs (paper: 40) by a full pass over the data, and the weighted masking + throwing
+(rho_m / rho_t) takes over. The training loop calls :meth:`on_epoch_start` at the start of every epoch
+(``method.on_epoch_start(epoch, train_ds)``); it refreshes when due. Whenever no weights are available
+(warm-up, or a resumed lazy buffer before its recomputation) the warm-up split is used. Deviation: the
+official loop refreshes when ``epoch > warmup_epochs and (epoch - 1) % loc_interval == 0`` (first at epoch
+41 for a 40-epoch warm-up, masking switching at ``epoch > 40``); selfsup refreshes at ``warmup_epochs``
+itself and every ``refresh_every`` epochs after it: the same schedule shifted by one epoch, simpler to state.
 
 **Storage and resume.** The weights live in the buffer ``famt.weights`` [N_images, L]. With
 ``method.num_images`` set (> 0) the buffer is allocated at build time and saved in checkpoints, so a resumed
@@ -40,6 +49,11 @@ after a resume the next :meth:`on_epoch_start` at or after the warm-up recompute
 **Geometry.** Each training view is a random crop + flip of the source image; the stored map is resampled
 into the crop box and flipped (:func:`selfsup.augment.masking.weights_to_view`) using the view's
 ``ViewParams`` (``batch.params[0]``), so a weight stays on the image content it was computed for.
+Deviation that corrects the official code: ``amtdatasets.py`` (``maskRandomResizedCrop``) cuts the weight map
+with ``mask[i // img.size[1] : (i + h) // img.size[1] + 2, j // img.size[0] : (j + w) // img.size[0] + 2]``,
+i.e. pixel offsets divided by the image size, which is 0 (or 1) for every crop: the cut is always the
+map's top-left 2 x 2 (or 3 x 3) cells, resized to the view, whatever the crop. The weights then do not follow
+the crop; selfsup maps them through the real box and flip.
 """
 
 from __future__ import annotations
@@ -72,6 +86,7 @@ class FAMTMAEConfig(MAEConfig):
     throw_ratio: float = 0.40  # rho_t (paper, MAE)
     mask_high: bool = True  # mask the high-weight end (paper text; see module docstring)
     warmup_epochs: int = 40  # random masking first (paper: 40 of 800 epochs)
+    warmup_mask_ratio: float = 0.75  # warm-up: plain random masking, no throwing (official code: 0.75)
     refresh_every: int = 40  # epochs between weight refreshes (paper: 40)
     num_images: int = 0  # dataset size: > 0 allocates a checkpointed weight buffer; 0 = lazy, not saved
     refresh_batch_size: int = 256  # images per forward during a refresh
@@ -83,6 +98,9 @@ class FAMTSimMIMConfig(SimMIMConfig):
     throw_ratio: float = 0.26  # rho_t (paper, SimMIM)
     mask_high: bool = True
     warmup_epochs: int = 40
+    # warm-up: plain random masking of mask cells, no throwing. jsrdcht/famt ships only the MAE variant; 0.44 is
+    # the paper's SimMIM rho_m, used with nothing thrown
+    warmup_mask_ratio: float = 0.44
     refresh_every: int = 40
     num_images: int = 0
     refresh_batch_size: int = 256
@@ -215,10 +233,13 @@ class FAMTMAE(_FAMTHooks, MAE):
     def __init__(self, backbone: nn.Module, cfg: FAMTMAEConfig, *, image_size: int, grayscale: bool = False):
         super().__init__(backbone, cfg, image_size=image_size, grayscale=grayscale)
         self.n_mask, self.n_throw = split_counts(self.num_patches, cfg.mask_ratio, cfg.throw_ratio)
+        self.n_warm, _ = split_counts(self.num_patches, cfg.warmup_mask_ratio, 0.0)
         self.famt = FAMTWeights(self.grid, cfg.num_images, cfg.warmup_epochs, cfg.refresh_every)
 
     def sample_split(self, batch: Batch, x: torch.Tensor) -> MaskSplit:
-        w = self.famt.view_weights(batch, self.grid).to(x.device) if self.famt.ready else None
+        if not self.famt.ready:  # warm-up: random masking, nothing thrown
+            return sample_split(x.shape[0], self.num_patches, self.n_warm, 0, device=x.device)
+        w = self.famt.view_weights(batch, self.grid).to(x.device)
         return sample_split(x.shape[0], self.num_patches, self.n_mask, self.n_throw, weights=w,
                             mask_high=self.cfg.mask_high, device=x.device)
 
@@ -237,11 +258,12 @@ class FAMTSimMIM(_FAMTHooks, SimMIM):
     def __init__(self, backbone: nn.Module, cfg: FAMTSimMIMConfig, *, image_size: int, grayscale: bool = False):
         super().__init__(backbone, cfg, image_size=image_size, grayscale=grayscale)
         self.n_mask, self.n_throw = split_counts(self.num_cells, cfg.mask_ratio, cfg.throw_ratio)
+        self.n_warm, _ = split_counts(self.num_cells, cfg.warmup_mask_ratio, 0.0)
         self.famt = FAMTWeights(self.grid, cfg.num_images, cfg.warmup_epochs, cfg.refresh_every)
 
     def sample_cell_split(self, batch: Batch, x: torch.Tensor) -> MaskSplit:
-        w = None
-        if self.famt.ready:
-            w = pool_to_cells(self.famt.view_weights(batch, self.grid).to(x.device), self.grid, self.cell)
+        if not self.famt.ready:  # warm-up: random masking of mask cells, nothing thrown
+            return sample_split(x.shape[0], self.num_cells, self.n_warm, 0, device=x.device)
+        w = pool_to_cells(self.famt.view_weights(batch, self.grid).to(x.device), self.grid, self.cell)
         return sample_split(x.shape[0], self.num_cells, self.n_mask, self.n_throw, weights=w,
                             mask_high=self.cfg.mask_high, device=x.device)

@@ -1,22 +1,27 @@
 """End-to-end security audits on selfsup's own pipeline.
 
-backdoor:    build a poisoned folder (clean + round(rate*N) poisons, manifest) -> pretrain a victim with
-             :func:`selfsup.training.loop.pretrain` on it and a reference encoder on the clean data with the same
+backdoor:    build a poisoned folder (round(rate*N) poisons from distinct images, manifest; see
+             :mod:`selfsup.security.poison`) -> pretrain a victim with :func:`selfsup.training.loop.pretrain` on
+             it (counting the training pairs in which the attack's mechanism occurred,
+             :mod:`selfsup.security.mechanism`) and a reference encoder on the clean data with the same
              settings -> fit a linear probe on clean labelled features -> CA on untouched test images, ASR on
-             triggered non-target test images, for both. Optional PatchSearch-style defense: score the
-             poisoned set with the victim encoder, report precision/recall of the flagged images against the
-             manifest, retrain without them and report ASR/CA again.
+             each paper's triggered non-target test images and the trigger->target cosine, for both encoders.
+             Optional: PatchSearch (Tejankar et al. CVPR 2023) on the poisoned set with precision/recall
+             against the manifest and a retrain without the flagged images; DECREE (Feng et al. CVPR 2023)
+             on both encoders. A user who sees "ASR 5%" can tell "the encoder resisted" (mechanism pairs in
+             the hundreds, cosine unchanged) from "the attack never happened" (mechanism pairs near 0).
 adversarial: a universal perturbation against a frozen encoder (a checkpoint, or one pretrained here) ->
              fooling rate of linear heads fitted on labelled data the attacker never used (the probe set,
              plus an optional second, different labelled folder) and the recall@1 drop.
 unlearnable: pretrain on clean data (this encoder is also the protector's surrogate unless --surrogate is
              given) -> protect the data with Unlearnable Clusters -> pretrain on the protected data with the
              same budget -> kNN and linear accuracy of both encoders on the clean test set.
-Every audit writes OUT/report.json.
+Every audit writes OUT/report.json (the backdoor audit also OUT/audit.json, the same content).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -29,6 +34,7 @@ from PIL import Image
 
 from selfsup.config import PretrainConfig
 from selfsup.config.build import build_config
+from selfsup.data import RaggedImages
 from selfsup.errors import ConfigError, DataError
 from selfsup.eval.features import as_tensor
 from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
@@ -80,17 +86,42 @@ def pretrain_config(cfg: AuditConfig, data: str, out: Path) -> PretrainConfig:
     )
 
 
-def run_pretrain(cfg: AuditConfig, data: str, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+def victim_config(cfg: AuditConfig, data: str, out: Path) -> Any:
+    """:func:`pretrain_config` plus the audit's fixed choices for every arm (victim, clean, retrained).
+
+    - No low-resolution phase (``data.low_res_size = 0``), for every attack: a phase at 24 px resamples each
+      crop of a 32 px image to 24 px, and CTRL's trigger components at DCT index 31 (one cycle per ~2 source
+      pixels) lie above that phase's Nyquist limit, so they are filtered or aliased away; a 7 px patch is
+      likewise blurred into 5 px. The papers train at one resolution.
+    - No Gaussian blur for images of 64 px or less (``method.blur = False`` where the method has it): the
+      papers' ImageNet recipes (MoCo v2 / SimSiam, SSL-Backdoor, Noisy Alignment) blur, but the CIFAR recipes
+      (SimCLR App. B.9, CTRL's ``loaders/diffaugment.py``) do not, and a blur at 32 px removes exactly the
+      high frequencies CTRL's trigger lives in.
+    Everything else is the method's own view recipe (MoCo v2 / SimSiam: crop scale 0.2-1, jitter 0.4/0.4/0.4/0.1
+    p 0.8, grayscale p 0.2, flip), the recipe SSL-Backdoor and Noisy Alignment train with.
+    """
+    from selfsup.methods import registry
+
+    pc = pretrain_config(cfg, data, out)
+    spec = registry().get(str(pc.method.get("name")))
+    method = dict(pc.method)
+    if cfg.image_size <= 64 and spec is not None and "blur" in getattr(spec.config_cls, "__dataclass_fields__", {}):
+        method["blur"] = False
+    return dataclasses.replace(pc, data=dataclasses.replace(pc.data, low_res_size=0), method=method)
+
+
+def run_pretrain(cfg: AuditConfig, data: str, out: Path, on_views: Any = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Pretrain with selfsup's loop (same settings for every arm) and return (encoder, summary)."""
     from selfsup.checkpoint import load_encoder
     from selfsup.training.loop import pretrain
 
-    summary = pretrain(pretrain_config(cfg, data, out))
+    summary = pretrain(victim_config(cfg, data, out), on_views=on_views) if on_views else pretrain(
+        victim_config(cfg, data, out))
     enc, _ = load_encoder(out)
     return enc, summary
 
 
-def write_folder(out: Path, images: np.ndarray) -> Path:
+def write_folder(out: Path, images: Any) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     for i, im in enumerate(images):
         Image.fromarray(np.asarray(im)).save(out / f"{i:06d}.png", compress_level=1)
@@ -103,31 +134,70 @@ def _features(enc: torch.nn.Module, images: np.ndarray, cfg: AuditConfig) -> tor
     return encode(enc, images, cfg.image_size)
 
 
-def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
-    """The test-time trigger: the same patch at a uniformly random location, or CTRL at magnitude 100."""
-    from selfsup.security.triggers import apply_ctrl_trigger, apply_patch_trigger
-
-    if spec.attack == "ctrl":
-        return apply_ctrl_trigger(images, magnitude=100.0, window=spec.ctrl_window)
-    patch = np.asarray(Image.open(folder / str(manifest["trigger"])).convert("RGB"))
-    out, _ = apply_patch_trigger(images, patch, np.random.default_rng(seed), location="random", alpha=spec.alpha)
-    return out
+def stored_sizes(ds: Any) -> np.ndarray:
+    """[N, 2] (height, width) of every stored row of a dataset (one shape for a fixed-size array)."""
+    imgs = ds.images
+    if isinstance(imgs, RaggedImages):  # native-aspect rows (indexing them gives centre squares)
+        return imgs.sizes.copy()
+    return np.tile(np.array(imgs.shape[1:3], dtype=np.int64), (imgs.shape[0], 1))
 
 
-def _asr_ca(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray, tid: int) -> dict[str, float]:
+def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray,
+                     tid: int) -> dict[str, float]:
+    """CA, ASR and the trigger->target cosine of one encoder.
+
+    ``cos_trigger_target``: mean cosine between the features of triggered non-target test images and the
+    mean feature of the target class's (clean) training images; ``cos_clean_target``: the same for the
+    untriggered non-target test images (the baseline it must exceed for the trigger to point at the target).
+    """
+    import torch.nn.functional as F
+
     ftr = _features(enc, train.images, cfg)
+    fte = _features(enc, test.images, cfg)
+    ftrig = _features(enc, trig, cfg)
     labels = as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
-    ca = clean_accuracy(head.predict(_features(enc, test.images, cfg)), test.labels)
+    ca = clean_accuracy(head.predict(fte), test.labels)
     keep = test.labels != tid
-    asr = attack_success_rate(head.predict(_features(enc, trig, cfg)), test.labels[keep], tid)
-    return {"ca": ca, "asr": asr}
+    asr = attack_success_rate(head.predict(ftrig), test.labels[keep], tid)
+    mu = F.normalize(ftr[torch.as_tensor(np.asarray(train.labels) == tid)].mean(0), dim=0)
+    cos_t = float((F.normalize(ftrig, dim=1) @ mu).mean())
+    cos_c = float((F.normalize(fte[torch.as_tensor(keep)], dim=1) @ mu).mean())
+    return {"ca": ca, "asr": asr, "cos_trigger_target": cos_t, "cos_clean_target": cos_c}
+
+
+def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
+    """Each paper's test-time trigger (:func:`selfsup.security.poison.triggered_test_images`)."""
+    from selfsup.security.poison import triggered_test_images
+
+    patch = None
+    if manifest.get("trigger"):
+        patch = np.asarray(Image.open(folder / str(manifest["trigger"])).convert("RGB"))
+    return triggered_test_images(spec.attack, images, patch, np.random.default_rng(seed), alpha=spec.alpha,
+                                 ctrl_magnitude=spec.ctrl_magnitude, ctrl_window=spec.ctrl_window)
+
+
+def mechanism_setup(manifest: dict[str, Any], folder: Path, cfg: AuditConfig) -> tuple[Any, Any]:
+    """(PoisonGeometry of the poisoned folder in the loader's row order, the folder's dataset)."""
+    from selfsup.security.mechanism import PoisonGeometry
+
+    pois = _open(str(folder / "images"), cfg, labelled=False)
+    if len(pois) != manifest["n_images"]:
+        raise DataError(f"{folder}: {len(pois)} decodable images but {manifest['n_images']} manifest rows")
+    return PoisonGeometry.from_manifest(manifest, pois.paths, stored_sizes(pois)), pois
 
 
 def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, defense: bool = False,
-                   flag_fraction: float = 0.02, defense_tests: int = 32,
+                   flag_fraction: float = 0.02, defense_tests: int = 128, defense_iterations: int = 300,
+                   decree: bool = False, decree_steps: int = 300,
                    clean_run: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``clean_run``: an (encoder, summary) already pretrained on ``cfg.train`` with the same settings (reused)."""
+    """``clean_run``: an (encoder, summary) already pretrained on ``cfg.train`` with the same settings (reused).
+
+    The report's ``mechanism``: the number of training pairs in which the attack's mechanism occurred,
+    counted during the victim's training (:class:`selfsup.security.mechanism.MechanismCounter`), and beside
+    it the Monte-Carlo expectation for the same recipe and number of samples (a check of the counter).
+    """
+    from selfsup.security.mechanism import MechanismCounter, expected_count
     from selfsup.security.poison import check_rate
 
     check_rate(spec.rate)
@@ -140,45 +210,78 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
     resolve_target(test.classes, test.labels, target, cfg.test)
     folder = out / "poisoned"
     _log(f"writing {spec.attack} poisons ({spec.rate:.2%} of {len(train)}) to {folder}")
-    manifest = build_poisoned_folder(folder, np.asarray(train.images), train.labels, train.classes, train.paths,
+    manifest = build_poisoned_folder(folder, train.images, train.labels, train.classes, train.paths,
                                      target=target, spec=spec, where=cfg.train)
     keep = test.labels != tid
     trig = triggered_test(manifest, folder, np.asarray(test.images)[keep], spec, cfg.seed + 1)
+    geom, pois = mechanism_setup(manifest, folder, cfg)
+    counter = MechanismCounter(geom)
     _log("pretraining the victim on the poisoned folder")
-    victim, vsum = run_pretrain(cfg, str(folder / "images"), out / "victim")
+    victim, vsum = run_pretrain(cfg, str(folder / "images"), out / "victim", on_views=counter)
     if clean_run is None:
         _log("pretraining the reference encoder on the clean data")
         clean_run = run_pretrain(cfg, cfg.train, out / "clean")
     clean, csum = clean_run
+    mech = counter.summary()
+    try:
+        vc = victim_config(cfg, str(folder / "images"), out / "victim")
+        from selfsup.training.loop import resolve_config
+
+        views = [(v.size, v.scale, v.ratio) for v in _victim_recipe(vc, resolve_config)]
+        seen = float(vsum["steps"]) * vc.train.batch_size / max(1, len(pois))
+        mech["expected"] = expected_count(geom, views, seen, n=400, seed=cfg.seed)
+    except Exception as e:  # the expectation is a cross-check; its failure must not lose the audit
+        mech["expected"] = {"error": f"{type(e).__name__}: {e}"}
     report: dict[str, Any] = {
         "kind": "backdoor", "attack": spec.attack, "target": train.classes[tid], "config": asdict(cfg),
         "spec": asdict(spec), "n_clean": manifest["n_clean"], "n_poison": manifest["n_poison"],
-        "trigger_size": manifest["trigger_size"], "victim": _asr_ca(victim, cfg, train, test, trig, tid),
-        "clean": _asr_ca(clean, cfg, train, test, trig, tid), "victim_steps": vsum["steps"], "clean_steps": csum["steps"],
+        "n_images": manifest["n_images"], "replaces_originals": manifest["replaces_originals"],
+        "trigger_size": manifest["trigger_size"], "victim": evaluate_encoder(victim, cfg, train, test, trig, tid),
+        "clean": evaluate_encoder(clean, cfg, train, test, trig, tid), "mechanism": mech,
+        "victim_steps": vsum["steps"], "clean_steps": csum["steps"],
     }
-    if defense:
-        from selfsup.security.defense import flag_top, patchsearch_scores, precision_recall
-        from selfsup.security.poison import read_manifest
+    if decree:
+        from selfsup.security.decree import decree_verdict
 
-        man = read_manifest(folder)
-        files = sorted(man["files"], key=lambda r: r["file"])  # the loader's row order (sorted paths)
-        pois = _open(str(folder / "images"), cfg, labelled=False)
-        if len(pois) != len(files):
-            raise DataError(f"{folder}: {len(pois)} decodable images but {len(files)} manifest rows")
-        is_poison = np.array([r["poison"] for r in files])
-        _log("PatchSearch-style scoring of the poisoned set with the victim encoder")
-        ps = patchsearch_scores(victim, np.asarray(pois.images), image_size=cfg.image_size, seed=cfg.seed,
-                                n_test=defense_tests)
-        flagged = flag_top(ps["scores"], flag_fraction)
-        kept = np.asarray(pois.images)[~flagged]
+        _log("DECREE trigger inversion on the victim and the clean encoder")
+        shadow = np.asarray(train.images)[: min(1000, len(train))]
+        kw = {"image_size": cfg.image_size, "seed": cfg.seed, "steps": decree_steps}
+        report["decree"] = {"victim": decree_verdict(victim, shadow, **kw), "clean": decree_verdict(clean, shadow, **kw)}
+    if defense:
+        from selfsup.security.defense import flag_top, patchsearch_scores, poison_classifier, precision_recall
+
+        files = {Path(r["file"]).name: r for r in manifest["files"]}
+        is_poison = np.array([bool(files[Path(p).name]["poison"]) for p in pois.paths])
+        _log("PatchSearch: clustering, Grad-CAM windows and the iterative poison-score search (victim encoder)")
+        ps = patchsearch_scores(victim, pois.images, image_size=cfg.image_size, seed=cfg.seed, n_test=defense_tests)
+        _log("PatchSearch: training the poison classifier on the top-scored windows")
+        pc = poison_classifier(pois.images, ps["scores"], ps["boxes"], image_size=cfg.image_size, window=ps["window"],
+                               iterations=defense_iterations, seed=cfg.seed)
+        flagged = pc["flagged"]
+        kept = [pois.images[i] for i in np.flatnonzero(~flagged)]
         filt = write_folder(out / "filtered" / "images", kept)
         _log(f"retraining without {int(flagged.sum())} flagged images")
         retrained, _ = run_pretrain(cfg, str(filt), out / "retrained")
-        report["defense"] = {"method": "patchsearch-lite (Tejankar et al. CVPR 2023)", "flag_fraction": flag_fraction,
-                             "window": ps["window"], **precision_recall(flagged, is_poison),
-                             "after": _asr_ca(retrained, cfg, train, test, trig, tid)}
+        report["defense"] = {
+            "method": ps["method"], "window": ps["window"], "clusters": ps["n_clusters"], "test_images": ps["n_test"],
+            "search_rounds": ps["rounds"], "scored": int(ps["scored"].sum()),
+            "classifier_val_accuracy": pc["val_accuracy"], **precision_recall(flagged, is_poison),
+            # the poison scores alone (no classifier): the top flag_fraction, for the cost of skipping step 5
+            "scores_only": {"flag_fraction": flag_fraction,
+                            **precision_recall(flag_top(ps["scores"], flag_fraction), is_poison)},
+            "after": evaluate_encoder(retrained, cfg, train, test, trig, tid)}
     (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "audit.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _victim_recipe(pc: Any, resolve_config: Any) -> list[Any]:
+    """The victim method's view specs, from the method built exactly as the training loop builds it."""
+    from selfsup.models.backbones import build_backbone
+
+    pc, spec, method_cfg = resolve_config(pc)
+    method = spec.build(build_backbone(pc.backbone, pc.data.image_size), method_cfg, image_size=pc.data.image_size)
+    return list(method.view_recipe.views)
 
 
 def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attacker_data: str | None = None,

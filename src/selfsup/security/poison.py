@@ -1,27 +1,42 @@
 """Poisoned pretraining sets: Noisy Alignment, SSL-Backdoor and CTRL, written as a folder + ``manifest.json``.
 
-Threat model (Noisy Alignment, Chen, Gui et al., ICCV 2025, arXiv 2508.14015, Sec. 3): the attacker only
-ADDS images to the victim's unlabeled pretraining set. They hold a few *reference* images of the target
-class, unrelated *shadow* images and a trigger. The number of poisons is ``round(rate * N_clean)`` (the rate
-is relative to the clean set; ``rate`` must lie in (0, 1)).
+**Poison count and distinct poisons.** ``n_poison = round(rate * N_clean)``, with ``N_clean`` the size of the
+clean training set, as CTRL's ``poison_num = int(len(trainset) * poison_ratio)``. SSL-Backdoor's configs give
+instead a share of the TARGET CLASS (``poison_injection_rate``; 1.0 in the shipped HTBA configs, i.e. every
+target-class image, about 1% of ImageNet-100); for a balanced 10-class set, rate r of the training set is
+10 r of the target class. Every poison is built from its OWN image(s): no reference or shadow image is used
+twice (``ConfigError`` when the data holds too few), as in every official code.
 
-Attacks
-- ``noisy-alignment``: a reference image on one half of a canvas, a shadow image on the other half with the
-  trigger centred in it. Canvas ``r_l x 2 r_l`` (height x width) when the reference is left or right,
-  ``2 r_l x r_l`` when it is top or bottom, with ``r_l`` the image side S; the four orientations
-  (``left/right/top/bottom`` = where the REFERENCE sits) are drawn as a balanced random permutation, so all
-  four occur as soon as there are 4 poisons. Random-resized crops that fall in the shadow half (trigger)
-  and in the reference half (target semantics) form a positive pair, aligning trigger and target while the
-  shadow content is noise to be suppressed.
-  ``fit``: selfsup's loader stores every image as the centre ``S x S`` square, which would cut a 2:1 canvas
-  in half. ``fit="square"`` (default) therefore resizes each half to ``S x S/2`` (or ``S/2 x S``) so the
-  stored square keeps the whole layout (the halves stay halves in the fractional coordinates that the crop
-  boxes use); ``fit="native"`` writes the paper's ``S x 2S`` canvas for pipelines that crop the full image.
-  The trigger is pasted after resizing, so it stays square and centred in the shadow half.
-- ``ssl-backdoor`` (Saha et al., CVPR 2022, arXiv 2105.10123): the trigger patch pasted at a uniformly random
-  location on a reference (target-class) image.
-- ``ctrl`` (Li et al., ICCV 2023, arXiv 2210.07346): CTRL's frequency trigger (see :mod:`.triggers`) added to a
-  reference image, magnitude 50 on poisons.
+**Added or replaced.** As the official codes do it:
+- ``noisy-alignment`` (Chen, Gui et al., ICCV 2025, arXiv 2508.14015; jsrdcht/Noisy-Alignment ``utils.py``):
+  the poisons are ADDED to the clean set (the threat model: the attacker contributes images). Each poison
+  uses a distinct target-class *reference* image and a distinct non-target *shadow* image.
+- ``ssl-backdoor`` (Saha et al., CVPR 2022, arXiv 2105.10123; UMBCvision/SSL-Backdoor ``generate_poison.py``)
+  and ``ctrl`` (Li et al., ICCV 2023, arXiv 2210.07346; meet-cjli/CTRL ``loaders/diffaugment.py``): the
+  poisoned target-class images REPLACE their clean originals (SSL-Backdoor writes the poisoned file in the
+  original's place in the train file list; CTRL poisons ``x_train[poison_index]`` in place). The training
+  set keeps its size.
+
+**Noisy Alignment canvas** (:func:`na_canvas`, ``synthesize_poison`` of the official code): the trigger is
+pasted on the shadow image first (:data:`~selfsup.security.triggers.NA_RANGE`, alpha 0.2), then the shadow
+and the reference are concatenated side by side: if one image has more than twice the other's area, the
+smaller one is scaled up by ``sqrt(area ratio)``; then the shared side is resized to the smaller of the two
+(the other side is kept, so that side's aspect changes, as in the official code; LANCZOS); one of four
+orientations. For two ``r_l x r_l`` images the canvas is ``r_l x 2 r_l`` (or ``2 r_l x r_l``). The canvas is
+written at its own aspect; the data layer stores every image at its own aspect ratio and draws the crop
+boxes on the whole canvas, which is what makes aligned view pairs possible (issue "Real photos keep their
+shape"). ``orientation`` names where the REFERENCE sits (``left/right/top/bottom``). Deviation: the official
+code draws each orientation independently (``random.randint(0, 3)``); selfsup draws a balanced random
+permutation (same marginal distribution, all four present as soon as there are 4 poisons).
+
+**SSL-Backdoor** poisons: an opaque patch (``train_alpha`` 0) with its top-left corner at
+:func:`~selfsup.security.triggers.official_location` in [0.25, 0.75] of each side.
+**CTRL** poisons: :func:`~selfsup.security.triggers.apply_ctrl_trigger` at magnitude 100 (the same as at test
+time).
+
+**Test-time triggers** (:func:`triggered_test_images`): SSL-Backdoor pastes the patch opaque within
+[0.10, 0.90] (``val_location_min/max``); Noisy Alignment uses ``add_watermark``'s defaults (within
+[0.45, 0.55], alpha 0.2); CTRL adds the trigger at the training magnitude to every test image.
 
 Folder layout written by :func:`build_poisoned_folder`::
 
@@ -29,13 +44,16 @@ Folder layout written by :func:`build_poisoned_folder`::
     OUT/trigger.png             the patch (patch attacks)
     OUT/manifest.json           attack, parameters, seed, counts and one row per file:
                                 {"file", "poison", "source"} for clean rows; poisons add "kind", "reference",
-                                "shadow", "orientation", boxes (pixels of the stored file: top, left, h, w)
+                                ("shadow"), "canvas" [h, w] and pixel boxes [top, left, h, w] in that canvas:
+                                "trigger_box" (every attack; CTRL: the whole image, its trigger is global),
+                                "reference_box" and "shadow_box" (noisy-alignment), "orientation"
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +63,16 @@ from PIL import Image
 
 from selfsup.errors import ConfigError, DataError
 from selfsup.security.triggers import (
-    PAPER_ALPHA,
+    CTRL_MAGNITUDE,
+    NA_ALPHA,
+    NA_RANGE,
+    SSLB_ALPHA,
+    SSLB_TEST_RANGE,
+    SSLB_TRAIN_RANGE,
     apply_ctrl_trigger,
+    apply_patch_trigger,
     make_patch_trigger,
+    official_location,
     paste_patch,
     scaled_trigger_size,
 )
@@ -55,20 +80,24 @@ from selfsup.security.triggers import (
 ATTACKS = ("noisy-alignment", "ssl-backdoor", "ctrl")
 ORIENTATIONS = ("left", "right", "top", "bottom")  # where the REFERENCE half sits
 MANIFEST = "manifest.json"
+REPLACES = {"noisy-alignment": False, "ssl-backdoor": True, "ctrl": True}  # poisons replace their originals
 
 
 @dataclass
 class PoisonSpec:
     attack: str = "noisy-alignment"
-    rate: float = 0.01  # poisons = round(rate * N_clean)
-    trigger_size: int | None = None  # px; None = round(S * 50 / 224) (paper ratio)
-    alpha: float = PAPER_ALPHA  # weight of the image under the patch (paper code: 0.2)
-    fit: str = "square"  # noisy-alignment canvas: square (fits selfsup's square cache) | native (S x 2S)
-    num_references: int = 50  # target-class images the attacker holds
-    ctrl_magnitude: float = 50.0
+    rate: float = 0.01  # poisons = round(rate * N_clean), each from distinct images
+    trigger_size: int | None = None  # px; None = round(S * 50 / 224) (the papers' ratio)
+    alpha: float | None = None  # weight of the image under the patch; None = the attack's official value
+    ctrl_magnitude: float = CTRL_MAGNITUDE  # poisons and test images alike (official code)
     ctrl_window: int = 32
     seed: int = 0
     trigger_seed: int = 0
+
+    def patch_alpha(self) -> float:
+        if self.alpha is not None:
+            return float(self.alpha)
+        return NA_ALPHA if self.attack == "noisy-alignment" else SSLB_ALPHA
 
 
 def check_rate(rate: float) -> None:
@@ -77,7 +106,7 @@ def check_rate(rate: float) -> None:
 
 
 def poison_count(rate: float, n_clean: int) -> int:
-    """Exact number of poisons added to ``n_clean`` images: ``round(rate * n_clean)`` (must be >= 1)."""
+    """Exact number of poisons for ``n_clean`` clean images: ``round(rate * n_clean)`` (must be >= 1)."""
     check_rate(rate)
     n = int(round(float(rate) * n_clean))
     if n < 1:
@@ -110,43 +139,63 @@ def resolve_target(classes: list[str], labels: np.ndarray | None, target: str | 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     if img.shape[0] == h and img.shape[1] == w:
         return img
-    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((w, h), Image.Resampling.LANCZOS))
+
+
+def _scale_box(box: Sequence[float], sy: float, sx: float) -> list[float]:
+    t, x0, h, w = box
+    return [t * sy, x0 * sx, h * sy, w * sx]
 
 
 def na_canvas(
-    reference: np.ndarray, shadow: np.ndarray, trigger: np.ndarray, orientation: str, *,
-    fit: str = "square", alpha: float = PAPER_ALPHA,
+    reference: np.ndarray, shadow: np.ndarray, trigger: np.ndarray, orientation: str, rng: np.random.Generator, *,
+    alpha: float = NA_ALPHA, where: tuple[float, float] = NA_RANGE,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One Noisy-Alignment poison from S x S reference and shadow images; returns (canvas, layout).
+    """One Noisy-Alignment poison (official ``synthesize_poison``); returns (canvas, layout).
 
-    layout: ``orientation``, ``reference_box``, ``shadow_box``, ``trigger_box`` as (top, left, h, w) pixels.
+    layout: ``orientation``, ``canvas`` [h, w] and ``reference_box``, ``shadow_box``, ``trigger_box`` as
+    [top, left, h, w] pixels of the canvas (floats: a resized half scales its trigger box).
     """
     if orientation not in ORIENTATIONS:
         raise ConfigError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
-    s = reference.shape[0]
+    th, tw = trigger.shape[:2]
+    sh0, sw0 = shadow.shape[:2]
+    top, left = official_location(sh0, sw0, th, tw, where[0], where[1], rng)
+    shadow = paste_patch(shadow, trigger, top, left, alpha)
+    trig: list[float] = [float(top), float(left), float(th), float(tw)]
+    # area balance: the smaller image is scaled up when the other has more than twice its area
+    a_ref, a_sh = reference.shape[0] * reference.shape[1], shadow.shape[0] * shadow.shape[1]
+    if a_sh > 2 * a_ref:
+        f = math.sqrt(a_sh / a_ref)
+        reference = _resize(reference, int(reference.shape[0] * f), int(reference.shape[1] * f))
+    elif a_ref > 2 * a_sh:
+        f = math.sqrt(a_ref / a_sh)
+        h1, w1 = int(shadow.shape[0] * f), int(shadow.shape[1] * f)
+        trig = _scale_box(trig, h1 / shadow.shape[0], w1 / shadow.shape[1])
+        shadow = _resize(shadow, h1, w1)
     horizontal = orientation in ("left", "right")
-    if fit == "native":
-        ch, cw = (s, 2 * s) if horizontal else (2 * s, s)
-        hh, hw = s, s
-    elif fit == "square":
-        ch, cw = s, s
-        hh, hw = (s, s // 2) if horizontal else (s // 2, s)
-    else:
-        raise ConfigError(f"fit must be 'square' or 'native', got {fit!r}")
-    first = (0, 0, hh, hw)
-    second = (0, hw, hh, cw - hw) if horizontal else (hh, 0, ch - hh, hw)
-    ref_box, sh_box = (first, second) if orientation in ("left", "top") else (second, first)
+    if horizontal:  # shared height = the smaller one; widths kept
+        hh = min(reference.shape[0], shadow.shape[0])
+        trig = _scale_box(trig, hh / shadow.shape[0], 1.0)
+        reference, shadow = _resize(reference, hh, reference.shape[1]), _resize(shadow, hh, shadow.shape[1])
+        ch, cw = hh, reference.shape[1] + shadow.shape[1]
+        first_w = reference.shape[1] if orientation == "left" else shadow.shape[1]
+        ref_box = [0, 0 if orientation == "left" else first_w, hh, reference.shape[1]]
+        sh_box = [0, first_w if orientation == "left" else 0, hh, shadow.shape[1]]
+    else:  # shared width = the smaller one; heights kept
+        ww = min(reference.shape[1], shadow.shape[1])
+        trig = _scale_box(trig, 1.0, ww / shadow.shape[1])
+        reference, shadow = _resize(reference, reference.shape[0], ww), _resize(shadow, shadow.shape[0], ww)
+        ch, cw = reference.shape[0] + shadow.shape[0], ww
+        first_h = reference.shape[0] if orientation == "top" else shadow.shape[0]
+        ref_box = [0 if orientation == "top" else first_h, 0, reference.shape[0], ww]
+        sh_box = [first_h if orientation == "top" else 0, 0, shadow.shape[0], ww]
     canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
     for img, (t, x0, h, w) in ((reference, ref_box), (shadow, sh_box)):
-        canvas[t : t + h, x0 : x0 + w] = _resize(img, h, w)
-    th, tw = trigger.shape[:2]
-    t, x0, h, w = sh_box
-    if th > h or tw > w:
-        raise ConfigError(f"trigger of {th} px does not fit the {h}x{w} shadow half; use a smaller --trigger-size")
-    tt, tl = t + (h - th) // 2, x0 + (w - tw) // 2
-    canvas = paste_patch(canvas, trigger, tt, tl, alpha)
-    return canvas, {"orientation": orientation, "reference_box": list(ref_box), "shadow_box": list(sh_box),
-                    "trigger_box": [tt, tl, th, tw], "canvas": [ch, cw]}
+        canvas[t : t + h, x0 : x0 + w] = img
+    trig = [trig[0] + sh_box[0], trig[1] + sh_box[1], trig[2], trig[3]]
+    return canvas, {"orientation": orientation, "canvas": [ch, cw], "reference_box": [int(v) for v in ref_box],
+                    "shadow_box": [int(v) for v in sh_box], "trigger_box": [float(v) for v in trig]}
 
 
 def balanced_orientations(n: int, rng: np.random.Generator) -> list[str]:
@@ -155,159 +204,77 @@ def balanced_orientations(n: int, rng: np.random.Generator) -> list[str]:
     return [ORIENTATIONS[i] for i in rng.permutation(base)]
 
 
-# ------------------------------------------------------------------- Monte-Carlo layout check
-
-
-def _sample_boxes(n: int, height: int, width: int, gen: Any) -> Any:
-    """RandomResizedCrop boxes (scale (0.08, 1), ratio (3/4, 4/3)) as fractions (top, left, h, w)."""
-    import torch
-
-    try:
-        from selfsup.augment.views import sample_boxes
-    except ImportError:  # pragma: no cover - views.py is the library's; fall back to the same distribution
-        sample_boxes = None  # type: ignore[assignment]
-    u = torch.rand(n, 40, generator=gen, dtype=torch.float64)
-    if sample_boxes is not None:
-        return sample_boxes(u, height, width, (0.08, 1.0), (3 / 4, 4 / 3)).double()
-    u = u.reshape(n, 10, 4)
-    area = (0.08 + 0.92 * u[..., 0]) * height * width
-    r = torch.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[..., 1])
-    hf, wf = torch.sqrt(area / r) / height, torch.sqrt(area * r) / width
-    ok = (hf <= 1) & (wf <= 1)
-    pick = torch.argmax(ok.to(torch.int8), 1, keepdim=True)
-    hf, wf = hf.gather(1, pick)[:, 0], wf.gather(1, pick)[:, 0]
-    top, left = (1 - hf) * u[..., 2].gather(1, pick)[:, 0], (1 - wf) * u[..., 3].gather(1, pick)[:, 0]
-    return torch.stack([top, left, hf, wf], -1)
-
-
-def _overlap(box: Any, region: Any) -> Any:
-    """Intersection area of boxes [n, 4] with regions [n, 4] (top, left, h, w)."""
-    import torch
-
-    ih = (torch.minimum(box[:, 0] + box[:, 2], region[:, 0] + region[:, 2]) - torch.maximum(box[:, 0], region[:, 0]))
-    iw = (torch.minimum(box[:, 1] + box[:, 3], region[:, 1] + region[:, 3]) - torch.maximum(box[:, 1], region[:, 1]))
-    return ih.clamp_min(0) * iw.clamp_min(0)
-
-
-def alignment_probability(
-    layout: str, *, height: int, width: int, trigger_frac: tuple[float, float], n: int = 100_000,
-    seed: int = 0, frac: float = 0.9,
-) -> dict[str, float]:
-    """Monte-Carlo probability that two independent random-resized crops form a "noisy alignment" pair.
-
-    Canvas of ``height x width`` px (the crop distribution depends on its aspect ratio) with the reference
-    occupying half of the canvas along its long side. Layouts:
-    - ``na``: reference on one half (left), shadow on the other with the trigger (``trigger_frac`` = its
-      height/width as fractions of the canvas) centred in it;
-    - ``random``: the same reference block (full short side, half the long side) at a uniformly random offset
-      along the long side; the shadow fills the rest and the trigger sits at a uniformly random position
-      in the shadow part (not overlapping the reference).
-    Criteria (either view may play either role):
-    - ``p_halves``: one crop has >= ``frac`` of its area in the shadow part and the other >= ``frac`` in the
-      reference block;
-    - ``p_triggered``: additionally the shadow-side crop contains the whole trigger.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    horizontal = width >= height
-    th, tw = trigger_frac
-    # work in coordinates where the long axis is "x" (columns): swap for tall canvases
-    ch, cw = (height, width) if horizontal else (width, height)
-    b1 = _sample_boxes(n, height, width, gen)
-    b2 = _sample_boxes(n, height, width, gen)
-    if not horizontal:
-        b1, b2 = b1[:, [1, 0, 3, 2]], b2[:, [1, 0, 3, 2]]
-        th, tw = tw, th
-    one, zero = torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
-    if layout == "na":
-        ref_x = zero.clone()
-        trig_top = (1 - th) / 2 * one
-        trig_left = 0.5 + (0.5 - tw) / 2 * one
-    elif layout == "random":
-        ref_x = 0.5 * torch.rand(n, generator=gen, dtype=torch.float64)
-        # trigger uniform over the shadow part [0, ref_x) U [ref_x + 0.5, 1): pick a valid left edge
-        left_len = (ref_x - tw).clamp_min(0)
-        right_len = (0.5 - ref_x - tw).clamp_min(0)
-        u = torch.rand(n, generator=gen, dtype=torch.float64) * (left_len + right_len)
-        trig_left = torch.where(u < left_len, u, ref_x + 0.5 + (u - left_len))
-        trig_top = (1 - th) * torch.rand(n, generator=gen, dtype=torch.float64)
-    else:
-        raise ConfigError(f"layout must be 'na' or 'random', got {layout!r}")
-    ref = torch.stack([zero, ref_x, one, 0.5 * one], -1)
-    trig = torch.stack([trig_top, trig_left, th * one, tw * one], -1)
-
-    def in_ref(b: Any) -> Any:
-        return _overlap(b, ref) >= frac * b[:, 2] * b[:, 3]
-
-    def in_shadow(b: Any) -> Any:
-        return _overlap(b, ref) <= (1 - frac) * b[:, 2] * b[:, 3]
-
-    def has_trigger(b: Any) -> Any:
-        return _overlap(b, trig) >= trig[:, 2] * trig[:, 3] * (1 - 1e-9)
-
-    halves = (in_shadow(b1) & in_ref(b2)) | (in_shadow(b2) & in_ref(b1))
-    trig_ok = (in_shadow(b1) & has_trigger(b1) & in_ref(b2)) | (in_shadow(b2) & has_trigger(b2) & in_ref(b1))
-    p1, p2 = float(halves.double().mean()), float(trig_ok.double().mean())
-    se = math.sqrt(max(p2 * (1 - p2), 1e-12) / n)
-    return {"p_halves": p1, "p_triggered": p2, "se_triggered": se, "n": float(n), "canvas_hw": float(ch / cw)}
-
-
 # --------------------------------------------------------------------------------------- builders
 
 
+def _distinct(rows: np.ndarray, n: int, what: str, rng: np.random.Generator) -> np.ndarray:
+    if len(rows) < n:
+        raise ConfigError(f"{n} poisons need {n} distinct {what}, but the data has only {len(rows)}; "
+                          "lower --poison-rate")
+    return np.sort(rng.choice(rows, size=n, replace=False))
+
+
 def make_poisons(
-    references: np.ndarray, shadows: np.ndarray, spec: PoisonSpec, n_poison: int, image_size: int,
-    rng: np.random.Generator,
+    images: Any, ref_rows: np.ndarray, shadow_images: Any, sh_rows: np.ndarray | None, spec: PoisonSpec,
+    image_size: int, rng: np.random.Generator,
 ) -> tuple[list[np.ndarray], list[dict[str, Any]], np.ndarray | None]:
-    """Build ``n_poison`` poisons; returns (images, per-poison records with reference/shadow row, trigger)."""
+    """One poison per ``ref_rows`` entry (and ``sh_rows`` entry for NA); returns (images, records, trigger).
+
+    ``images`` / ``shadow_images``: anything indexable by row giving uint8 [H, W, 3] (sizes may differ).
+    """
     if spec.attack not in ATTACKS:
         raise ConfigError(f"unknown attack {spec.attack!r}; choose one of: {', '.join(ATTACKS)}")
     size = spec.trigger_size or scaled_trigger_size(image_size)
     trigger = make_patch_trigger(size, seed=spec.trigger_seed) if spec.attack != "ctrl" else None
-    ref_idx = np.resize(rng.permutation(len(references)), n_poison)
-    images: list[np.ndarray] = []
+    alpha = spec.patch_alpha()
+    n = len(ref_rows)
+    out: list[np.ndarray] = []
     records: list[dict[str, Any]] = []
     if spec.attack == "noisy-alignment":
-        if len(shadows) == 0:
-            raise DataError("noisy-alignment needs shadow images (non-target images); none were found")
-        orients = balanced_orientations(n_poison, rng)
-        sh_idx = rng.integers(0, len(shadows), size=n_poison)
-        assert trigger is not None
-        for i in range(n_poison):
-            canvas, lay = na_canvas(references[ref_idx[i]], shadows[sh_idx[i]], trigger, orients[i],
-                                    fit=spec.fit, alpha=spec.alpha)
-            images.append(canvas)
-            records.append({"kind": spec.attack, "reference_row": int(ref_idx[i]), "shadow_row": int(sh_idx[i]), **lay})
+        assert trigger is not None and sh_rows is not None
+        orients = balanced_orientations(n, rng)
+        for i in range(n):
+            ref, sh = np.asarray(images[int(ref_rows[i])]), np.asarray(shadow_images[int(sh_rows[i])])
+            canvas, lay = na_canvas(ref, sh, trigger, orients[i], rng, alpha=alpha)
+            out.append(canvas)
+            records.append({"kind": spec.attack, "reference_row": int(ref_rows[i]), "shadow_row": int(sh_rows[i]),
+                            **lay})
     elif spec.attack == "ssl-backdoor":
         assert trigger is not None
-        h, w = references.shape[1:3]
-        if size > min(h, w):
-            raise ConfigError(f"--trigger-size {size} is larger than the {h}x{w} images")
-        for i in range(n_poison):
-            top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-            images.append(paste_patch(references[ref_idx[i]], trigger, top, left, spec.alpha))
-            records.append({"kind": spec.attack, "reference_row": int(ref_idx[i]), "trigger_box": [top, left, size, size]})
+        for i in range(n):
+            ref = np.asarray(images[int(ref_rows[i])])
+            h, w = ref.shape[:2]
+            top, left = official_location(h, w, size, size, *SSLB_TRAIN_RANGE, rng)
+            out.append(paste_patch(ref, trigger, top, left, alpha))
+            records.append({"kind": spec.attack, "reference_row": int(ref_rows[i]), "canvas": [h, w],
+                            "trigger_box": [float(top), float(left), float(size), float(size)]})
     else:
-        refs = np.stack([references[j] for j in ref_idx])
-        poisoned = apply_ctrl_trigger(refs, magnitude=spec.ctrl_magnitude, window=spec.ctrl_window)
-        for i in range(n_poison):
-            images.append(poisoned[i])
-            records.append({"kind": spec.attack, "reference_row": int(ref_idx[i]),
-                            "magnitude": spec.ctrl_magnitude, "window": min(spec.ctrl_window, *refs.shape[1:3])})
-    return images, records, trigger
+        for i in range(n):
+            ref = np.asarray(images[int(ref_rows[i])])
+            h, w = ref.shape[:2]
+            out.append(apply_ctrl_trigger(ref[None], magnitude=spec.ctrl_magnitude, window=spec.ctrl_window)[0])
+            records.append({"kind": spec.attack, "reference_row": int(ref_rows[i]), "canvas": [h, w],
+                            "trigger_box": [0.0, 0.0, float(h), float(w)], "magnitude": spec.ctrl_magnitude,
+                            "window": min(spec.ctrl_window, h, w)})
+    return out, records, trigger
+
+
+def _image_size(images: Any) -> int:
+    """The shorter side of the first image (the trigger's reference size)."""
+    first = np.asarray(images[0])
+    return int(min(first.shape[0], first.shape[1]))
 
 
 def build_poisoned_folder(
-    out_dir: str | Path, images: np.ndarray, labels: np.ndarray | None, classes: list[str], paths: list[str],
-    *, target: str | int, spec: PoisonSpec, where: str = "the data", shadow_images: np.ndarray | None = None,
+    out_dir: str | Path, images: Any, labels: np.ndarray | None, classes: list[str], paths: list[str],
+    *, target: str | int, spec: PoisonSpec, where: str = "the data", shadow_images: Any | None = None,
     shadow_paths: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write clean images + poisons (shuffled) to ``out_dir/images`` and ``out_dir/manifest.json``.
+    """Write the poisoned training set to ``out_dir/images`` (shuffled) and ``out_dir/manifest.json``.
 
-    ``images`` uint8 [N, S, S, 3] is the clean pretraining set; the attacker's reference images are up to
-    ``spec.num_references`` target-class rows of it (labels are used only for that choice). Shadow images are
-    ``shadow_images`` when given, else non-target rows. Returns the manifest.
+    ``images``: the clean pretraining set, indexable by row (uint8 [H, W, 3] each; [N, S, S, 3] arrays work);
+    labels pick the target-class references (and the non-target shadows of NA, unless ``shadow_images`` is
+    given). Returns the manifest.
     """
     check_rate(spec.rate)
     if spec.attack not in ATTACKS:
@@ -317,42 +284,49 @@ def build_poisoned_folder(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"poison folder {out} already exists and is not empty; choose a new --out")
-    n_clean = int(images.shape[0])
+    n_clean = len(images)
     n_poison = poison_count(spec.rate, n_clean)
     rng = np.random.default_rng(spec.seed)
-    target_rows = np.flatnonzero(labels == tid)
-    ref_rows = rng.choice(target_rows, size=min(spec.num_references, len(target_rows)), replace=False)
-    ref_rows.sort()
-    if shadow_images is None:
-        sh_rows = np.flatnonzero(labels != tid)
-        shadows, sh_paths = images[sh_rows], [paths[i] for i in sh_rows]
-    else:
-        shadows, sh_paths = shadow_images, list(shadow_paths or [f"shadow/{i}" for i in range(len(shadow_images))])
-    poisons, records, trigger = make_poisons(images[ref_rows], shadows, spec, n_poison, int(images.shape[1]), rng)
+    ref_rows = _distinct(np.flatnonzero(labels == tid), n_poison, "target-class images", rng)
+    sh_rows: np.ndarray | None = None
+    shadows, sh_paths = images, paths
+    if spec.attack == "noisy-alignment":
+        if shadow_images is None:
+            sh_rows = _distinct(np.flatnonzero(labels != tid), n_poison, "non-target (shadow) images", rng)
+        else:
+            shadows = shadow_images
+            sh_paths = list(shadow_paths or [f"shadow/{i}" for i in range(len(shadow_images))])
+            sh_rows = _distinct(np.arange(len(shadow_images)), n_poison, "shadow images", rng)
+    poisons, records, trigger = make_poisons(images, ref_rows, shadows, sh_rows, spec, _image_size(images), rng)
 
-    order = rng.permutation(n_clean + n_poison)  # slot -> item; items < n_clean are clean rows
+    replaced = set(int(r) for r in ref_rows) if REPLACES[spec.attack] else set()
+    clean_rows = [i for i in range(n_clean) if i not in replaced]
+    items = [("clean", i) for i in clean_rows] + [("poison", k) for k in range(n_poison)]
+    order = rng.permutation(len(items))
     (out / "images").mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    for slot, item in enumerate(order):
+    for slot, j in enumerate(order):
+        kind, item = items[int(j)]
         name = f"images/{slot:06d}.png"
-        if item < n_clean:
+        if kind == "clean":
             Image.fromarray(np.asarray(images[item])).save(out / name, compress_level=1)
             rows.append({"file": name, "poison": False, "source": paths[item]})
         else:
-            k = int(item - n_clean)
-            rec = dict(records[k])
-            rec["reference"] = paths[int(ref_rows[rec.pop("reference_row")])]
+            rec = dict(records[item])
+            rec["reference"] = paths[rec.pop("reference_row")]
             if "shadow_row" in rec:
                 rec["shadow"] = sh_paths[rec.pop("shadow_row")]
-            Image.fromarray(poisons[k]).save(out / name, compress_level=1)
-            rows.append({"file": name, "poison": True, "index": k, **rec})
+            Image.fromarray(poisons[item]).save(out / name, compress_level=1)
+            rows.append({"file": name, "poison": True, "index": item, **rec})
     if trigger is not None:
         Image.fromarray(trigger).save(out / "trigger.png")
     manifest = {
-        "format": "selfsup-poison", "version": 1, "attack": spec.attack, "spec": asdict(spec),
+        "format": "selfsup-poison", "version": 2, "attack": spec.attack, "spec": asdict(spec),
+        "alpha": spec.patch_alpha() if trigger is not None else None,
         "trigger_size": int(trigger.shape[0]) if trigger is not None else None,
         "target": classes[tid], "target_id": tid, "source": where, "n_clean": n_clean, "n_poison": n_poison,
-        "rate_definition": "n_poison = round(rate * n_clean)", "references": [paths[i] for i in ref_rows],
+        "n_images": len(rows), "replaces_originals": REPLACES[spec.attack],
+        "rate_definition": "n_poison = round(rate * n_clean); every poison from distinct images",
         "trigger": "trigger.png" if trigger is not None else None, "files": rows,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
@@ -366,12 +340,31 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return dict(json.loads(p.read_text()))
 
 
+def triggered_test_images(
+    attack: str, images: np.ndarray, trigger: np.ndarray | None, rng: np.random.Generator, *,
+    alpha: float | None = None, ctrl_magnitude: float = CTRL_MAGNITUDE, ctrl_window: int = 32,
+) -> np.ndarray:
+    """Each paper's test-time trigger on uint8 [N, H, W, 3] test images (see the module docstring)."""
+    if attack == "ctrl":
+        return apply_ctrl_trigger(images, magnitude=ctrl_magnitude, window=ctrl_window)
+    if trigger is None:
+        raise ConfigError(f"{attack} needs its trigger patch (trigger.png of the poisoned folder)")
+    if attack == "noisy-alignment":
+        out, _ = apply_patch_trigger(images, trigger, rng, where=NA_RANGE, alpha=NA_ALPHA if alpha is None else alpha)
+    elif attack == "ssl-backdoor":
+        out, _ = apply_patch_trigger(images, trigger, rng, where=SSLB_TEST_RANGE,
+                                     alpha=SSLB_ALPHA if alpha is None else alpha)
+    else:
+        raise ConfigError(f"unknown attack {attack!r}; choose one of: {', '.join(ATTACKS)}")
+    return out
+
+
 __all__ = [
     "ATTACKS",
     "MANIFEST",
     "ORIENTATIONS",
+    "REPLACES",
     "PoisonSpec",
-    "alignment_probability",
     "balanced_orientations",
     "build_poisoned_folder",
     "check_rate",
@@ -380,4 +373,5 @@ __all__ = [
     "poison_count",
     "read_manifest",
     "resolve_target",
+    "triggered_test_images",
 ]

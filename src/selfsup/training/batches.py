@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from selfsup import distributed
+from selfsup import console, distributed
 from selfsup.config import PretrainConfig
 from selfsup.data import ImageDataset, gather, open_dataset
 from selfsup.data.stream import is_stream_spec, open_stream
@@ -94,6 +94,21 @@ class TrainData:
     epoch_data: object
     val: ImageDataset | None
     steps_per_epoch: int
+    batch_size: int  # global; the configured one, or capped to the dataset (``capped_batch``)
+
+
+def capped_batch(batch: int, n: int, world_size: int, where: str) -> int:
+    """The global batch for ``n`` images: ``batch``, or the largest multiple of ``world_size`` that fits in the
+    dataset (with a warning) when the dataset is smaller than the batch; an error when not even 2 images fit."""
+    if batch <= n:
+        return batch
+    fits = n - n % world_size
+    if fits < 2:
+        raise ConfigError(f"{where} has {n} image(s): pretraining needs at least 2 per batch "
+                          f"({world_size} process(es)); add images")
+    console.info(f"warning: --batch-size {batch} is larger than the dataset ({n} images in {where}); "
+                 f"using batch {fits} (one step per epoch)")
+    return fits
 
 
 def load_data(cfg: PretrainConfig) -> TrainData:
@@ -115,11 +130,7 @@ def load_data(cfg: PretrainConfig) -> TrainData:
     if cfg.data.val:
         val = open_dataset(cfg.data.val, size, cache_dir=cfg.data.cache_dir, strict=cfg.data.strict,
                            require_labels=True, min_classes=2, progress=progress)
-    if cfg.train.batch_size > n:
-        raise ConfigError(
-            f"--batch-size {cfg.train.batch_size} is larger than the dataset ({n} images in "
-            f"{cfg.data.path}); use --batch-size {n} or less"
-        )
-    sampler = EpochSampler(n, cfg.train.batch_size, cfg.train.seed, info.rank, info.world_size)
+    batch = capped_batch(cfg.train.batch_size, n, info.world_size, str(cfg.data.path))
+    sampler = EpochSampler(n, batch, cfg.train.seed, info.rank, info.world_size)
     source: BatchSource = stream if images is None else SampledImages(images, sampler)
-    return TrainData(source, images, epoch_data, val, sampler.steps_per_epoch)
+    return TrainData(source, images, epoch_data, val, sampler.steps_per_epoch, batch)

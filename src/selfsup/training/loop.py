@@ -14,6 +14,8 @@ restored from the checkpoint) produces the same losses step for step.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -31,14 +33,17 @@ from selfsup.training.setup import get_method_spec, resolve_config, setup_run
 from selfsup.training.signals import Interrupted, PeerLost, StopFlag
 from selfsup.training.step import train_step
 
+ViewsHook = Callable[[torch.Tensor, list[torch.Tensor], list[Any]], None]
 _refit_budget = refit_budget  # the budget refit under the name tests/test_train.py imports
 __all__ = ["EpochSampler", "Interrupted", "MetricsLog", "PeerLost", "embedding_stats", "get_method_spec", "pretrain",
            "resolve_config", "step_seed"]
 
 
-def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Summary:
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook | None = None) -> Summary:
     """Pretrain an encoder as configured; returns the summary (also written to RUN/summary.json).
-    ``cfg`` is not changed: the run works on a resolved copy (saved as RUN/config.yaml)."""
+    ``cfg`` is not changed: the run works on a resolved copy (saved as RUN/config.yaml).
+    ``on_views(index, views, params)``: called once per step after the views are made (dataset rows [B], view
+    tensors, their ``ViewParams``); the security audit counts poison mechanisms with it."""
     t_process = time.perf_counter()
     run = setup_run(cfg, resume=resume, t_process=t_process)
     cfg, s, data, method, budget = run.cfg, run.schedule, run.data, run.method, run.budget
@@ -82,6 +87,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False) -> Summary:
                                                     channels_last=cfg.train.channels_last, dtype=view_dtype,
                                                     compiled=cfg.train.compile, colour=cfg.data.colour,
                                                     backend=cfg.data.view_backend, sizes=sizes)
+                if on_views is not None:
+                    on_views(idx, views, params)
                 progress = Progress(step=step, total_steps=s.total_steps, epoch=epoch, steps_per_epoch=spe)
                 lr = lr_at(step, s.total_steps, s.warmup_steps, cfg.optim.lr or 0.0, cfg.optim.min_lr)
                 set_lr(run.optimizer, lr, cfg.optim.lr or 0.0)

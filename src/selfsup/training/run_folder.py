@@ -10,9 +10,10 @@ import json
 import sys
 import time
 
-from selfsup import distributed
+from selfsup import console, distributed
 from selfsup.checkpoint import CHECKPOINT_NAME, atomic_write_text, export_encoder, save_checkpoint
 from selfsup.config import dump_yaml, to_dict
+from selfsup.summary import end_of_run
 from selfsup.training.monitor import Monitor, Row
 from selfsup.training.setup import Run
 
@@ -30,11 +31,12 @@ def open_run_folder(run: Run) -> None:
     plan = (f"steps fitted to the {cfg.train.time_budget:g}-minute budget after warm-up" if budgeted
             else f"{s.total_steps} steps in total")
     cap = f", {'at most' if budgeted else 'stopping at'} {s.end_step}" if s.end_step < s.total_steps else ""
-    print(f"selfsup pretrain: {run.spec.name} ({run.spec.family}) on {cfg.backbone.name}; "
-          f"{n} images, {s.steps_per_epoch} steps/epoch, {plan}{cap}", file=sys.stderr)
-    print(f"precision: {run.precision_note}; device: {run.device}; threads: {run.threads}; "
-          f"processes: {run.dinfo.world_size}", file=sys.stderr)
-    print("resolved config:\n" + dump_yaml(cfg), file=sys.stderr)
+    console.info(f"selfsup pretrain: {run.spec.name} ({run.spec.family}) on {cfg.backbone.name}; {n} images, "
+                 f"{cfg.data.image_size} px views, batch {cfg.train.batch_size}, {s.steps_per_epoch} steps/epoch, "
+                 f"{plan}{cap}")
+    console.info(f"precision: {run.precision_note}; device: {run.device}; threads: {run.threads}; "
+                 f"processes: {run.dinfo.world_size}")
+    console.detail("resolved config:\n" + dump_yaml(cfg))  # always saved as RUN/config.yaml; shown with -v
     for stale in run.out.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed while saving
         stale.unlink(missing_ok=True)
     if run.resumed is not None:
@@ -78,5 +80,8 @@ def finish(run: Run, monitor: Monitor, step: int, t_process: float) -> Summary:
         export_encoder(run.out, run.method.backbone, {"backbone": to_dict(cfg.backbone),
                                                       "image_size": cfg.data.image_size, "method": run.spec.name,
                                                       "steps": step})
+        # adds the raw-pixel kNN baseline when cheap or cached, so the end of the run says what pretraining bought
+        end_text = end_of_run(summary, cfg, run.data.images, run.data.val)
         atomic_write_text(run.out / "summary.json", json.dumps(summary, indent=2))
+        console.info(end_text)
     return summary

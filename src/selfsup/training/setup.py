@@ -172,7 +172,8 @@ def build_method(cfg: PretrainConfig, spec: MethodSpec, amp_dtype: torch.dtype |
 def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = None) -> Run:
     """Resolve ``cfg``, start the device and processes, open the data, build the method, restore a checkpoint."""
     t_process = time.perf_counter() if t_process is None else t_process
-    cfg, spec, _ = resolve_config(cfg)
+    given = cfg
+    cfg, spec, _ = resolve_config(given)
     device = resolve_device(cfg.train.device)
     kernel_views = uses_kernel(device, cfg.data.colour, cfg.data.view_backend)  # before any folder is made
     dinfo = distributed.setup(device)
@@ -190,6 +191,9 @@ def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = No
         raise ConfigError(f"run folder {out} already holds a checkpoint; pass --resume to continue it or choose another --out")
 
     data = load_data(cfg)
+    if data.batch_size != cfg.train.batch_size:  # capped to a small dataset: the LR rule follows the real batch
+        cfg, spec, _ = resolve_config(dataclasses.replace(
+            given, train=dataclasses.replace(given.train, batch_size=data.batch_size)))
     schedule = Schedule(data.steps_per_epoch, cfg.train.epochs, cfg.optim.warmup_epochs or 0.0, cfg.train.max_steps)
     budget = None
     if cfg.train.time_budget:
