@@ -90,7 +90,7 @@ def export_encoder(checkpoint: str, out: str | Path, *, format: str = "onnx", at
     Returns ``{"path", "format", "image_size", "num_features", "max_abs_diff" (None when not checked),
     "checked_with", "metadata"}``.
     """
-    from selfsup.augment.views import IMAGENET_MEAN, IMAGENET_STD
+    from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD
     from selfsup.checkpoint import atomic_write_text, load_encoder
 
     if format not in FORMATS:

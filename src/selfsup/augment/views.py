@@ -43,7 +43,14 @@ from selfsup.augment.ops import (
     to_layout,
     to_nhwc,
 )
-from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewParams, ViewRecipe, ViewSpec
+from selfsup.augment.recipes import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViewParams,
+    ViewRecipe,
+    ViewSpec,
+    simclr_recipe,
+)
 from selfsup.augment.sampling import N_TRIES, padded_boxes, sample_boxes, uniform
 from selfsup.errors import ConfigError, DataError
 
@@ -276,7 +283,11 @@ __all__ = [
     # re-exported: imported from here by modules not yet moved to their homes (ops, recipes, sampling)
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ViewRecipe",
+    "ViewSpec",
     "crop_theta",
     "eval_transform",
+    "resized_crop",
     "sample_boxes",
+    "simclr_recipe",
 ]
