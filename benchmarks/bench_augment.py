@@ -30,7 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from selfsup.augment.views import ViewRecipe, make_views, simclr_recipe  # noqa: E402
+from selfsup.augment.recipes import ViewRecipe, simclr_recipe  # noqa: E402
+from selfsup.augment.views import make_views  # noqa: E402
 
 
 def views_of_a_random_batch(images: np.ndarray, batch: int, rng: np.random.Generator, recipe: ViewRecipe,

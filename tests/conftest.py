@@ -105,11 +105,12 @@ def _make_class_folder(
 def _view_kernel_compiled() -> None:
     import torch
 
-    from selfsup.augment import views as V
+    from selfsup.augment.recipes import simclr_recipe
+    from selfsup.augment.views import make_views
 
     gen = torch.Generator().manual_seed(0)
     for images in (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, 8, 8, 3)):
-        V.make_views(images, V.simclr_recipe(4), gen, backend="numba")
+        make_views(images, simclr_recipe(4), gen, backend="numba")
 
 
 @pytest.fixture(autouse=True)

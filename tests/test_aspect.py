@@ -25,8 +25,10 @@ from PIL import Image
 from scipy import stats
 from torchvision.transforms import RandomResizedCrop
 
-from selfsup.augment import views as V
 from selfsup.augment.masking import weights_to_view
+from selfsup.augment.ops import eval_transform, normalize, resized_crop
+from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, ViewSpec, simclr_recipe
+from selfsup.augment.views import make_views
 from selfsup.data import RaggedImages, gather, open_dataset
 from selfsup.data import cache as cache_mod
 
@@ -192,9 +194,9 @@ def test_crop_boxes_match_torchvision_per_aspect(backend: str) -> None:
     sizes = torch.tensor([ASPECTS[a] for a in ASPECTS for _ in range(per)], dtype=torch.int64)
     hmax, wmax = (int(v) for v in sizes.max(0).values)
     images = torch.zeros(len(sizes), hmax, wmax, 3, dtype=torch.uint8)
-    spec = replace(V.simclr_recipe(4).views[0], jitter_p=0.0, gray_p=0.0)
-    recipe = V.ViewRecipe([spec] * n_views)
-    _, params = V.make_views(images, recipe, torch.Generator().manual_seed(7), sizes=sizes, backend=backend)
+    spec = replace(simclr_recipe(4).views[0], jitter_p=0.0, gray_p=0.0)
+    recipe = ViewRecipe([spec] * n_views)
+    _, params = make_views(images, recipe, torch.Generator().manual_seed(7), sizes=sizes, backend=backend)
     boxes = torch.cat([p.boxes for p in params])  # [n_views * B, 4], view-major
     which = torch.arange(len(sizes)).repeat(n_views) // per
     for k, (name, (h, w)) in enumerate(ASPECTS.items()):
@@ -221,15 +223,15 @@ def test_padded_batch_equals_per_image_crops(backend: str) -> None:
     ragged = RaggedImages.from_sizes(np.concatenate([r.reshape(-1) for r in rows]), sizes, 16)
     x, sz = gather(ragged, np.arange(4))
     assert sz is not None and x.shape == (4, 32, 40, 3)
-    spec = V.ViewSpec(size=8, jitter_p=0.0, gray_p=0.0)
-    recipe = V.ViewRecipe([spec, spec], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    views, params = V.make_views(x, recipe, torch.Generator().manual_seed(3), sizes=sz, backend=backend,
+    spec = ViewSpec(size=8, jitter_p=0.0, gray_p=0.0)
+    recipe = ViewRecipe([spec, spec], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    views, params = make_views(x, recipe, torch.Generator().manual_seed(3), sizes=sz, backend=backend,
                                  channels_last=False)
     for v, p in zip(views, params):
         assert p.sizes is not None and torch.equal(p.sizes, sz)
         for i, r in enumerate(rows):
             img = torch.from_numpy(r).permute(2, 0, 1)[None].float() / 255
-            ref = V.resized_crop(img, p.boxes[i : i + 1], p.flip[i : i + 1], 8)
+            ref = resized_crop(img, p.boxes[i : i + 1], p.flip[i : i + 1], 8)
             torch.testing.assert_close(v[i : i + 1], ref, atol=2e-6, rtol=0)
 
 
@@ -245,9 +247,9 @@ def test_every_third_of_a_wide_image_reaches_the_views() -> None:
     for c in range(3):
         img[:, c * 48 : (c + 1) * 48, c] = 255
     x = torch.from_numpy(img)[None].repeat(40, 1, 1, 1)
-    spec = V.ViewSpec(size=8, jitter_p=0.0, gray_p=0.0)
-    recipe = V.ViewRecipe([spec] * 25, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    views, _ = V.make_views(x, recipe, torch.Generator().manual_seed(0), channels_last=False)
+    spec = ViewSpec(size=8, jitter_p=0.0, gray_p=0.0)
+    recipe = ViewRecipe([spec] * 25, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    views, _ = make_views(x, recipe, torch.Generator().manual_seed(0), channels_last=False)
     v = torch.cat(views)  # [1000, 3, 8, 8]
     share = (v.argmax(1, keepdim=True) == torch.arange(3).reshape(1, 3, 1, 1)).double().mean((0, 2, 3)).numpy()
     torch.manual_seed(1)
@@ -268,14 +270,14 @@ def test_eval_protocol_on_square_images_equals_the_square_protocol() -> None:
     """Square images at crop_fraction 1.0: exactly what eval_transform computed before native aspect (the
     whole image resized to size x size, bilinear + antialias, then normalised), written out here."""
     imgs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
-    out = V.eval_transform(imgs, 16)
+    out = eval_transform(imgs, 16)
     x = imgs.permute(0, 3, 1, 2).float().mul_(1 / 255)
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
-    ref = V.normalize(x, V.IMAGENET_MEAN, V.IMAGENET_STD).contiguous(memory_format=torch.channels_last)
+    ref = normalize(x, IMAGENET_MEAN, IMAGENET_STD).contiguous(memory_format=torch.channels_last)
     assert torch.equal(out, ref)
-    same = V.eval_transform(imgs[:, :16, :16], 16)  # already the size: only normalised
-    assert torch.equal(same, V.normalize(imgs[:, :16, :16].permute(0, 3, 1, 2).float().mul_(1 / 255),
-                                         V.IMAGENET_MEAN, V.IMAGENET_STD).contiguous(memory_format=torch.channels_last))
+    same = eval_transform(imgs[:, :16, :16], 16)  # already the size: only normalised
+    assert torch.equal(same, normalize(imgs[:, :16, :16].permute(0, 3, 1, 2).float().mul_(1 / 255),
+                                         IMAGENET_MEAN, IMAGENET_STD).contiguous(memory_format=torch.channels_last))
 
 
 def test_eval_protocol_on_a_padded_batch_equals_each_image_alone() -> None:
@@ -284,9 +286,9 @@ def test_eval_protocol_on_a_padded_batch_equals_each_image_alone() -> None:
     ragged = RaggedImages.from_sizes(np.concatenate([r.reshape(-1) for r in rows]), [r.shape[:2] for r in rows], 16)
     x, sz = gather(ragged, np.arange(3))
     for cf in (1.0, 0.875):
-        out = V.eval_transform(x, 12, sizes=sz, crop_fraction=cf)
+        out = eval_transform(x, 12, sizes=sz, crop_fraction=cf)
         for i, r in enumerate(rows):
-            ref = V.eval_transform(torch.from_numpy(r)[None], 12, crop_fraction=cf)
+            ref = eval_transform(torch.from_numpy(r)[None], 12, crop_fraction=cf)
             torch.testing.assert_close(out[i : i + 1], ref, atol=1e-6, rtol=0)
 
 
@@ -309,7 +311,7 @@ def test_weights_to_view_on_the_native_grid() -> None:
     torch.testing.assert_close(out, torch.tensor([[5.0, 5.0], [13.0, 13.0]]))
     # a same-shape non-square batch (sizes from make_views' ViewParams) maps the same way as a ragged one
     x = torch.zeros(2, 32, 64, 3, dtype=torch.uint8)
-    _, ps = V.make_views(x, V.ViewRecipe([V.ViewSpec(size=4)]), torch.Generator().manual_seed(0))
+    _, ps = make_views(x, ViewRecipe([ViewSpec(size=4)]), torch.Generator().manual_seed(0))
     assert torch.equal(ps[0].sizes, torch.tensor([[32, 64], [32, 64]]))
     torch.testing.assert_close(weights_to_view(maps.expand(2, g, g), centre.expand(2, 4), None, g, sizes=ps[0].sizes),
                                maps.expand(2, g, g).reshape(2, -1))

@@ -45,7 +45,7 @@ def test_cached_features_keyed_by_checkpoint_data_and_transform(tmp_path, monkey
     assert counter.calls == 2
 
     def other_transform(x, size, **k):
-        from selfsup.augment.views import eval_transform
+        from selfsup.augment.ops import eval_transform
 
         return eval_transform(x, size, **k) * 0.5
 

@@ -26,7 +26,7 @@ from selfsup.augment.masking import (
     weighted_permutation,
     weights_to_view,
 )
-from selfsup.augment.views import resized_crop
+from selfsup.augment.ops import resized_crop
 from selfsup.errors import ConfigError
 
 

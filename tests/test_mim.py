@@ -180,7 +180,7 @@ def test_refresh_schedule_and_training_mode_restored():
 
 def test_refresh_weights_follow_the_formulas():
     from selfsup.augment.masking import famt_weights, vit_attention_and_tokens
-    from selfsup.augment.views import eval_transform
+    from selfsup.augment.ops import eval_transform
 
     m = _build("famt-mae")
     imgs = _images(3)

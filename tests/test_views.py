@@ -12,10 +12,41 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
 from selfsup.augment import views as V
+from selfsup.augment.colour import apply_colour_affine, colour_affine, hue_rotation
+from selfsup.augment.ops import (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    blur_kernel_size,
+    colour_jitter_,
+    crop_theta,
+    eval_transform,
+    gaussian_blur,
+    hflip,
+    normalize,
+    resized_crop,
+    rgb_to_grayscale,
+    solarize,
+    to_grayscale,
+)
+from selfsup.augment.recipes import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ViewRecipe,
+    ViewSpec,
+    byol_recipe,
+    default_local_size,
+    multicrop_recipe,
+    rescaled_recipe,
+    simclr_recipe,
+)
+from selfsup.augment.sampling import sample_boxes
+from selfsup.augment.views import make_views
 from selfsup.errors import UserError
 
-MEAN = torch.tensor(V.IMAGENET_MEAN).view(1, 3, 1, 1)
-STD = torch.tensor(V.IMAGENET_STD).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _images(b: int = 8, h: int = 20, w: int = 24, seed: int = 0) -> torch.Tensor:
@@ -36,7 +67,7 @@ def _rand01(b: int, h: int = 12, w: int = 14, seed: int = 0) -> torch.Tensor:
 
 def test_shapes_dtype_range_and_layout() -> None:
     imgs = _images()
-    views, params = V.make_views(imgs, V.simclr_recipe(16, blur=True), _gen())
+    views, params = make_views(imgs, simclr_recipe(16, blur=True), _gen())
     assert len(views) == len(params) == 2
     for v, p in zip(views, params):
         assert v.shape == (8, 3, 16, 16) and v.dtype == torch.float32
@@ -51,30 +82,30 @@ def test_shapes_dtype_range_and_layout() -> None:
             and (top + h <= 1 + 1e-6).all()
             and (left + w <= 1 + 1e-6).all()
         )
-    views, _ = V.make_views(imgs, V.simclr_recipe(16), _gen(), channels_last=False)
+    views, _ = make_views(imgs, simclr_recipe(16), _gen(), channels_last=False)
     assert views[0].is_contiguous()
-    views, _ = V.make_views(imgs, V.simclr_recipe(16), _gen(), dtype=torch.bfloat16)
+    views, _ = make_views(imgs, simclr_recipe(16), _gen(), dtype=torch.bfloat16)
     assert views[0].dtype == torch.bfloat16
 
 
 def test_nchw_input_equals_nhwc_input() -> None:
     imgs = _images()
-    a, _ = V.make_views(imgs, V.byol_recipe(16), _gen(3))
-    b, _ = V.make_views(imgs.permute(0, 3, 1, 2).contiguous(), V.byol_recipe(16), _gen(3))
+    a, _ = make_views(imgs, byol_recipe(16), _gen(3))
+    b, _ = make_views(imgs.permute(0, 3, 1, 2).contiguous(), byol_recipe(16), _gen(3))
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y, atol=1e-6, rtol=0)
 
 
 def test_grayscale_single_channel_input_is_replicated() -> None:
     gray = _images(4, 16, 16)[..., :1]
-    views, _ = V.make_views(gray, V.simclr_recipe(16, grayscale_input=True), _gen())
+    views, _ = make_views(gray, simclr_recipe(16, grayscale_input=True), _gen())
     x01 = views[0] * STD + MEAN
     torch.testing.assert_close(x01[:, 0], x01[:, 1], atol=1e-5, rtol=0)  # still gray after augmentation
 
 
 def test_samples_are_independent() -> None:
     imgs = _images(1).expand(64, -1, -1, -1)  # 64 identical images
-    views, params = V.make_views(imgs, V.simclr_recipe(16), _gen())
+    views, params = make_views(imgs, simclr_recipe(16), _gen())
     boxes = params[0].boxes
     assert torch.unique(boxes, dim=0).shape[0] == 64
     flat = views[0].reshape(64, -1)
@@ -85,8 +116,8 @@ def test_samples_are_independent() -> None:
 def test_crop_area_ratio_and_flip_statistics() -> None:
     n = 4000
     imgs = _images(n, 8, 8)
-    spec = V.ViewSpec(size=4, scale=(0.2, 0.7), jitter_p=0.0, gray_p=0.0)
-    _, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen())
+    spec = ViewSpec(size=4, scale=(0.2, 0.7), jitter_p=0.0, gray_p=0.0)
+    _, params = make_views(imgs, ViewRecipe([spec]), _gen())
     top, left, h, w = params[0].boxes.unbind(-1)
     area = h * w
     # square source, this scale/ratio never needs the fallback: area exactly within `scale`
@@ -108,7 +139,7 @@ def test_box_distribution_matches_torchvision_get_params() -> None:
     ref = [RandomResizedCrop.get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(n)]
     ref_area = torch.tensor([h * w / 224**2 for _, _, h, w in ref])
     u = torch.rand(n, 4 * 10, generator=_gen())
-    ours = V.sample_boxes(u, 224, 224, (0.08, 1.0), (3 / 4, 4 / 3))
+    ours = sample_boxes(u, 224, 224, (0.08, 1.0), (3 / 4, 4 / 3))
     ours_area = ours[:, 2] * ours[:, 3]
     # mean area ~0.54, sd ~0.27; difference of two means of 3000: sd 0.007, tolerance 0.03
     assert abs(ours_area.mean().item() - ref_area.mean().item()) < 0.03
@@ -118,17 +149,17 @@ def test_box_distribution_matches_torchvision_get_params() -> None:
 def test_fallback_is_torchvision_central_crop() -> None:
     # a 10:1 image: no candidate fits, every box is the central crop trimmed to ratio 4/3
     u = torch.rand(16, 40, generator=_gen())
-    boxes = V.sample_boxes(u, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3))
+    boxes = sample_boxes(u, 10, 100, (0.9, 1.0), (3 / 4, 4 / 3))
     expected = torch.tensor([0.0, (1 - 10 * 4 / 3 / 100) / 2, 1.0, 10 * 4 / 3 / 100])
     torch.testing.assert_close(boxes, expected.expand(16, 4), atol=1e-6, rtol=0)
 
 
 def test_determinism() -> None:
     imgs = _images()
-    rec = V.byol_recipe(16)
-    a, pa = V.make_views(imgs, rec, _gen(7))
-    b, pb = V.make_views(imgs, rec, _gen(7))
-    c, _ = V.make_views(imgs, rec, _gen(8))
+    rec = byol_recipe(16)
+    a, pa = make_views(imgs, rec, _gen(7))
+    b, pb = make_views(imgs, rec, _gen(7))
+    c, _ = make_views(imgs, rec, _gen(8))
     for x, y, z in zip(a, b, c):
         assert torch.equal(x, y)
         assert not torch.equal(x, z)
@@ -139,15 +170,15 @@ def test_views_sharing_a_pass_equal_one_view_at_a_time() -> None:
     """make_views batches views of equal size/scale/strengths into one pass (probabilities may differ); the
     result must equal making each view alone, in the recipe's order, from the same generator stream."""
     imgs = _images(10, 16, 16)
-    a = V.ViewSpec(size=12, blur_p=1.0, solarize_p=0.0, gray_p=0.5)
-    small = V.ViewSpec(size=6, scale=(0.05, 0.4))
+    a = ViewSpec(size=12, blur_p=1.0, solarize_p=0.0, gray_p=0.5)
+    small = ViewSpec(size=6, scale=(0.05, 0.4))
     b = replace(a, blur_p=0.1, solarize_p=0.4, hflip_p=0.0, jitter_p=0.3)
-    rec = V.ViewRecipe([a, small, b])  # groups: {a, b} first (first appearance), then {small}
-    views, params = V.make_views(imgs, rec, _gen(4))
+    rec = ViewRecipe([a, small, b])  # groups: {a, b} first (first appearance), then {small}
+    views, params = make_views(imgs, rec, _gen(4))
     g = _gen(4)
     alone = {}
     for i in (0, 2, 1):  # the draw order of the groups
-        (v,), (p,) = V.make_views(imgs, V.ViewRecipe([rec.views[i]]), g)
+        (v,), (p,) = make_views(imgs, ViewRecipe([rec.views[i]]), g)
         alone[i] = (v, p)
     assert [v.shape[-1] for v in views] == [12, 6, 12]
     for i in range(3):
@@ -163,11 +194,11 @@ def test_make_views_matches_per_sample_torchvision_reference(b: int, backend: st
     (b = 40 puts most of the 24 jitter orders in one batch: colour_jitter_ regroups samples per position.)"""
     size = 10
     imgs = _images(b, 16, 16)
-    spec = V.ViewSpec(size=size, jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
-    views, params = V.make_views(imgs, V.ViewRecipe([spec]), _gen(5), channels_last=False, backend=backend)
+    spec = ViewSpec(size=size, jitter_p=0.7, gray_p=0.3, blur_p=0.5, solarize_p=0.5)
+    views, params = make_views(imgs, ViewRecipe([spec]), _gen(5), channels_last=False, backend=backend)
     u = torch.rand(b, V._N_COLS, generator=_gen(5))
     src = imgs.permute(0, 3, 1, 2).float() / 255
-    crops = V.resized_crop(src, params[0].boxes, params[0].flip, size)  # checked against torchvision below
+    crops = resized_crop(src, params[0].boxes, params[0].flip, size)  # checked against torchvision below
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     strengths = [spec.brightness, spec.contrast, spec.saturation]
     for i in range(b):
@@ -190,16 +221,16 @@ def test_make_views_matches_per_sample_torchvision_reference(b: int, backend: st
         torch.testing.assert_close(views[0][i], expected, atol=1e-4, rtol=0)
 
 
-def _backends_agree(imgs: torch.Tensor, recipe: V.ViewRecipe, seed: int, **kw: object) -> None:
-    ref, pr = V.make_views(imgs, recipe, _gen(seed), backend="torch", **kw)  # type: ignore[arg-type]
-    got, pg = V.make_views(imgs, recipe, _gen(seed), backend="numba", **kw)  # type: ignore[arg-type]
+def _backends_agree(imgs: torch.Tensor, recipe: ViewRecipe, seed: int, **kw: object) -> None:
+    ref, pr = make_views(imgs, recipe, _gen(seed), backend="torch", **kw)  # type: ignore[arg-type]
+    got, pg = make_views(imgs, recipe, _gen(seed), backend="numba", **kw)  # type: ignore[arg-type]
     for a, b, qa, qb in zip(ref, got, pr, pg):
         assert b.dtype == a.dtype and b.shape == a.shape and b.stride() == a.stride()
         # fp32 rounding of the crop weights and the hue round trip, times 1 / std ~ 4.4 (bf16: one step, 2^-7)
         torch.testing.assert_close(b.float(), a.float(), atol=2e-5 if a.dtype == torch.float32 else 2e-2, rtol=0)
         assert torch.equal(qa.boxes, qb.boxes) and torch.equal(qa.flip, qb.flip)
     if kw.get("dtype") == torch.bfloat16:  # the kernel's own bf16 rounding is torch's (nearest even), bit for bit
-        fp32, _ = V.make_views(imgs, recipe, _gen(seed), backend="numba", **{**kw, "dtype": torch.float32})  # type: ignore[arg-type]
+        fp32, _ = make_views(imgs, recipe, _gen(seed), backend="numba", **{**kw, "dtype": torch.float32})  # type: ignore[arg-type]
         assert all(torch.equal(b, f.to(torch.bfloat16)) for b, f in zip(got, fp32))
 
 
@@ -210,11 +241,11 @@ def test_numba_kernel_equals_torch_ops(name: str) -> None:
     multi-crop (two groups of sizes), and the strongest jitter (hue 0.5, saturation factors on both sides
     of lerp's 0.5 switch, contrast 0.9, crops up to the whole non-square source so the border clip acts)."""
     imgs = _images(40, 20, 24, seed=1)
-    strong = V.ViewSpec(size=12, scale=(0.5, 1.0), brightness=0.9, contrast=0.9, saturation=0.9, hue=0.5,
+    strong = ViewSpec(size=12, scale=(0.5, 1.0), brightness=0.9, contrast=0.9, saturation=0.9, hue=0.5,
                         jitter_p=0.9, gray_p=0.3)
-    recipe = {"simclr": V.simclr_recipe(16), "byol": V.byol_recipe(16),
-              "multicrop": V.multicrop_recipe(V.simclr_recipe(16), n_local=3),
-              "strong": V.ViewRecipe([strong, replace(strong, hflip_p=1.0)])}[name]
+    recipe = {"simclr": simclr_recipe(16), "byol": byol_recipe(16),
+              "multicrop": multicrop_recipe(simclr_recipe(16), n_local=3),
+              "strong": ViewRecipe([strong, replace(strong, hflip_p=1.0)])}[name]
     _backends_agree(imgs, recipe, seed=3)
 
 
@@ -222,10 +253,10 @@ def test_numba_kernel_inputs_layouts_dtypes_and_threads() -> None:
     """NCHW, float and 1-channel inputs reach the kernel as [B, H, W, 3]; bf16 / NCHW outputs; the result
     does not depend on how many threads split the samples."""
     imgs = _images(36, 16, 16, seed=2)
-    rec = V.simclr_recipe(12)
+    rec = simclr_recipe(12)
     _backends_agree(imgs.permute(0, 3, 1, 2).contiguous(), rec, seed=1)
     _backends_agree(imgs.float() / 255, rec, seed=1, channels_last=False)
-    _backends_agree(imgs[..., :1], V.simclr_recipe(12, grayscale_input=True), seed=1)
+    _backends_agree(imgs[..., :1], simclr_recipe(12, grayscale_input=True), seed=1)
     _backends_agree(imgs, rec, seed=1, dtype=torch.bfloat16)
     _backends_agree(imgs, rec, seed=1, dtype=torch.bfloat16, channels_last=False)
     frozen = imgs.numpy().copy()
@@ -236,9 +267,9 @@ def test_numba_kernel_inputs_layouts_dtypes_and_threads() -> None:
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one, _ = V.make_views(imgs, rec, _gen(4), backend="numba")
+        one, _ = make_views(imgs, rec, _gen(4), backend="numba")
         torch.set_num_threads(2)
-        two, _ = V.make_views(imgs, rec, _gen(4), backend="numba")
+        two, _ = make_views(imgs, rec, _gen(4), backend="numba")
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(one, two))
@@ -249,15 +280,15 @@ def test_numba_kernel_from_concurrent_threads() -> None:
     what each gets alone."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rec = V.multicrop_recipe(V.simclr_recipe(12), n_local=2)
+    rec = multicrop_recipe(simclr_recipe(12), n_local=2)
     batches = [_images(n, 16, 16, seed=n) for n in (17, 40, 33, 64)]
-    alone = [V.make_views(x, rec, _gen(i), backend="numba")[0] for i, x in enumerate(batches)]
+    alone = [make_views(x, rec, _gen(i), backend="numba")[0] for i, x in enumerate(batches)]
     jobs = [i % len(batches) for i in range(3 * len(batches))]
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(4)  # shares of 3 and 4 threads (n // 16) among these batch sizes
         with ThreadPoolExecutor(4) as ex:
-            together = list(ex.map(lambda i: V.make_views(batches[i], rec, _gen(i), backend="numba")[0], jobs))
+            together = list(ex.map(lambda i: make_views(batches[i], rec, _gen(i), backend="numba")[0], jobs))
     finally:
         torch.set_num_threads(threads)
     for i, views in zip(jobs, together):
@@ -275,16 +306,16 @@ def test_view_kernel_pool_grows_without_breaking_its_users() -> None:
 
 def test_backend_choice_and_errors() -> None:
     imgs = _images(4, 8, 8)
-    auto, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1))
-    numba, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), backend="numba")
+    auto, _ = make_views(imgs, simclr_recipe(8), _gen(1))
+    numba, _ = make_views(imgs, simclr_recipe(8), _gen(1), backend="numba")
     assert torch.equal(auto[0], numba[0])  # auto = the kernel on the CPU with exact colour
     with pytest.raises(UserError, match="backend must be one of"):
-        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="fast")
+        make_views(imgs, simclr_recipe(8), _gen(), backend="fast")
     with pytest.raises(UserError, match="colour='exact' only"):
-        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", colour="linear")
+        make_views(imgs, simclr_recipe(8), _gen(), backend="numba", colour="linear")
     with pytest.raises(UserError, match="float32 or bfloat16 views"):
-        V.make_views(imgs, V.simclr_recipe(8), _gen(), backend="numba", dtype=torch.float16)
-    double, _ = V.make_views(imgs, V.simclr_recipe(8), _gen(1), dtype=torch.float64)  # auto: the torch ops
+        make_views(imgs, simclr_recipe(8), _gen(), backend="numba", dtype=torch.float16)
+    double, _ = make_views(imgs, simclr_recipe(8), _gen(1), dtype=torch.float64)  # auto: the torch ops
     torch.testing.assert_close(double[0], auto[0].double(), atol=2e-5, rtol=0)
 
 
@@ -312,14 +343,14 @@ def test_resized_crop_and_flip_match_torchvision(box: tuple[int, int, int, int],
     mask = _interior(top, left, h, w, size)
     assert mask.float().mean() > 0.3
     for flip in (False, True):
-        ours = V.resized_crop(img, frac, torch.tensor([flip]), size)[0]
+        ours = resized_crop(img, frac, torch.tensor([flip]), size)[0]
         expected = TF.horizontal_flip(ref) if flip else ref
         m = mask.flip(-1) if flip else mask
         # interior (source point inside the crop): identical maths, max abs error 1e-5
         torch.testing.assert_close(ours[:, m], expected[:, m], atol=1e-5, rtol=0)
         # crop border: we read the true neighbours instead of replicating the edge; mean abs error < 0.1
         assert (ours - expected).abs().mean() < 0.1
-    assert torch.equal(V.hflip(img), TF.horizontal_flip(img))
+    assert torch.equal(hflip(img), TF.horizontal_flip(img))
 
 
 def test_crop_theta_equals_affine_grid_path() -> None:
@@ -328,18 +359,18 @@ def test_crop_theta_equals_affine_grid_path() -> None:
         [[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.3, 0.1, 0.7, 0.4], [0.5, 0.5, 0.5, 0.5]]
     )
     flip = torch.tensor([False, True, True, False])
-    grid = torch.nn.functional.affine_grid(V.crop_theta(boxes, flip), [4, 3, 7, 7], align_corners=False)
+    grid = torch.nn.functional.affine_grid(crop_theta(boxes, flip), [4, 3, 7, 7], align_corners=False)
     ref = torch.nn.functional.grid_sample(img, grid, padding_mode="border", align_corners=False)
-    torch.testing.assert_close(V.resized_crop(img, boxes, flip, 7), ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(resized_crop(img, boxes, flip, 7), ref, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize(
     "ours,theirs,factors",
     [
-        (V.adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4, 0.0]),
-        (V.adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.4, 0.0]),
-        (V.adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4, 0.0]),
-        (V.adjust_hue, TF.adjust_hue, [-0.5, -0.1, 0.0, 0.37]),
+        (adjust_brightness, TF.adjust_brightness, [0.6, 1.0, 1.4, 0.0]),
+        (adjust_contrast, TF.adjust_contrast, [0.6, 1.0, 1.4, 0.0]),
+        (adjust_saturation, TF.adjust_saturation, [0.6, 1.0, 1.4, 0.0]),
+        (adjust_hue, TF.adjust_hue, [-0.5, -0.1, 0.0, 0.37]),
     ],
 )
 def test_colour_ops_match_torchvision(ours, theirs, factors) -> None:  # type: ignore[no-untyped-def]
@@ -369,7 +400,7 @@ def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure()
     selected, order, factors = _jitter_draws(b, _gen(3))
     active = (True, True, False, True)
     assert len({tuple(o) for o in order[selected].tolist()}) >= 12  # many orders mixed in one batch
-    ops = [V.adjust_brightness, V.adjust_contrast, V.adjust_saturation, V.adjust_hue]
+    ops = [adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue]
     expected = x.clone()
     for i in range(b):
         if selected[i]:
@@ -382,7 +413,7 @@ def test_colour_jitter_matches_a_per_sample_loop_and_leaves_its_input_ops_pure()
     for op in ops:  # the public ops do not modify their input
         op(x, factors[0])
     assert torch.equal(x, x_before)
-    got = V.colour_jitter_(x.clone(), selected, order, factors, active)
+    got = colour_jitter_(x.clone(), selected, order, factors, active)
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
     assert torch.equal(got[~selected], x[~selected])
 
@@ -408,7 +439,7 @@ def _gray_ref(x: torch.Tensor) -> torch.Tensor:
 
 def test_hue_rotation_is_a_rotation_about_the_gray_axis() -> None:
     h = torch.tensor([0.0, 1.0, -1.0, 0.25, 0.5, -0.3])
-    t = V.hue_rotation(h).double()
+    t = hue_rotation(h).double()
     eye = torch.eye(3, dtype=torch.float64)
     torch.testing.assert_close(t[:3], eye.expand(3, 3, 3), atol=1e-5, rtol=0)  # 0 and whole turns: identity
     torch.testing.assert_close(t[3] @ t[3], t[4], atol=1e-5, rtol=0)  # a quarter turn twice is a half turn
@@ -417,7 +448,7 @@ def test_hue_rotation_is_a_rotation_about_the_gray_axis() -> None:
                                atol=1e-5, rtol=0)  # grays stay gray (r = g = b keeps its value)
     torch.testing.assert_close(_YIQ_REF[0] @ t, _YIQ_REF[0].expand(6, 3), atol=1e-5, rtol=0)  # luma kept
     red = torch.tensor([0.9, 0.1, 0.1])
-    third = V.hue_rotation(torch.tensor([1 / 3, 2 / 3]))
+    third = hue_rotation(torch.tensor([1 / 3, 2 / 3]))
     assert (third @ red).argmax(-1).tolist() == [1, 2]  # like torchvision's HSV shift: red -> green -> blue
     assert TF.adjust_hue(red.view(3, 1, 1), 1 / 3).flatten().argmax() == 1
     x = torch.rand(3, 4, 5, generator=_gen(1), dtype=torch.float64)
@@ -456,8 +487,8 @@ def test_linear_colour_matches_a_per_sample_loop(channels_last: bool) -> None:
         expected[i] = xi.clamp(0, 1)
     assert 0 < int((expected == 1).sum()) and 0 < int((expected == 0).sum())  # the clamp matters here
     xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-    a, off = V.colour_affine(xin.mean(dim=(-2, -1)), selected, order, factors, gray)
-    got = V.apply_colour_affine(xin, a, off)
+    a, off = colour_affine(xin.mean(dim=(-2, -1)), selected, order, factors, gray)
+    got = apply_colour_affine(xin, a, off)
     assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
     torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=0)
     torch.testing.assert_close(got[~selected & ~gray], x[~selected & ~gray])  # untouched samples
@@ -466,18 +497,18 @@ def test_linear_colour_matches_a_per_sample_loop(channels_last: bool) -> None:
 def test_linear_colour_equals_exact_when_nothing_clamps_and_hue_is_off() -> None:
     """Without hue and without values leaving [0, 1], the two colour modes compute the same ops."""
     imgs = torch.randint(90, 160, (24, 12, 12, 3), dtype=torch.uint8, generator=_gen(2))
-    spec = V.ViewSpec(size=8, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, jitter_p=0.7, gray_p=0.3)
-    recipe = V.ViewRecipe([spec, replace(spec)])
-    exact, _ = V.make_views(imgs, recipe, _gen(7), channels_last=False)
-    linear, _ = V.make_views(imgs, recipe, _gen(7), channels_last=False, colour="linear")
+    spec = ViewSpec(size=8, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0, jitter_p=0.7, gray_p=0.3)
+    recipe = ViewRecipe([spec, replace(spec)])
+    exact, _ = make_views(imgs, recipe, _gen(7), channels_last=False)
+    linear, _ = make_views(imgs, recipe, _gen(7), channels_last=False, colour="linear")
     for e, lin in zip(exact, linear):
         torch.testing.assert_close(lin, e, atol=2e-5, rtol=0)
-    gray_only = V.ViewRecipe([replace(spec, jitter_p=0.0, gray_p=0.5)])  # the grayscale-only path
-    exact, _ = V.make_views(imgs, gray_only, _gen(8), channels_last=False)
-    linear, _ = V.make_views(imgs, gray_only, _gen(8), channels_last=False, colour="linear")
+    gray_only = ViewRecipe([replace(spec, jitter_p=0.0, gray_p=0.5)])  # the grayscale-only path
+    exact, _ = make_views(imgs, gray_only, _gen(8), channels_last=False)
+    linear, _ = make_views(imgs, gray_only, _gen(8), channels_last=False, colour="linear")
     torch.testing.assert_close(linear[0], exact[0], atol=2e-5, rtol=0)
     with pytest.raises(UserError, match="colour"):
-        V.make_views(imgs, recipe, _gen(7), colour="fast")
+        make_views(imgs, recipe, _gen(7), colour="fast")
 
 
 @pytest.mark.slow
@@ -487,16 +518,16 @@ def test_compiled_colour_ops_match_eager() -> None:
     for b in (37, 12):  # two slice sizes: dynamic shapes, no recompilation needed
         x = _rand01(b, 8, 9, seed=b)
         selected, order, factors = _jitter_draws(b, g)
-        eager = V.colour_jitter_(x.clone(), selected, order, factors)
-        compiled = V.colour_jitter_(x.clone(), selected, order, factors, compiled=True)
+        eager = colour_jitter_(x.clone(), selected, order, factors)
+        compiled = colour_jitter_(x.clone(), selected, order, factors, compiled=True)
         torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=0)
 
 
 def test_grayscale_matches_torchvision() -> None:
     x = _rand01(3)
-    torch.testing.assert_close(V.rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rgb_to_grayscale(x), TF.rgb_to_grayscale(x), atol=1e-6, rtol=0)
     torch.testing.assert_close(
-        V.to_grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0
+        to_grayscale(x), TF.rgb_to_grayscale(x, num_output_channels=3), atol=1e-6, rtol=0
     )
 
 
@@ -504,7 +535,7 @@ def test_grayscale_matches_torchvision() -> None:
 def test_gaussian_blur_matches_torchvision(kernel_size: int) -> None:
     x = _rand01(3, 12, 14)
     sigma = torch.tensor([0.1, 0.8, 2.0])
-    out = V.gaussian_blur(x, sigma, kernel_size)
+    out = gaussian_blur(x, sigma, kernel_size)
     for i, s in enumerate(sigma.tolist()):
         ref = TF.gaussian_blur(x[i], [kernel_size, kernel_size], [s, s])
         # separable vs 2-D kernel: same sums in another order; max abs error 1e-5
@@ -512,57 +543,57 @@ def test_gaussian_blur_matches_torchvision(kernel_size: int) -> None:
 
 
 def test_blur_kernel_size_is_simclr_ten_percent_odd() -> None:
-    assert [V.blur_kernel_size(s) for s in (224, 96, 32, 8)] == [23, 9, 3, 3]
+    assert [blur_kernel_size(s) for s in (224, 96, 32, 8)] == [23, 9, 3, 3]
 
 
 @pytest.mark.parametrize("threshold", [0.5, 0.3])
 def test_solarize_matches_torchvision(threshold: float) -> None:
     x = _rand01(2)
     x[0, 0, 0, :3] = torch.tensor([0.5, 0.3, 0.0])
-    assert torch.equal(V.solarize(x, threshold), TF.solarize(x, threshold))  # exact
+    assert torch.equal(solarize(x, threshold), TF.solarize(x, threshold))  # exact
 
 
 def test_normalize() -> None:
     x = _rand01(2)
-    torch.testing.assert_close(V.normalize(x, V.IMAGENET_MEAN, V.IMAGENET_STD), (x - MEAN) / STD)
+    torch.testing.assert_close(normalize(x, IMAGENET_MEAN, IMAGENET_STD), (x - MEAN) / STD)
 
 
 # ----------------------------------------------------------------------------------------- recipes
 
 
 def test_simclr_recipe_strength_and_grayscale_input() -> None:
-    r = V.simclr_recipe(32, strength=1.0, blur=True)
+    r = simclr_recipe(32, strength=1.0, blur=True)
     a, b = r.views
     assert a == b
     assert (a.brightness, a.contrast, a.saturation, a.hue) == pytest.approx((0.8, 0.8, 0.8, 0.2))
     assert a.blur_p == 0.5 and a.jitter_p == 0.8 and a.gray_p == 0.2
-    d = V.simclr_recipe(32).views[0]
+    d = simclr_recipe(32).views[0]
     assert (d.brightness, d.hue, d.blur_p) == pytest.approx((0.4, 0.1, 0.0))
-    g = V.simclr_recipe(28, grayscale_input=True).views[0]
+    g = simclr_recipe(28, grayscale_input=True).views[0]
     assert g.jitter_p == 0.0 and g.gray_p == 0.0 and g.hflip_p == 0.5
 
 
 def test_byol_recipe_is_asymmetric() -> None:
-    v1, v2 = V.byol_recipe(32).views
+    v1, v2 = byol_recipe(32).views
     assert v1 != v2
     assert (v1.blur_p, v2.blur_p, v1.solarize_p, v2.solarize_p) == (1.0, 0.1, 0.0, 0.2)
     assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.2, 0.1)
-    v1, v2 = V.byol_recipe(32, blur=False, grayscale_input=True).views
+    v1, v2 = byol_recipe(32, blur=False, grayscale_input=True).views
     assert v1.blur_p == v2.blur_p == 0.0 and v1.jitter_p == 0.0 and v2.solarize_p == 0.2
 
 
 def test_multicrop_recipe() -> None:
-    base = V.byol_recipe(32)
-    r = V.multicrop_recipe(base, n_global=2, n_local=6)
+    base = byol_recipe(32)
+    r = multicrop_recipe(base, n_global=2, n_local=6)
     assert len(r.views) == 8
-    assert [v.size for v in r.views] == [32, 32] + [V.default_local_size(32)] * 6
-    assert V.default_local_size(32) == 12 and V.default_local_size(224) == 96
+    assert [v.size for v in r.views] == [32, 32] + [default_local_size(32)] * 6
+    assert default_local_size(32) == 12 and default_local_size(224) == 96
     assert r.views[0].solarize_p == 0.0 and r.views[1].solarize_p == 0.2  # asymmetry kept
     assert all(v.scale == (0.4, 1.0) for v in r.views[:2]) and all(
         v.scale == (0.05, 0.4) for v in r.views[2:]
     )
-    r = V.multicrop_recipe(V.simclr_recipe(16), n_global=2, n_local=3, local_size=6)
-    views, params = V.make_views(_images(4), r, _gen())
+    r = multicrop_recipe(simclr_recipe(16), n_global=2, n_local=3, local_size=6)
+    views, params = make_views(_images(4), r, _gen())
     assert [tuple(v.shape) for v in views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 6, 6)] * 3
     area = torch.cat([p.boxes[:, 2] * p.boxes[:, 3] for p in params[2:]])
     assert area.max() <= 0.4 + 1e-6
@@ -573,22 +604,22 @@ def test_multicrop_recipe() -> None:
 
 def test_eval_transform_matches_torchvision_resize() -> None:
     imgs = _images(3, 40, 30)  # h 40, w 30: Resize(16) (shorter side) + CenterCrop(16), torchvision's protocol
-    out = V.eval_transform(imgs, 16)
+    out = eval_transform(imgs, 16)
     assert out.shape == (3, 3, 16, 16) and out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out, V.eval_transform(imgs, 16))  # deterministic
+    assert torch.equal(out, eval_transform(imgs, 16))  # deterministic
     x = imgs.permute(0, 3, 1, 2).float() / 255
-    ref = TF.normalize(TF.center_crop(TF.resize(x, 16, antialias=True), [16, 16]), list(V.IMAGENET_MEAN),
-                       list(V.IMAGENET_STD))
+    ref = TF.normalize(TF.center_crop(TF.resize(x, 16, antialias=True), [16, 16]), list(IMAGENET_MEAN),
+                       list(IMAGENET_STD))
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)  # same float maths: max abs error 1e-5
     # crop_fraction 0.875: Resize(round(16 / 0.875) = 18) + CenterCrop(16)
-    out2 = V.eval_transform(imgs, 16, crop_fraction=0.875)
-    ref2 = TF.normalize(TF.center_crop(TF.resize(x, 18, antialias=True), [16, 16]), list(V.IMAGENET_MEAN),
-                        list(V.IMAGENET_STD))
+    out2 = eval_transform(imgs, 16, crop_fraction=0.875)
+    ref2 = TF.normalize(TF.center_crop(TF.resize(x, 18, antialias=True), [16, 16]), list(IMAGENET_MEAN),
+                        list(IMAGENET_STD))
     torch.testing.assert_close(out2, ref2, atol=1e-5, rtol=0)
     # torchvision's uint8 path rounds to uint8: within 1/255 (+ rounding) before normalising
     ref8 = TF.center_crop(TF.resize(imgs.permute(0, 3, 1, 2), 16, antialias=True), [16, 16]).float() / 255
     assert ((out * STD + MEAN) - ref8).abs().max() <= 1 / 255 + 1e-5
-    same = V.eval_transform(imgs[:, :16, :16], 16, channels_last=False)  # no resize needed
+    same = eval_transform(imgs[:, :16, :16], 16, channels_last=False)  # no resize needed
     torch.testing.assert_close(same, (x[:, :, :16, :16] - MEAN) / STD)
 
 
@@ -597,40 +628,40 @@ def test_eval_transform_matches_torchvision_resize() -> None:
 
 def test_bad_inputs_raise_user_errors() -> None:
     with pytest.raises(UserError, match="images"):
-        V.make_views(torch.zeros(4, 8, 8, dtype=torch.uint8), V.simclr_recipe(8), _gen())
+        make_views(torch.zeros(4, 8, 8, dtype=torch.uint8), simclr_recipe(8), _gen())
     with pytest.raises(UserError, match="channels"):
-        V.make_views(torch.zeros(4, 8, 8, 5, dtype=torch.uint8), V.simclr_recipe(8), _gen())
+        make_views(torch.zeros(4, 8, 8, 5, dtype=torch.uint8), simclr_recipe(8), _gen())
     with pytest.raises(UserError, match="uint8"):
-        V.make_views(torch.zeros(4, 8, 8, 3, dtype=torch.int32), V.simclr_recipe(8), _gen())
+        make_views(torch.zeros(4, 8, 8, 3, dtype=torch.int32), simclr_recipe(8), _gen())
     with pytest.raises(UserError, match="scale"):
-        V.ViewSpec(size=8, scale=(0.5, 0.1))
+        ViewSpec(size=8, scale=(0.5, 0.1))
     with pytest.raises(UserError, match="gray_p"):
-        replace(V.ViewSpec(size=8), gray_p=1.5)
+        replace(ViewSpec(size=8), gray_p=1.5)
     with pytest.raises(UserError, match="at least one view"):
-        V.ViewRecipe([])
+        ViewRecipe([])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     imgs = _images(16, 24, 24)
-    rec = V.multicrop_recipe(V.byol_recipe(16), n_local=2)
-    cpu, pc = V.make_views(imgs, rec, _gen(1))
-    gpu, pg = V.make_views(imgs.cuda(), rec, _gen(1))
+    rec = multicrop_recipe(byol_recipe(16), n_local=2)
+    cpu, pc = make_views(imgs, rec, _gen(1))
+    gpu, pg = make_views(imgs.cuda(), rec, _gen(1))
     for a, b in zip(cpu, gpu):
         assert b.device.type == "cuda"
         torch.testing.assert_close(b.cpu(), a, atol=1e-4, rtol=0)  # different kernels, same maths
     assert torch.equal(pc[0].boxes, pg[0].boxes.cpu())
-    ev = V.eval_transform(imgs.cuda(), 12)
-    torch.testing.assert_close(ev.cpu(), V.eval_transform(imgs, 12), atol=1e-4, rtol=0)
+    ev = eval_transform(imgs.cuda(), 12)
+    torch.testing.assert_close(ev.cpu(), eval_transform(imgs, 12), atol=1e-4, rtol=0)
     assert math.isfinite(float(ev.sum()))
 
 
 def test_rescaled_recipe_scales_only_the_sides():
-    base = V.multicrop_recipe(V.simclr_recipe(32), n_global=2, n_local=2)  # 32, 32, 12, 12
-    low = V.rescaled_recipe(base, 24, 32)
+    base = multicrop_recipe(simclr_recipe(32), n_global=2, n_local=2)  # 32, 32, 12, 12
+    low = rescaled_recipe(base, 24, 32)
     assert [v.size for v in low.views] == [24, 24, 9, 9]
     assert [replace(v, size=1) for v in low.views] == [replace(v, size=1) for v in base.views]
     assert (low.mean, low.std) == (base.mean, base.std)
-    assert [v.size for v in V.rescaled_recipe(base, 8, 32).views] == [8, 8, 4, 4]  # at least 4 px
+    assert [v.size for v in rescaled_recipe(base, 8, 32).views] == [8, 8, 4, 4]  # at least 4 px
     with pytest.raises(UserError, match="rescaled_recipe"):
-        V.rescaled_recipe(base, 40, 32)
+        rescaled_recipe(base, 40, 32)

@@ -3,7 +3,7 @@
 The exported model is the encoder alone, in eval mode and fp32 on the CPU:
 
     input   ``images``    float32 [B, 3, S, S]: RGB in [0, 1], normalised with the ImageNet mean/std
-                          (what :func:`selfsup.augment.views.eval_transform` produces; S = the run's image size)
+                          (what :func:`selfsup.augment.ops.eval_transform` produces; S = the run's image size)
     output  ``features``  float32 [B, num_features], the pooled features ``selfsup embed`` writes
 
 The batch dimension is dynamic. A JSON file beside the export (``FILE.json``) records the image size, mean,
@@ -90,7 +90,7 @@ def export_encoder(checkpoint: str, out: str | Path, *, format: str = "onnx", at
     Returns ``{"path", "format", "image_size", "num_features", "max_abs_diff" (None when not checked),
     "checked_with", "metadata"}``.
     """
-    from selfsup.augment.views import IMAGENET_MEAN, IMAGENET_STD
+    from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD
     from selfsup.checkpoint import atomic_write_text, load_encoder
 
     if format not in FORMATS:

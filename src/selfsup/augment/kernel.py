@@ -1,18 +1,19 @@
 """One fused CPU pass for the hot part of :func:`selfsup.augment.views.make_views`: crop + flip + exact colour jitter +
 grayscale, per sample, compiled with numba.
 
-Why our own kernel: on a CPU the torch path (``views._augment_views``) is ~60 elementwise passes per view at
-32 px (the HSV hue round trip alone is ~25), each over a slice of ~100 samples, and what it costs is op
-dispatch and memory traffic, not arithmetic (benchmarks/RESULTS.md, augmentation). Here each output sample is
-made in one loop nest from the uint8 source: the bilinear crop writes a 12 KiB [3, S, S] slab, and the colour
-ops of that sample run on it in its own random order while it sits in L1. The random parameters are drawn by
-``views._augment_views`` exactly as for the torch path, and every op computes what its torch counterpart in
-``views`` computes (same formulas, same order; equal up to float rounding, see tests/test_views.py), so the two
-backends give the same views for the same generator state. CUDA and ``colour="linear"`` keep the torch path
-(``make_views(backend=...)``). Blur and solarize (BYOL, DINO) stay torch ops after the kernel.
+Why our own kernel: on a CPU the torch path (the ops of :mod:`selfsup.augment.ops`) is ~60 elementwise
+passes per view at 32 px (the HSV hue round trip alone is ~25), each over a slice of ~100 samples, and what it
+costs is op dispatch and memory traffic, not arithmetic (benchmarks/RESULTS.md, augmentation). Here each output
+sample is made in one loop nest from the uint8 source: the bilinear crop writes a 12 KiB [3, S, S] slab, and
+the colour ops of that sample run on it in its own random order while it sits in L1. The random parameters are
+drawn by :mod:`selfsup.augment.views` exactly as for the torch path, and every op computes what its torch
+counterpart in ``ops`` computes (same formulas, same order; equal up to float rounding, see
+tests/test_views.py), so the two backends give the same views for the same generator state. CUDA and
+``colour="linear"`` keep the torch path (``make_views(backend=...)``). Blur and solarize (BYOL, DINO) stay torch ops after the kernel.
 
-Compilation: the first call in a fresh install compiles for ~15 s (once per source dtype, uint8 and float32);
-numba caches the machine code beside this file (``cache=True``), so later processes load it in under a second.
+Compilation: the first call in a fresh install compiles the kernel (once per source dtype, uint8 and float32;
+seconds, see benchmarks/RESULTS.md); numba caches the machine code beside this file (``cache=True``), so later
+processes only load it.
 
 Threads: the function releases the GIL; :func:`crop_jitter_gray` splits the samples over
 ``torch.get_num_threads()`` Python threads (so DDP's and ``set_num_threads``' settings apply, and numba's own
@@ -77,7 +78,7 @@ def _samples(src, hw, scale, rows, boxes, flip, jit, order, factors, active, gra
     flat = np.empty(3 * npix, np.float32)  # its normalised values, pixel-major when nhwc
     bits = flat.view(np.uint32)
     for i in range(lo, hi):
-        # --- crop + flip: views.resized_crop (grid_sample, bilinear, align_corners=False, border) ---
+        # --- crop + flip: ops.resized_crop (grid_sample, bilinear, align_corners=False, border) ---
         r = rows[i]
         n_src_h, n_src_w = hw[r, 0], hw[r, 1]
         top, left, bh, bw = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
@@ -113,7 +114,7 @@ def _samples(src, hw, scale, rows, boxes, flip, jit, order, factors, active, gra
                 for px in range(size):
                     orow[px] = t0[px] * wy0 + t1[px] * wy1
         rr, gg, bb = o[0].reshape(npix), o[1].reshape(npix), o[2].reshape(npix)
-        # --- colour jitter in this sample's order (views._brightness_ ... _hue_) ---
+        # --- colour jitter in this sample's order (ops._brightness_ ... _hue_) ---
         if jit[i]:
             for pos in range(4):
                 op = order[i, pos]
@@ -127,13 +128,13 @@ def _samples(src, hw, scale, rows, boxes, flip, jit, order, factors, active, gra
                         _saturation(rr, gg, bb, f)
                     else:
                         _hue(rr, gg, bb, f)
-        if gray[i]:  # random grayscale (views.to_grayscale)
+        if gray[i]:  # random grayscale (ops.to_grayscale)
             for p in range(npix):
                 gv = _luma(rr[p], gg[p], bb[p])
                 rr[p] = gv
                 gg[p] = gv
                 bb[p] = gv
-        # --- output: as it is, or normalised (views.normalize) in the caller's layout and dtype ---
+        # --- output: as it is, or normalised (ops.normalize) in the caller's layout and dtype ---
         if norm.shape[0] == 0:
             out32[i] = o
             continue
@@ -205,7 +206,7 @@ def _sector(k, chroma, maxc):
 
 @njit(nogil=True, cache=True)
 def _hue(rr, gg, bb, f):
-    # views._hue_: hue in sixths from the max channel, shifted, back with c_n = V - C clamp(min(k, 4 - k), 0, 1)
+    # ops._hue_: hue in sixths from the max channel, shifted, back with c_n = V - C clamp(min(k, 4 - k), 0, 1)
     shift6 = np.float32(6.0) * f
     for p in range(rr.shape[0]):
         rv, gv, bv = rr[p], gg[p], bb[p]
@@ -238,8 +239,8 @@ def _executor(workers: int) -> ThreadPoolExecutor:
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's on-disk cache) the kernel for uint8 sources: ~15 s on a fresh install,
-    well under 1 s from the cache. ``pretrain`` calls it before its first step."""
+    """Compile (or load from numba's on-disk cache) the kernel for uint8 sources: slow on a fresh install,
+    quick from the cache. ``pretrain`` calls it before its first step."""
     one = torch.ones(1, dtype=torch.bool)
     crop_jitter_gray(torch.zeros(1, 8, 8, 3, dtype=torch.uint8), 4, torch.tensor([[0.0, 0.0, 1.0, 1.0]]), one, one,
                      torch.arange(4)[None], torch.ones(4, 1), (True,) * 4, one)
@@ -263,7 +264,7 @@ def crop_jitter_gray(
 
     Without ``finish`` the result is float32 in [0, 1], contiguous. ``finish = (mean, std, channels_last,
     dtype)`` (dtype float32 or bfloat16) also normalises and writes the final layout and dtype, as
-    ``views._finish`` would: no further pass over the views.
+    ``ops.normalize`` + ``ops.to_layout`` would: no further pass over the views.
     """
     n = boxes.shape[0]
     b = src.shape[0]
@@ -278,7 +279,7 @@ def crop_jitter_gray(
         shape = (n, size, size, 3) if nhwc else (n, 3, size, size)
         out = torch.empty(shape, dtype=torch.int16 if bf16 else torch.float32)
         s64, m64 = np.asarray(std, np.float64), np.asarray(mean, np.float64)
-        norm = np.stack([1.0 / s64, -m64 / s64]).astype(np.float32)  # views.normalize's constants
+        norm = np.stack([1.0 / s64, -m64 / s64]).astype(np.float32)  # ops.normalize's constants
     none32 = np.zeros((0, 3, 1, 1), np.float32)
     none16 = np.zeros((0, 3, 1, 1), np.uint16)
     out_np = out.numpy()

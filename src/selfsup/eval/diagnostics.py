@@ -105,7 +105,8 @@ def view_pair_features(
     Views come from :func:`selfsup.augment.views.make_views` with ``recipe`` (default: the SimCLR recipe at
     ``image_size``), drawn from a generator seeded with ``seed``.
     """
-    from selfsup.augment.views import make_views, simclr_recipe
+    from selfsup.augment.recipes import simclr_recipe
+    from selfsup.augment.views import make_views
     from selfsup.runtime import module_device
 
     recipe = recipe or simclr_recipe(image_size, grayscale_input=grayscale_input)

@@ -156,7 +156,8 @@ def finetune(
     ``encoder`` is not modified. Runs on the encoder's device. Returns ``{"top1", "top5", "train_loss",
     "n_labelled", ...settings}``.
     """
-    from selfsup.augment.views import ViewRecipe, ViewSpec, make_views
+    from selfsup.augment.recipes import ViewRecipe, ViewSpec
+    from selfsup.augment.views import make_views
     from selfsup.eval.features import autocast_context, extract_features, resolve_precision
     from selfsup.runtime import module_device
 

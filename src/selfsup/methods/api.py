@@ -2,13 +2,13 @@
 
 A method is a plain ``nn.Module`` that *owns* its backbone, heads, loss state and view recipe. It is
 composed from pure loss functions (``selfsup.losses``), heads (``selfsup.models.heads``) and view recipes
-(``selfsup.augment.views``); there is no base class. The training loop relies on exactly this:
+(``selfsup.augment.recipes``); there is no base class. The training loop relies on exactly this:
 
 the :class:`Method` protocol below. A method class names it as a base beside ``nn.Module``
 (``class SimCLR(nn.Module, Method)``), which gives it the protocol's default hooks and lets mypy check it:
 
 - ``method.backbone``: the encoder being pretrained (what gets exported);
-- ``method.view_recipe``: a :class:`selfsup.augment.views.ViewRecipe` telling the loop which views to make;
+- ``method.view_recipe``: a :class:`selfsup.augment.recipes.ViewRecipe` telling the loop which views to make;
 - ``method(batch, progress) -> StepOutput``: the loss (and scalar logs) for one batch of views;
 - ``method.after_step(progress)``: called after each optimizer step (EMA teachers, queues); default: nothing;
 - ``method.on_epoch_start(epoch, dataset)``: called before an epoch's first step with the training data
@@ -31,7 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from selfsup.augment.views import ViewParams, ViewRecipe
+from selfsup.augment.recipes import ViewParams, ViewRecipe
 
 
 @dataclass
@@ -59,7 +59,7 @@ class Batch:
 
     views:  list of float tensors [B, C, h_v, w_v], normalised; multi-crop views may differ in size.
     index:  [B] int64 dataset indices of the source images (FAMT weight maps, poison audits).
-    params: per view, the sampled augmentation parameters (``selfsup.augment.views.ViewParams``): crop boxes
+    params: per view, the sampled augmentation parameters (``selfsup.augment.recipes.ViewParams``): crop boxes
             and flips, so that per-image maps (FAMT) can follow the crop.
     """
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed
-from selfsup.augment.views import byol_recipe, multicrop_recipe
+from selfsup.augment.recipes import byol_recipe, multicrop_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.dino import dino_center_update, dino_loss, teacher_temperature
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register

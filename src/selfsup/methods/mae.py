@@ -33,7 +33,7 @@ from selfsup.augment.masking import (
     vit_patch_embed,
     vit_run_blocks,
 )
-from selfsup.augment.views import ViewRecipe, ViewSpec
+from selfsup.augment.recipes import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.methods.vit import full_view, vit_layout

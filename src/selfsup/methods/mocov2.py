@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed
-from selfsup.augment.views import simclr_recipe
+from selfsup.augment.recipes import simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, moco_queue_loss
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from selfsup.augment.views import byol_recipe
+from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.contrastive import mocov3_loss
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim

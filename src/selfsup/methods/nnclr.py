@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed
-from selfsup.augment.views import byol_recipe
+from selfsup.augment.recipes import byol_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register

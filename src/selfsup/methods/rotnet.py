@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.augment.views import ViewRecipe, ViewSpec
+from selfsup.augment.recipes import ViewRecipe, ViewSpec
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from selfsup.augment.views import multicrop_recipe, simclr_recipe
+from selfsup.augment.recipes import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register

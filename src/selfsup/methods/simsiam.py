@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from selfsup.augment.views import simclr_recipe
+from selfsup.augment.recipes import simclr_recipe
 from selfsup.losses.distillation import negative_cosine_loss
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim

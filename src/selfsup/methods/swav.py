@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import distributed
-from selfsup.augment.views import multicrop_recipe, simclr_recipe
+from selfsup.augment.recipes import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.clustering import sinkhorn, swav_loss
 from selfsup.losses.contrastive import enqueue

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from selfsup.augment.views import byol_recipe
+from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.redundancy import vicreg_terms
 from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
 from selfsup.models.backbones import feature_dim

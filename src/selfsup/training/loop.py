@@ -21,6 +21,7 @@ import torch
 
 from selfsup import distributed
 from selfsup.augment import views as view_ops
+from selfsup.augment.recipes import rescaled_recipe
 from selfsup.checkpoint import ensure_finite
 from selfsup.config import PretrainConfig
 from selfsup.methods import Batch, Method, Progress
@@ -61,7 +62,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook |
 
     # resolution schedule: the first low_res_fraction of the steps take smaller views (same crops, fewer pixels)
     recipe = method.view_recipe
-    low_recipe = (view_ops.rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size
+    low_recipe = (rescaled_recipe(recipe, cfg.data.low_res_size, cfg.data.image_size) if cfg.data.low_res_size
                   else recipe)
     phases = budget_phases(cfg.data)  # the same phases the TimeBudget fits to
     step_cost = phases[0][1]  # 1.0 without a schedule

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from selfsup import distributed
-from selfsup.augment.views import COLOUR_MODES, VIEW_BACKENDS, rescaled_recipe, uses_kernel
+from selfsup.augment.recipes import rescaled_recipe
+from selfsup.augment.views import COLOUR_MODES, VIEW_BACKENDS, uses_kernel
 from selfsup.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_strict
 from selfsup.config import PretrainConfig, from_dict, to_dict
 from selfsup.data import default_cache_size
