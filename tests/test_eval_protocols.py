@@ -247,7 +247,7 @@ def test_search_command_table_and_json(tiny_run, tmp_path, capsys):
     idx = tmp_path / "emb.safetensors"
     assert main(["embed", "--checkpoint", str(run), "--data", str(data), "--out", str(idx)]) == 0
     capsys.readouterr()
-    from selfsup.commands.search import search
+    from selfsup.search import search
 
     q = sorted((data / "class1").glob("*.png"))[0]
     res = search(str(idx), str(q), k=5)

@@ -303,7 +303,7 @@ def test_stale_temp_files_are_cleaned_when_the_folder_is_next_locked(tmp_path):
 
 @pytest.mark.integration
 def test_search_index_stores_an_absolute_checkpoint_path(tmp_path, capsys, monkeypatch):
-    from selfsup.commands.search import index_checkpoint
+    from selfsup.search import index_checkpoint
 
     data = make_class_folder(tmp_path / "data", classes=2, per_class=6)
     monkeypatch.chdir(tmp_path)

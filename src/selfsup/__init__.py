@@ -7,6 +7,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from selfsup.api import PretrainConfig, embed, evaluate, load_encoder, pretrain
+from selfsup.api import PretrainConfig, embed, evaluate, load_encoder, pretrain, report, search
 
-__all__ = ["pretrain", "evaluate", "embed", "load_encoder", "PretrainConfig", "__version__"]
+__all__ = ["pretrain", "evaluate", "embed", "search", "report", "load_encoder", "PretrainConfig", "__version__"]

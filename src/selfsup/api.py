@@ -3,7 +3,9 @@
     import selfsup
     summary = selfsup.pretrain("builtin:mnist", method="simclr", backbone="cnn-compact", epochs=5, out="runs/a")
     knn = selfsup.evaluate("knn", checkpoint="runs/a", train="builtin:mnist:train", test="builtin:mnist:test")
-    selfsup.embed("runs/a", "photos/", "photos.safetensors")
+    res = selfsup.embed("runs/a", "photos/", "photos.safetensors")   # res["features"] [N, F], res["paths"]
+    hits = selfsup.search("photos.safetensors", "query.jpg", k=5)   # [{"query", "neighbours": [...]}]
+    selfsup.report("runs/a")                                         # runs/a/report.html
     encoder, info = selfsup.load_encoder("runs/a")       # a plain nn.Module: encoder(x) -> [B, num_features]
 """
 
@@ -16,6 +18,8 @@ from selfsup.config import PretrainConfig
 from selfsup.config.build import ConfigSource, SetSource, build_config
 from selfsup.embed import embed_folder as embed
 from selfsup.eval.api import evaluate
+from selfsup.report import report
+from selfsup.search import search
 from selfsup.training import loop
 
 
@@ -61,4 +65,4 @@ def pretrain(
     return loop.pretrain(cfg, resume=resume)
 
 
-__all__ = ["pretrain", "evaluate", "embed", "load_encoder", "PretrainConfig"]
+__all__ = ["pretrain", "evaluate", "embed", "search", "report", "load_encoder", "PretrainConfig"]

@@ -15,7 +15,10 @@ from selfsup.errors import ConfigError, DataError
 
 def embed_folder(checkpoint: str, data: str, out: str, *, batch_size: int = 256, precision: str = "auto",
                  strict: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Write the features of every image under ``data`` to ``out`` (.safetensors or .npz), one row per file."""
+    """Write the features of every image under ``data`` to ``out`` (.safetensors or .npz), one row per file.
+
+    Returns ``n``, ``dim``, ``path``, ``skipped`` and the embeddings themselves: ``features`` (float32 [n, dim])
+    and ``paths`` (the image of each row)."""
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
     from selfsup.eval.features import extract_features
@@ -30,8 +33,10 @@ def embed_folder(checkpoint: str, data: str, out: str, *, batch_size: int = 256,
     source = str(info["source"])
     if Path(source).exists():  # absolute: `selfsup search` may run from another working directory
         source = str(Path(source).resolve())
-    write_embeddings(out_path, feats.numpy(), ds.paths, ds.labels, ds.classes, source=source)
-    return {"n": int(feats.shape[0]), "dim": int(feats.shape[1]), "path": str(out_path), "skipped": len(ds.skipped)}
+    features = feats.numpy()
+    write_embeddings(out_path, features, ds.paths, ds.labels, ds.classes, source=source)
+    return {"n": int(feats.shape[0]), "dim": int(feats.shape[1]), "path": str(out_path), "skipped": len(ds.skipped),
+            "features": features, "paths": list(ds.paths)}
 
 
 def write_embeddings(path: Path, features: np.ndarray, paths: list[str], labels: np.ndarray | None,

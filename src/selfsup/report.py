@@ -357,3 +357,45 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, test: st
     path = Path(out) if out is not None else run / "report.html"
     atomic_write_text(path, doc)
     return path
+
+
+def check_run_folder(run: Path) -> None:
+    """Refuse anything but a run folder, and name any of its files that cannot be read, before writing."""
+    import json
+
+    from selfsup.errors import DataError
+    from selfsup.runlock import is_run_folder
+
+    if not run.is_dir():
+        raise DataError(f"run folder not found: {run} (pass the --out folder of `selfsup pretrain`)")
+    if not is_run_folder(run):
+        raise DataError(f"{run} is not a selfsup run folder (no config.yaml, checkpoint.pt or metrics.jsonl); pass "
+                        "the --out folder of `selfsup pretrain`")
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "eval.json"):
+        f = run / name
+        if not f.exists():
+            continue
+        try:
+            text = f.read_text(encoding="utf-8")
+            if name.endswith(".json") and not isinstance(json.loads(text), dict):
+                raise ValueError("not a JSON object")
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            raise DataError(f"{f}: cannot read it ({reason}); delete or restore it and rerun") from None
+
+
+def report(run_dir: str | Path, out: str | Path | None = None, *, test: str | None = None,
+           max_points: int = MAX_POINTS) -> Path:
+    """``selfsup report``: check the run folder and the output first, then write the report (holding the run
+    folder's lock when the report goes into it, so no run writes there meanwhile); returns its path."""
+    from contextlib import nullcontext
+
+    from selfsup.config.validate import check_output_file
+    from selfsup.runlock import run_folder_lock
+
+    run = Path(run_dir)
+    check_run_folder(run)
+    path = check_output_file(out or run / "report.html", "--out", (".html", ".htm"))
+    into_run = path.absolute().parent == run.absolute()
+    with run_folder_lock(run, "run folder") if into_run else nullcontext():
+        return write_report(run, path, test=test, max_points=max_points)
