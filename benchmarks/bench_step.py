@@ -60,8 +60,9 @@ class OurStep:
     """One iteration of selfsup.training.loop.pretrain's loop (same calls, same order), minus logging/checkpoints."""
 
     def __init__(self, images: np.ndarray, batch: int, precision: str, compile: bool = False) -> None:
-        cfg = build_config(config=step_layer(), batch_size=batch, precision=precision, compile=compile,
-                           device="cpu", seed=0)
+        # data: a valid path for the validation only; the step reads ``images`` (CIFAR-10's cache) directly
+        cfg = build_config(config=step_layer(), data="builtin:synthetic", batch_size=batch, precision=precision,
+                           compile=compile, device="cpu", seed=0)
         cfg, spec, _ = resolve_config(cfg)
         self.cfg, self.images = cfg, images
         self.device = torch.device("cpu")
