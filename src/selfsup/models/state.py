@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,3 +35,19 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], what: s
             "different backbone/method configuration — use the matching --backbone or another checkpoint"
         )
     module.load_state_dict(state, strict=True)
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode with no parameter requiring gradients (an attack or probe optimises its inputs,
+    not the weights); its training mode and each parameter's ``requires_grad`` are restored afterwards."""
+    was, flags = module.training, [p.requires_grad for p in module.parameters()]
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+        module.train(was)

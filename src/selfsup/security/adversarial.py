@@ -27,6 +27,7 @@ from torch import nn
 from selfsup.augment.views import IMAGENET_MEAN, IMAGENET_STD
 from selfsup.errors import ConfigError
 from selfsup.eval.features import as_tensor  # copies read-only (cached) arrays
+from selfsup.models.state import frozen
 from selfsup.runtime import module_device  # also imported from here by defense and unlearnable
 
 
@@ -92,14 +93,10 @@ def universal_perturbation(
         raise ConfigError("universal_perturbation: no images to optimise on")
     alpha = step_size if step_size is not None else eps / 8
     dev = module_device(encoder)
-    was = encoder.training
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
     gen = torch.Generator().manual_seed(seed)
     delta = ((torch.rand(1, 3, image_size, image_size, generator=gen) * 2 - 1) * eps).to(dev)
     hist: list[float] = []
-    try:
+    with frozen(encoder):
         for _ in range(steps):
             idx = torch.randperm(len(images), generator=gen)[:batch_size].sort().values.numpy()
             x = to_unit(images[idx], image_size, dev)
@@ -112,10 +109,6 @@ def universal_perturbation(
                 (grad,) = torch.autograd.grad(loss, d)
             delta = (delta - alpha * grad.sign()).clamp(-eps, eps)
             hist.append(float(loss.detach()))
-    finally:
-        for p in encoder.parameters():
-            p.requires_grad_(True)
-        encoder.train(was)
     return delta[0].detach().cpu(), hist
 
 

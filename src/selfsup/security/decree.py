@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.models.state import frozen
 from selfsup.security.adversarial import embed, module_device, to_unit
 
 EPS = 1e-7  # the official ``epsilon()`` in the tanh parametrisation
@@ -56,10 +57,6 @@ def invert_trigger(
     if len(images) < 2:
         raise ConfigError("DECREE needs at least 2 shadow images")
     dev = module_device(encoder)
-    was = encoder.training
-    encoder.eval()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     x_all = to_unit(images, image_size, "cpu")  # [N, 3, S, S] in [0, 1]
     h = w = image_size
@@ -71,7 +68,7 @@ def invert_trigger(
     up = down = 0
     best_l1, best_mask, best_pattern = float("inf"), None, None
     cos_hist: list[float] = []
-    try:
+    with frozen(encoder):
         for _ in range(steps):
             idx = torch.randint(0, x_all.shape[0], (min(batch_size, x_all.shape[0]),), generator=g)
             x = x_all[idx].to(dev)
@@ -97,10 +94,6 @@ def invert_trigger(
                 lam, up = min(lam * adapt, 1e5), 0
             elif down > patience:
                 lam, down = (lam / adapt if lam >= lambda_min else lam), 0
-    finally:
-        for p in encoder.parameters():
-            p.requires_grad_(True)
-        encoder.train(was)
     found = best_mask is not None
     return {"found": found, "l1": best_l1 if found else float(h * w), "mask": best_mask, "pattern": best_pattern,
             "cos_last": cos_hist[-1], "cos_max": max(cos_hist), "steps": steps, "lambda_last": lam}

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.errors import ConfigError
+from selfsup.models.state import frozen
 from selfsup.security.adversarial import embed, encode, module_device, to_unit
 from selfsup.security.defense import kmeans
 
@@ -59,14 +60,10 @@ def unlearnable_clusters(
     mu = F.normalize(torch.zeros(k, feats.shape[1]).index_add_(0, assign, F.normalize(feats, dim=1)), dim=1)
     shift = torch.roll(torch.arange(k), 1)
     dev = module_device(surrogate)
-    was = surrogate.training
-    surrogate.eval()
-    for p in surrogate.parameters():
-        p.requires_grad_(False)
     g = torch.Generator().manual_seed(seed)
     alpha = eps / 4
     deltas = torch.zeros(k, 3, image_size, image_size)
-    try:
+    with frozen(surrogate):
         for c in range(k):
             rows = torch.nonzero(assign == c).squeeze(1)
             if rows.numel() == 0:
@@ -83,10 +80,6 @@ def unlearnable_clusters(
                     (grad,) = torch.autograd.grad(loss, dd)
                 d = (d - alpha * grad.sign()).clamp(-eps, eps)
             deltas[c] = d[0].cpu()
-    finally:
-        for p in surrogate.parameters():
-            p.requires_grad_(True)
-        surrogate.train(was)
     x01 = images.astype(np.float64) / 255.0 + deltas.permute(0, 2, 3, 1).numpy()[assign.numpy()]
     protected = apply_budget(np.asarray(images), x01, eps)
     return {"images": protected, "clusters": assign.numpy(), "deltas": deltas, "eps": eps,
