@@ -76,6 +76,13 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = rule(100, min=1)
     batch_size: int = rule(256, min=2)  # global batch (summed over processes when distributed)
+    # > 1: each optimizer step sums the gradients of this many micro-batches of batch_size / N images (the global
+    # batch, LR rule and schedule stay those of batch_size). Exact only for losses that are a mean of per-sample
+    # terms on modules without BatchNorm: mae, simmim, famt-mae, famt-simmim, rotnet (linear head) on a ViT.
+    # Refused: simclr, mocov3, nnclr (in-batch negatives), mocov2 (queue filled per forward), byol, simsiam
+    # (BatchNorm heads), dino (batch centering), barlowtwins, vicreg (batch statistics), swav (Sinkhorn), and
+    # any BatchNorm backbone (resnet*, cnn-compact). See docs/design.md, "Gradient accumulation".
+    accumulate_steps: int = rule(1, min=1, max=4096)
     max_steps: int | None = rule(None, min=1)  # stop after this many optimizer steps (the schedule still spans `epochs`)
     precision: str = rule("auto", choices=("auto", "bf16", "fp16", "fp32"))  # auto | bf16 | fp16 | fp32; auto = bf16 where the hardware supports it
     channels_last: bool = True

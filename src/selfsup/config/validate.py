@@ -152,6 +152,25 @@ def validate_config(cfg: PretrainConfig, *, methods: Mapping[str, Any], backbone
     o = cfg.optim
     if o.lr is not None and o.min_lr > o.lr:
         raise config_error("optim.min_lr", o.min_lr, f"must not exceed optim.lr ({o.lr:g})")
+    check_accumulation(cfg, methods[cfg.method["name"]])
+
+
+def check_accumulation(cfg: PretrainConfig, spec: Any) -> None:
+    """``train.accumulate_steps`` > 1 only for a method that declares a per-sample loss (``spec.accumulates``), on
+    a backbone without BatchNorm, with a batch it divides. The method's own modules are checked once built."""
+    n, b = cfg.train.accumulate_steps, cfg.train.batch_size
+    if n == 1:
+        return
+    key, drop = "train.accumulate_steps", "drop train.accumulate_steps"
+    if not spec.accumulates:
+        raise config_error(key, n, f"method {spec.name} cannot accumulate gradients: {spec.coupling}, so {n} x {b // n} "
+                           f"is not {b}; {drop} or use mae/simmim")
+    if not cfg.backbone.name.startswith("vit"):
+        raise config_error(key, n, f"backbone {cfg.backbone.name} has BatchNorm, whose statistics over {b // n} "
+                           f"images are not those over {b}; {drop} or use --backbone vit-tiny")
+    if b % n:
+        raise config_error(key, n, f"must divide train.batch_size ({b}) into equal micro-batches; e.g. "
+                           f"{max(d for d in range(1, n + 1) if b % d == 0)}", flag="")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,5 +299,5 @@ def check_output_dir(path: str | os.PathLike[str], flag: str = "--out") -> Path:
     return p
 
 
-__all__ = ["validate_config", "check_value", "int_range", "float_range", "int_list", "device_name", "check_output_file",
+__all__ = ["validate_config", "check_accumulation", "check_value", "int_range", "float_range", "int_list", "device_name", "check_output_file",
            "check_output_dir", "FLAGS"]

@@ -117,20 +117,31 @@ class MethodSpec:
     build: Callable[..., nn.Module]  # build(backbone, cfg, image_size=..., grayscale=...) -> a Method module
     recipe: Recipe
     summary: str = ""
+    # Gradient accumulation (train.accumulate_steps > 1) is exact only when the loss is a mean of per-sample
+    # terms and nothing in the method couples the samples of a batch (no in-batch negatives, no batch-wise
+    # centering / Sinkhorn / covariance, no BatchNorm). ``accumulates``: the method's loss is such a mean (its
+    # modules may still hold BatchNorm through the backbone or an MLP head: the builder checks those);
+    # ``coupling``: otherwise, why not (named in the refusal).
+    accumulates: bool = False
+    coupling: str = "it does not declare a loss that is a mean of per-sample terms"
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(
-    name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = ""
+    name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = "",
+    accumulates: bool = False, coupling: str = "",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Class/function decorator adding a method to the registry."""
 
     def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary)
+        if accumulates == bool(coupling):
+            raise ValueError(f"method {name!r}: pass accumulates=True or the coupling that forbids accumulation")
+        _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary, accumulates,
+                                     coupling or "")
         return build
 
     return deco

@@ -28,6 +28,7 @@ class BarlowTwinsConfig:
 @register("barlowtwins", family="redundancy-reduction", paper="Zbontar et al. 2021, arXiv 2103.03230",
           config=BarlowTwinsConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+          coupling="its loss is a cross-correlation matrix over the batch",
           summary="drive the cross-correlation of the two views' embeddings to the identity")
 class BarlowTwins(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig, *, image_size: int, grayscale: bool = False):

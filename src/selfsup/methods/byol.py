@@ -28,6 +28,7 @@ class BYOLConfig:
 # Paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warmup epochs (Sec. 3.3).
 @register("byol", family="self-distillation", paper="Grill et al. 2020, arXiv 2006.07733", config=BYOLConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+          coupling="BatchNorm in its projector and predictor couples the samples of a batch",
           summary="online network predicts an EMA target's projection of the other view")
 class BYOL(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig, *, image_size: int, grayscale: bool = False):

@@ -110,6 +110,7 @@ def freeze(module: nn.Module, frozen: bool, gate: WeightNormLinear | None = None
 # reference; our wd is constant), min lr 1e-6. For ResNets the paper uses LARS: pass --optim lars.
 @register("dino", family="self-distillation", paper="Caron et al. 2021, arXiv 2104.14294", config=DINOConfig,
           recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
+          coupling="its teacher centre is updated from each batch's mean output",
           summary="student matches a centered, sharpened EMA teacher across multi-crop views")
 class DINO(nn.Module, Method):
     center: torch.Tensor  # registered buffer (checkpointed)

@@ -225,6 +225,7 @@ class _FAMTHooks:
     paper="Gui et al. 2022, arXiv 2211.15362 (on MAE, He et al. 2021, arXiv 2111.06377)",
     config=FAMTMAEConfig,
     recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
+    accumulates=True,
     summary="MAE with frequency & attention weighted masking (45%) and throwing (40%) of patches",
 )
 class FAMTMAE(_FAMTHooks, MAE):
@@ -250,6 +251,7 @@ class FAMTMAE(_FAMTHooks, MAE):
     paper="Gui et al. 2022, arXiv 2211.15362 (on SimMIM, Xie et al. 2021, arXiv 2111.09886)",
     config=FAMTSimMIMConfig,
     recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
+    accumulates=True,
     summary="SimMIM with frequency & attention weighted masking (44%) and throwing (26%) of mask cells",
 )
 class FAMTSimMIM(_FAMTHooks, SimMIM):

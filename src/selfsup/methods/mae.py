@@ -74,6 +74,7 @@ def _decoder_defaults(image_size: int) -> tuple[int, int, int]:
 # Paper App. A.1: AdamW, base lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05, 40 warmup epochs, cosine.
 @register("mae", family="masked", paper="He et al. 2021, arXiv 2111.06377", config=MAEConfig,
           recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
+          accumulates=True,
           summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones")
 class MAE(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""

@@ -34,6 +34,7 @@ class MoCoV2Config:
 # Paper: SGD lr 0.03 at batch 256, wd 1e-4, momentum 0.9, cosine schedule, no warmup (Sec. 2-3).
 @register("mocov2", family="contrastive", paper="Chen et al. 2020, arXiv 2003.04297", config=MoCoV2Config,
           recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
+          coupling="its forward enqueues the batch's keys (later micro-batches would see them as negatives)",
           summary="InfoNCE against a queue of 65k keys from a momentum encoder")
 class MoCoV2(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)

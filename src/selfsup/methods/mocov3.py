@@ -34,6 +34,7 @@ class MoCoV3Config:
 # ViTs use AdamW (lr 1.5e-4 x B/256, wd 0.1): pass --optim adamw for a ViT backbone.
 @register("mocov3", family="contrastive", paper="Chen, Xie, He 2021, arXiv 2104.02057", config=MoCoV3Config,
           recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
+          coupling="its loss uses in-batch negatives (and BatchNorm in its heads)",
           summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys")
 class MoCoV3(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, *, image_size: int, grayscale: bool = False):

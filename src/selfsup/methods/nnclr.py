@@ -31,6 +31,7 @@ class NNCLRConfig:
 # Paper (Sec. 4.1): LARS, base lr 0.3 x B/256 (B = 4096), wd 1e-6, 10 warmup epochs, cosine.
 @register("nnclr", family="contrastive", paper="Dwibedi et al. 2021, arXiv 2104.14548", config=NNCLRConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          coupling="its loss uses in-batch negatives and a support-set update per batch",
           summary="the nearest neighbour from a support set replaces the positive in InfoNCE")
 class NNCLR(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)

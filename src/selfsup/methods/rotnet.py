@@ -38,6 +38,7 @@ class RotNetConfig:
 # Paper (Sec. 3.1, CIFAR): SGD, batch 128, momentum 0.9, wd 5e-4, lr 0.1 (step decay; ours is cosine).
 @register("rotnet", family="context", paper="Gidaris et al. 2018, arXiv 1803.07728", config=RotNetConfig,
           recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
+          accumulates=True,
           summary="classify which of 4 rotations (0/90/180/270) was applied to an image")
 class RotNet(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: RotNetConfig, *, image_size: int, grayscale: bool = False):

@@ -38,6 +38,7 @@ class SimCLRConfig:
 # same LARS recipe works (the paper's CIFAR runs use lr 1.0-1.5 with B=1024); we keep 0.3 x B/256.
 @register("simclr", family="contrastive", paper="Chen et al. 2020, arXiv 2002.05709", config=SimCLRConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          coupling="its loss uses in-batch negatives (and BatchNorm in its projector)",
           summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)")
 class SimCLR(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig, *, image_size: int, grayscale: bool = False):

@@ -64,6 +64,7 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # epochs, cosine.
 @register("simmim", family="masked", paper="Xie et al. 2021, arXiv 2111.09886", config=SimMIMConfig,
           recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
+          accumulates=True,
           summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)")
 class SimMIM(nn.Module, Method):
     """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""

@@ -29,6 +29,7 @@ class SimSiamConfig:
 @register("simsiam", family="self-distillation", paper="Chen & He 2020, arXiv 2011.10566",
           config=SimSiamConfig,
           recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
+          coupling="BatchNorm in its projector and predictor couples the samples of a batch",
           summary="negative cosine between a predictor and a stop-gradient projection of the other view")
 class SimSiam(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig, *, image_size: int, grayscale: bool = False):

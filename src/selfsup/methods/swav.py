@@ -52,6 +52,7 @@ def freeze(module: nn.Module, frozen: bool) -> bool:
 # Paper (App. A.1): LARS, lr 4.8 at B = 4096 (= 0.3 x B/256), final lr 0.0048, wd 1e-6, 10 warmup epochs.
 @register("swav", family="clustering", paper="Caron et al. 2020, arXiv 2006.09882", config=SwAVConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+          coupling="its Sinkhorn-Knopp codes are computed over the batch",
           summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)")
 class SwAV(nn.Module, Method):
     queue: torch.Tensor  # registered buffer (checkpointed)

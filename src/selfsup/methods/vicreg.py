@@ -31,6 +31,7 @@ class VICRegConfig:
 @register("vicreg", family="redundancy-reduction", paper="Bardes et al. 2021, arXiv 2105.04906",
           config=VICRegConfig,
           recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
+          coupling="its variance and covariance terms are batch statistics",
           summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs")
 class VICReg(nn.Module, Method):
     def __init__(self, backbone: nn.Module, cfg: VICRegConfig, *, image_size: int, grayscale: bool = False):

@@ -97,7 +97,7 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook |
                 set_lr(run.optimizer, lr, cfg.optim.lr or 0.0)
                 res = train_step(run.model, method, run.optimizer, Batch(views, idx.to(run.device), params), progress,
                                  device=run.device, amp_dtype=run.amp_dtype, clip_grad=cfg.optim.clip_grad,
-                                 checkpoint=run.ckpt_path)
+                                 checkpoint=run.ckpt_path, accumulate_steps=cfg.train.accumulate_steps)
                 step += 1
                 if step % cfg.train.log_every == 0 or step == s.end_step:
                     ensure_finite(run.module, step, run.ckpt_path)  # weights and BN statistics, at logging cadence

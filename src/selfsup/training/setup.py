@@ -22,6 +22,7 @@ from selfsup.augment.recipes import rescaled_recipe
 from selfsup.augment.views import COLOUR_MODES, VIEW_BACKENDS, uses_kernel
 from selfsup.checkpoint import CHECKPOINT_NAME, load_checkpoint, load_state_strict
 from selfsup.config import PretrainConfig, from_dict, to_dict
+from selfsup.config.validate import check_accumulation
 from selfsup.data import default_cache_size
 from selfsup.errors import ConfigError
 from selfsup.methods import Method, MethodSpec, registry
@@ -37,6 +38,8 @@ from selfsup.training.batches import TrainData, load_data
 from selfsup.training.budget import TimeBudget, budget_phases
 from selfsup.training.optim import build_optimizer, param_groups
 from selfsup.training.schedule import OPEN_ENDED, Schedule
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def get_method_spec(name: str) -> MethodSpec:
@@ -94,6 +97,7 @@ def resolve_config(cfg: PretrainConfig) -> tuple[PretrainConfig, MethodSpec, obj
         raise ConfigError("--batch-size must be at least 2 (contrastive losses need negatives)")
     if cfg.train.epochs < 1:
         raise ConfigError("--epochs must be at least 1")
+    check_accumulation(cfg, spec)  # also for a config that did not come through the builder
     if d.colour not in COLOUR_MODES:
         raise ConfigError(f"data.colour must be one of {COLOUR_MODES}, got {d.colour!r} (see README, Data)")
     if d.view_backend not in VIEW_BACKENDS:
@@ -164,6 +168,11 @@ def build_method(cfg: PretrainConfig, spec: MethodSpec, amp_dtype: torch.dtype |
                         grayscale=cfg.data.grayscale)
     if not isinstance(module, Method):
         raise TypeError(f"method '{spec.name}' does not follow selfsup.methods.Method")
+    bn = next((n for n, m in module.named_modules() if isinstance(m, _BATCH_NORMS)), None)
+    if cfg.train.accumulate_steps > 1 and bn is not None:  # e.g. rotnet's MLP head (method.head_hidden_dim > 0)
+        raise ConfigError(f"train.accumulate_steps={cfg.train.accumulate_steps}: method {spec.name} on "
+                          f"{cfg.backbone.name} has BatchNorm ({bn}), whose statistics over a micro-batch are not "
+                          "those over the batch; drop train.accumulate_steps")
     if device.type == "cpu" and amp_dtype == torch.bfloat16:
         recipes = [module.view_recipe]
         if cfg.data.low_res_size:
