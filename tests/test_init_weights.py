@@ -91,3 +91,18 @@ def test_other_architecture_names_the_mismatch(tmp_path):
     cfg.backbone.init = str(tmp_path / "missing.safetensors")
     with pytest.raises(CheckpointError, match="missing.safetensors"):
         setup_run(cfg, resume=False)
+
+
+@pytest.mark.integration
+def test_resume_ignores_init(tmp_path):
+    data = make_class_folder(tmp_path / "data", classes=2, per_class=8)
+    pretrain(tiny_config(str(data), str(tmp_path / "first"), epochs=1))
+    cfg = tiny_config(str(data), str(tmp_path / "second"), epochs=2, max_steps=2)
+    cfg.backbone.init = str(tmp_path / "first")
+    pretrain(cfg)
+    saved = load_encoder(tmp_path / "second")[0].state_dict()
+    (tmp_path / "first" / "encoder.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (tmp_path / "first" / "checkpoint.pt").unlink()  # the init source is gone: a resume must not need it
+    cfg.train.max_steps = None
+    run = setup_run(cfg, resume=True)
+    _same(run.method.backbone.state_dict(), saved)  # the checkpoint's weights, not a fresh init
