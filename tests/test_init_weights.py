@@ -106,3 +106,26 @@ def test_resume_ignores_init(tmp_path):
     cfg.train.max_steps = None
     run = setup_run(cfg, resume=True)
     _same(run.method.backbone.state_dict(), saved)  # the checkpoint's weights, not a fresh init
+
+
+@pytest.mark.integration
+def test_timm_vit_weights_need_the_same_patch_grid(tmp_path):
+    import timm
+
+    from selfsup.config import PretrainConfig
+    from selfsup.training.init_weights import load_init_state
+
+    torch.manual_seed(0)
+    net = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    p = tmp_path / "vit.pth"
+    torch.save(net.state_dict(), p)
+    cfg = PretrainConfig()
+    cfg.backbone.name, cfg.data.image_size, cfg.backbone.patch_size = "vit-tiny", 224, 28
+    cfg.backbone.init = f"timm:vit_tiny_patch16_224:{p}"
+    with pytest.raises(CheckpointError, match=r"vit\.pth: net\.pos_embed .*backbone\.patch_size"):
+        load_init_state(cfg)
+    cfg.backbone.patch_size = 16
+    state = load_init_state(cfg)
+    want = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    assert sorted(state) == sorted(f"net.{k}" for k in want)
+    assert all(torch.equal(state[f"net.{k}"], v) for k, v in want.items())

@@ -42,6 +42,9 @@ def _hint(cfg: PretrainConfig, key: str) -> str:
     if b.name.startswith("resnet") and b.small_stem and key.endswith("conv1.weight"):
         return ("the run's small 3x3 stem (used at --image-size <= 96) does not fit weights trained with the standard "
                 "7x7 stem: add --set backbone.small_stem=false or use an --image-size above 96")
+    if b.name.startswith("vit") and ("patch_embed" in key or "pos_embed" in key):
+        return ("the weights were trained with another patch size or image size: set --set backbone.patch_size=P "
+                f"and --image-size to theirs (this run: patch {b.patch_size}, {cfg.data.image_size} px)")
     return f"use the --backbone these weights were trained with (this run builds '{b.name}')"
 
 
