@@ -10,7 +10,7 @@ STAMP := $(VENV)/.selfsup-installed
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -qq --upgrade pip
-	$(PY) -m pip install -qq -e ".[dev,stream,onnx]"  # -qq: hides the local index's "is ignored" warnings
+	$(PY) -m pip install -qq -e ".[dev,stream,onnx,tensorboard]"  # -qq: hides the local index's "is ignored" warnings
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -29,6 +29,7 @@ def pretrain(
     val: str | None = None,
     method: str | None = None,
     backbone: str | None = None,
+    init: str | None = None,
     epochs: int | None = None,
     batch_size: int | None = None,
     max_steps: int | None = None,
@@ -43,6 +44,7 @@ def pretrain(
     compile: bool | None = None,  # noqa: A002 (the CLI's --compile)
     strict: bool | None = None,
     progress: bool | None = None,
+    log: str | None = None,
     preset: str | None = None,
     config: ConfigSource | None = None,
     set: SetSource | None = None,  # noqa: A002 (the CLI's --set)
@@ -61,6 +63,7 @@ def pretrain(
         data=data, val=val, backbone=backbone, epochs=epochs, batch_size=batch_size, max_steps=max_steps,
         image_size=image_size, lr=lr, optimizer=optimizer, precision=precision, device=device, seed=seed,
         knn_every=knn_every, time_budget=time_budget, compile=compile, strict=strict, progress=progress,
+        init=init, log=log,
     )
     return loop.pretrain(cfg, resume=resume)
 

@@ -32,6 +32,9 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--val", help="labelled folder for the online kNN monitor (every --knn-every epochs)")
     p.add_argument("--method", help="pretraining method (see `selfsup methods`)")
     p.add_argument("--backbone", help="encoder architecture (see `selfsup backbones`)")
+    p.add_argument("--init", metavar="SPEC",
+                   help="start from these weights instead of random ones: a selfsup run folder or encoder.safetensors, "
+                        "or torchvision:NAME:/path/w.pth / timm:NAME:/path (local files); must fit --backbone")
     p.add_argument("--epochs", type=int, help=f"passes over the training data (default: the config's, {PretrainConfig().train.epochs})")
     p.add_argument("--batch-size", type=int, help="global batch size (summed over processes)")
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the LR schedule still spans --epochs)")
@@ -45,6 +48,9 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--time-budget", type=float, help="minutes for the whole run (fits the schedule to it)")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (and the colour augmentation where it runs as torch ops: CUDA, data.view_backend=torch)")
     p.add_argument("--strict", action="store_true", default=None, help="fail on the first corrupt image")
+    p.add_argument("--log", choices=["jsonl", "tensorboard"],
+                   help="metrics.jsonl is always written; tensorboard also writes RUN/tensorboard/ "
+                        "(pip install 'selfsup[tensorboard]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--preset", help="a packaged CPU recipe (see `selfsup presets`); --config and flags override it")
     p.add_argument("--config", help="YAML file with any PretrainConfig fields; flags override it")

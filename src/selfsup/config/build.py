@@ -42,6 +42,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "image_size": ("data", "image_size"),
     "strict": ("data", "strict"),
     "backbone": ("backbone", "name"),
+    "init": ("backbone", "init"),
     "lr": ("optim", "lr"),
     "optimizer": ("optim", "name"),
     "epochs": ("train", "epochs"),
@@ -54,6 +55,7 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "time_budget": ("train", "time_budget"),
     "compile": ("train", "compile"),
     "progress": ("train", "progress"),
+    "log": ("train", "log"),
 }
 
 ConfigSource = str | Path | Mapping[str, Any] | PretrainConfig

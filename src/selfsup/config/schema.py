@@ -56,6 +56,8 @@ class BackboneConfig:
     small_stem: bool | None = None  # 3x3 stride-1 stem without max-pool; None = auto (image_size <= 96)
     patch_size: int | None = rule(None, min=1, max=1024)  # ViT only; None = image_size // 8
     width: int = rule(32, min=1, max=4096)  # compact CNN only: channels of the first stage (doubled each stage)
+    init: str | None = None  # start from these weights: a selfsup run folder / encoder.safetensors, or
+    # torchvision:NAME:/path/w.pth / timm:NAME:/path (local files only); must fit `name`; ignored on --resume
 
 
 @dataclass
@@ -98,6 +100,7 @@ class TrainConfig:
     knn_t: float = rule(0.1, gt=0.0)
     time_budget: float | None = rule(None, gt=0.0)  # minutes for the whole run; fits the schedule to what fits
     progress: bool = True  # show a progress bar
+    log: str = rule("jsonl", choices=("jsonl", "tensorboard"))  # metrics.jsonl always; tensorboard: also RUN/tensorboard/
     sync_bn: bool = False  # distributed on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)
 
 

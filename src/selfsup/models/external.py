@@ -101,6 +101,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return {(k[7:] if k.startswith("module.") else k): v for k, v in state.items()}
 
 
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local weights file (safetensors or a ``weights_only`` torch load), unwrapped as above."""
+    return _read_state(Path(path))
+
+
 def load_external(spec: str) -> tuple[nn.Module, dict[str, Any]]:
     """Build and load the encoder named by ``spec``; returns ``(encoder in eval mode, info)`` like
     :func:`selfsup.checkpoint.load_encoder` (``info["external"]`` holds the parsed spec)."""

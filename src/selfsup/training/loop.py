@@ -52,7 +52,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, on_views: ViewsHook |
     cfg, s, data, method, budget = run.cfg, run.schedule, run.data, run.method, run.budget
     spe, main = s.steps_per_epoch, run.dinfo.is_main
     open_run_folder(run)
-    metrics = MetricsLog(run.out / "metrics.jsonl" if main else None, truncate_after_step=run.step)  # also a rerun: 0
+    metrics = MetricsLog(run.out / "metrics.jsonl" if main else None, truncate_after_step=run.step,  # a rerun: 0
+                         tensorboard=run.out / "tensorboard" if main and cfg.train.log == "tensorboard" else None)
     if run.kernel_views:
         from selfsup.augment import kernel  # imports numba: only runs that use the fused kernel pay for it
 

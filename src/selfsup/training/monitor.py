@@ -7,6 +7,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -15,7 +16,7 @@ from selfsup import console, distributed
 from selfsup.checkpoint import atomic_write_text
 from selfsup.config import PretrainConfig
 from selfsup.data import ImageDataset
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.methods import StepOutput
@@ -33,8 +34,13 @@ class MetricsLog:
     dropped too, with a note.
     """
 
-    def __init__(self, path: Path | None, truncate_after_step: int | None = None) -> None:
+    def __init__(self, path: Path | None, truncate_after_step: int | None = None,
+                 tensorboard: Path | None = None) -> None:
         self.path = path
+        self.tb_dir, self.tb_closed = tensorboard, False
+        self.tb_writer: Any = None  # torch.utils.tensorboard.SummaryWriter, opened at the first row
+        # TensorBoard drops the events a killed run wrote after the step this run starts from, like the rows above
+        self.tb_purge: int | None = (truncate_after_step or 0) + 1
         if path is not None and path.exists() and truncate_after_step is not None:
             try:
                 lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -62,6 +68,43 @@ class MetricsLog:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tb_dir is not None:
+            self._write_tensorboard(row)
+
+    def _write_tensorboard(self, row: Row) -> None:
+        """The row's numbers as scalars at its step: ``train/loss``, ``train/lr``, ... and ``eval/knn_top1``."""
+        if self.tb_writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # optional extra, checked by check_log_backend
+
+            purge, self.tb_purge = self.tb_purge, None
+            self.tb_writer = SummaryWriter(str(self.tb_dir), purge_step=purge)
+        group = "eval" if "eval" in row else "train"
+        step = int(row["step"])
+        for key, value in row.items():
+            if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tb_writer.add_scalar(f"{group}/{key}", value, step)
+        self.tb_writer.flush()
+        if self.tb_closed:  # a row after close() (the final kNN): written, then closed again
+            self.close()
+            self.tb_closed = True
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (rows written later still reach it: see ``_write_tensorboard``)."""
+        if self.tb_writer is not None:
+            self.tb_writer.close()
+            self.tb_writer = None
+        self.tb_closed = True
+
+
+def check_log_backend(cfg: PretrainConfig) -> None:
+    """``train.log: tensorboard`` needs the optional ``tensorboard`` package: say so before anything is made."""
+    if cfg.train.log != "tensorboard":
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ConfigError("--log tensorboard needs the tensorboard package: pip install 'selfsup[tensorboard]' "
+                          "(or drop --log tensorboard; metrics.jsonl is always written)") from None
 
 
 def embedding_stats(emb: torch.Tensor) -> dict[str, float]:
@@ -178,3 +221,4 @@ class Monitor:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self.metrics.close()

@@ -36,6 +36,8 @@ from selfsup.runtime import (
 )
 from selfsup.training.batches import TrainData, load_data
 from selfsup.training.budget import TimeBudget, budget_phases
+from selfsup.training.init_weights import apply_init, load_init_state
+from selfsup.training.monitor import check_log_backend
 from selfsup.training.optim import build_optimizer, param_groups
 from selfsup.training.schedule import OPEN_ENDED, Schedule
 
@@ -160,10 +162,13 @@ class Run:
 
 
 def build_method(cfg: PretrainConfig, spec: MethodSpec, amp_dtype: torch.dtype | None,
-                 device: torch.device) -> tuple[nn.Module, Method]:
-    """The method for ``cfg`` (seeded), with its bf16 CPU view-size check."""
+                 device: torch.device, init: dict[str, torch.Tensor] | None = None) -> tuple[nn.Module, Method]:
+    """The method for ``cfg`` (seeded), with its bf16 CPU view-size check; ``init``: the backbone's starting
+    weights (``--init``), loaded before the method is built so that a teacher copied from it starts from them too."""
     torch.manual_seed(cfg.train.seed)
     backbone = build_backbone(cfg.backbone, cfg.data.image_size)
+    if init is not None:
+        apply_init(backbone, init)
     module = spec.build(backbone, method_config(cfg, spec), image_size=cfg.data.image_size,
                         grayscale=cfg.data.grayscale)
     if not isinstance(module, Method):
@@ -187,6 +192,8 @@ def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = No
     t_process = time.perf_counter() if t_process is None else t_process
     given = cfg
     cfg, spec, _ = resolve_config(given)
+    check_log_backend(cfg)
+    init = load_init_state(cfg) if cfg.backbone.init and not resume else None  # --resume: the checkpoint wins
     device = resolve_device(cfg.train.device)
     kernel_views = uses_kernel(device, cfg.data.colour, cfg.data.view_backend)  # before any folder is made
     dinfo = distributed.setup(device)
@@ -215,7 +222,7 @@ def setup_run(cfg: PretrainConfig, *, resume: bool, t_process: float | None = No
         schedule.fit(OPEN_ENDED, provisional=True)
 
     cfg = with_dataset_size(cfg, spec, len(data.source))
-    module, method = build_method(cfg, spec, amp_dtype, device)
+    module, method = build_method(cfg, spec, amp_dtype, device, init)
     if cfg.train.sync_bn and dinfo.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm does not run on the CPU); "
