@@ -186,8 +186,9 @@ def format_end_of_run(summary: dict[str, Any], run_dir: str | Path, *, data: str
             line += "  (`selfsup eval knn` prints it beside the raw-pixel and random-encoder baselines)"
         lines.append(line)
     run = Path(run_dir)
+    extra = ", tensorboard/ (tensorboard --logdir)" if (run / "tensorboard").is_dir() else ""
     lines.append(f"run folder {run}: checkpoint.pt (resume with --resume), encoder.safetensors (the encoder alone), "
-                 "metrics.jsonl, summary.json, config.yaml")
+                 f"metrics.jsonl, summary.json, config.yaml{extra}")
     lines.append("next:")
     lines.extend(f"  {c}" for c in next_commands(run, data, val, data_labelled=data_labelled))
     return "\n".join(lines)
