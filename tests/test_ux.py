@@ -131,6 +131,21 @@ def test_config_dump_only_with_v_and_summary_unless_q(tmp_path, capsys, flags, c
         assert f"selfsup eval all --checkpoint {tmp_path / 'run'}" in err
 
 
+@pytest.mark.integration
+def test_the_progress_bar_runs_against_the_clock_under_a_time_budget(tmp_path, capsys):
+    from selfsup.cli import main
+
+    data = make_class_folder(tmp_path / "d", classes=2, per_class=6)
+    assert main(["pretrain", "--data", str(data), "--method", "simclr", "--time-budget", "0.1", "--batch-size", "6",
+                 "--out", str(tmp_path / "run"), "--image-size", "16", "--backbone", "cnn-compact",
+                 "--set", "backbone.width=4", "--set", "train.threads=1", "--set", "train.log_every=1"]) == 0
+    err = capsys.readouterr().err
+    bars = [ln for ln in re.split(r"[\r\n]", err) if "s of the budget" in ln]
+    assert bars, err
+    assert all(re.search(r"/6 s of the budget", ln) for ln in bars)  # 0.1 min = 6 s: the total never jumps
+    assert any(re.search(r"step \d+/\d+, loss=", ln) for ln in bars)
+
+
 # ------------------------------------------------------------------------------------------ summary
 
 

@@ -127,8 +127,15 @@ class Monitor:
                  main: bool, world_size: int, name: str, start: int, end: int) -> None:
         self.cfg, self.data, self.backbone, self.metrics = cfg, data, backbone, metrics
         self.main, self.world_size = main, world_size
-        self.bar = (tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc=name)
-                    if main and cfg.train.progress else None)
+        # under --time-budget the step count is refitted as throughput is measured, so the bar runs against the
+        # clock (seconds of the budget) and shows the step in its postfix; otherwise it counts steps
+        self.budget_s = round(cfg.train.time_budget * 60) if cfg.train.time_budget else None
+        self.bar = None
+        if main and cfg.train.progress:
+            self.bar = (tqdm(total=self.budget_s, unit="s", dynamic_ncols=True, desc=name,
+                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget{postfix}")
+                        if self.budget_s else tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc=name))
+        self.post = ""  # the bar's postfix: the last logged loss, throughput and lr
         self.last_row: Row = {}
         self.knn_history: list[Row] = []
         self.t_start = time.perf_counter()
@@ -175,7 +182,12 @@ class Monitor:
         if step % self.cfg.train.log_every == 0 or step == end_step:
             self._log(step, spe, lr, grad_norm, views, out)
         if self.bar is not None:
-            self.bar.update(1)
+            if self.budget_s:
+                self.bar.n = min(self.budget_s, round(time.perf_counter() - self.t_start))
+                self.bar.set_postfix_str(f"step {step}/{end_step}, {self.post}", refresh=False)
+                self.bar.refresh()
+            else:
+                self.bar.update(1)
 
     def _log(self, step: int, spe: int, lr: float, grad_norm: float | None, views: list[torch.Tensor],
              out: StepOutput) -> None:
@@ -198,8 +210,9 @@ class Monitor:
                       f"{stats['emb_std']:.3f} x sqrt(D)); lower the learning rate or check the recipe", file=sys.stderr)
         self.metrics.write(row)
         self.last_row = row
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{global_loss:.4f}", img_s=f"{ips:.0f}", lr=f"{lr:.3g}")
+        self.post = f"loss={global_loss:.4f}, img_s={ips:.0f}, lr={lr:.3g}"
+        if self.bar is not None and not self.budget_s:
+            self.bar.set_postfix_str(self.post)
 
     def knn_row(self, step: int, epoch: float, *, announce: bool = False) -> bool:
         """Run kNN now and log it (``announce``: also above the progress bar); False when it could not run."""
@@ -214,7 +227,7 @@ class Monitor:
         return True
 
     def set_end(self, end_step: int) -> None:
-        if self.bar is not None:
+        if self.bar is not None and not self.budget_s:  # a budget bar counts seconds; the step is in its postfix
             self.bar.total = end_step
             self.bar.refresh()
 
