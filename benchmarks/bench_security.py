@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -101,10 +102,18 @@ def run(args: argparse.Namespace, attacks: list[str], rates: list[float], work: 
         train, test = str(root / "train"), str(root / "test")
     base = work / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
+    # The LR schedule (warm-up + cosine) is fitted to whole epochs, so epochs = the fewest whole epochs that hold
+    # --steps steps of the clean set; max_steps then ends every run after exactly --steps steps (a poisoned set
+    # is at most a few % larger: its schedule ends at the same epoch, a few steps later). A ceiling such as
+    # 10,000 epochs would keep every run inside the warm-up.
+    from selfsup.data import open_dataset
+
+    n_clean = len(open_dataset(train, args.image_size, cache_dir=str(work / "cache"), progress=False))
+    epochs = max(1, math.ceil(args.steps / max(1, n_clean // args.batch_size)))
+
     def cfg(name: str) -> AuditConfig:
-        # epochs is a ceiling: max_steps ends every run after exactly --steps steps
         return AuditConfig(train=train, test=test, out=str(base / name), image_size=args.image_size,
-                           method=args.method, backbone=args.backbone, width=args.width, epochs=10_000,
+                           method=args.method, backbone=args.backbone, width=args.width, epochs=epochs,
                            batch_size=args.batch_size, max_steps=args.steps, device=args.device, threads=args.threads,
                            cache_dir=str(work / "cache"), preset=args.preset or None)
 
