@@ -130,6 +130,7 @@ def run(args: argparse.Namespace, attacks: list[str], rates: list[float], work: 
                                defense=args.defense and attack != "ctrl", decree=args.decree, clean_run=clean)
             r["rate"] = rate
             rows["results"].append(r)
+            (work / "table.partial.json").write_text(json.dumps(rows, indent=2, default=str))
             print(f"{attack} @ {rate:g}: victim ASR {r['victim']['asr']:.1f} / clean-encoder ASR "
                   f"{r['clean']['asr']:.1f}; mechanism {r['mechanism']['mechanism_pairs']}", flush=True)
     rows["wall_minutes"] = (time.time() - t0) / 60

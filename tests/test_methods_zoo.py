@@ -149,7 +149,7 @@ def test_resume_gives_identical_next_step(name: str) -> None:
 def test_simclr_multicrop_views_and_loss_wiring() -> None:
     from selfsup.errors import ConfigError
     from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
-    from selfsup.methods.api import forward_by_size
+    from selfsup.models.multiview import forward_by_size
 
     two = build("simclr", n_local_crops=0)
     assert [v.size for v in two.view_recipe.views] == [16, 16]

@@ -24,32 +24,15 @@ from selfsup.training import loop
 
 
 def pretrain(
-    data: str | None = None,
-    *,
-    val: str | None = None,
-    method: str | None = None,
-    backbone: str | None = None,
-    init: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    image_size: int | None = None,
-    lr: float | None = None,
-    optimizer: str | None = None,
-    precision: str | None = None,
-    device: str | None = None,
-    seed: int | None = None,
-    knn_every: int | None = None,
-    time_budget: float | None = None,
-    compile: bool | None = None,  # noqa: A002 (the CLI's --compile)
-    strict: bool | None = None,
-    progress: bool | None = None,
-    log: str | None = None,
-    preset: str | None = None,
-    config: ConfigSource | None = None,
+    data: str | None = None, *, val: str | None = None, preset: str | None = None, config: ConfigSource | None = None,
     set: SetSource | None = None,  # noqa: A002 (the CLI's --set)
-    out: str | None = None,
-    resume: bool = False,
+    method: str | None = None, backbone: str | None = None, init: str | None = None, image_size: int | None = None,
+    epochs: int | None = None, batch_size: int | None = None, max_steps: int | None = None,
+    time_budget: float | None = None, lr: float | None = None, optimizer: str | None = None,
+    precision: str | None = None, device: str | None = None, seed: int | None = None,
+    compile: bool | None = None,  # noqa: A002 (the CLI's --compile)
+    knn_every: int | None = None, strict: bool | None = None, progress: bool | None = None, log: str | None = None,
+    out: str | None = None, resume: bool = False,
 ) -> dict[str, Any]:
     """Same as ``selfsup pretrain``, keyword for flag (``--batch-size`` -> ``batch_size=``, ``--no-progress`` ->
     ``progress=False``); returns the run summary (also in ``OUT/summary.json``).

@@ -138,8 +138,8 @@ def tune_allocator() -> bool:
 
     PyTorch's CPU allocator calls malloc/free for every tensor. glibc serves blocks above 128 KiB with a fresh
     mmap and returns them with munmap (and trims the heap top), so each new activation or augmentation buffer
-    is page-faulted in again: for a 3 MiB [256, 3, 32, 32] float tensor a cast costs ~0.6 ms instead of ~0.1 ms
-    (measured here). PyTorch's CPU tuning guide suggests jemalloc/tcmalloc for this; the mallopt switches below
+    is page-faulted in again (the measured cost is in benchmarks/RESULTS.md, "Notes moved from code"). PyTorch's
+    CPU tuning guide suggests jemalloc/tcmalloc for this; the mallopt switches below
     get the same effect without a dependency: blocks up to 32 MiB (glibc's maximum) come from the heap, freed
     memory is kept for reuse (trim threshold 1 GiB) and the heap grows in 64 MiB steps. Peak RSS is unchanged;
     RSS no longer shrinks after a peak. Set ``SELFSUP_MALLOC_TUNING=0`` to leave malloc alone. Returns True

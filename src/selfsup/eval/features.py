@@ -298,20 +298,18 @@ def cached_features(
     key: str,
     cache_dir: str | Path | None = None,
     image_size: int,
-    batch_size: int = 256,
     precision: str = "auto",
-    channels_last: bool = True,
     transform: Callable[..., torch.Tensor] | None = None,
-    progress: bool = False,
-    desc: str = "features",
     crop_fraction: float = 1.0,
+    **options: Any,
 ) -> torch.Tensor:
     """``extract_features`` on ``dataset.images``, memoised in ``cache_dir`` as a ``.safetensors`` file.
 
     ``key`` identifies the encoder weights (e.g. :func:`encoder_key`); the file name also hashes the
     dataset's identity, the eval transform, the image size and the resolved precision. ``cache_dir`` defaults
     to :func:`feature_cache_dir`. A file that is unreadable or of the wrong length is recomputed. Loading uses
-    safetensors only (no pickle).
+    safetensors only (no pickle). ``options`` (``batch_size``, ``channels_last``, ``progress``, ``desc``) go to
+    :func:`extract_features`; they do not change the features, so they are not part of the file name.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
@@ -330,10 +328,8 @@ def cached_features(
                 return feats
         except (SafetensorError, KeyError, OSError, ValueError, RuntimeError):
             pass  # corrupt or foreign file: recompute and overwrite
-    feats = extract_features(
-        encoder, dataset.images, image_size=image_size, batch_size=batch_size, precision=precision,
-        channels_last=channels_last, transform=transform, progress=progress, desc=desc, crop_fraction=crop_fraction,
-    )
+    feats = extract_features(encoder, dataset.images, image_size=image_size, precision=precision, transform=transform,
+                             crop_fraction=crop_fraction, **options)
     meta = {"key": key, "image_size": str(image_size), "precision": prec_name, "n": str(n)}
     try:
         os.makedirs(path.parent, exist_ok=True)

@@ -155,25 +155,15 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
     return {f"top{k}": 100.0 * float(hit[:, : min(k, kmax)].any(dim=1).float().mean()) for k in ks}
 
 
-def knn_accuracy(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: torch.Tensor,
-    *,
-    k: int = 200,
-    temperature: float = 0.1,
-    num_classes: int | None = None,
-    chunk_size: int = 1024,
-    use_faiss: bool | None = None,
-) -> dict[str, Any]:
-    """Weighted-kNN top-1/top-5 accuracy (%) of ``test_labels``: ``{"top1", "top5", "k", "temperature"}``."""
+def knn_accuracy(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
+                 test_labels: torch.Tensor, *, k: int = 200, temperature: float = 0.1, num_classes: int | None = None,
+                 **options: Any) -> dict[str, Any]:
+    """Weighted-kNN top-1/top-5 accuracy (%) of ``test_labels``: ``{"top1", "top5", "k", "temperature"}``;
+    ``options`` (``chunk_size``, ``use_faiss``) go to :func:`knn_predict`."""
     y_test = as_tensor(test_labels, "test_labels").long()
     if num_classes is None:
         num_classes = int(max(int(as_tensor(train_labels, "train_labels").max()), int(y_test.max()))) + 1
-    scores = knn_predict(
-        train_features, train_labels, test_features, k=k, temperature=temperature, num_classes=num_classes,
-        chunk_size=chunk_size, use_faiss=use_faiss,
-    )
+    scores = knn_predict(train_features, train_labels, test_features, k=k, temperature=temperature,
+                         num_classes=num_classes, **options)
     acc = topk_accuracy(scores, y_test)
     return {**acc, "k": min(int(k), int(train_features.shape[0])), "temperature": float(temperature)}

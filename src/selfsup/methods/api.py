@@ -2,10 +2,10 @@
 
 A method is a plain ``nn.Module`` that *owns* its backbone, heads, loss state and view recipe. It is
 composed from pure loss functions (``selfsup.losses``), heads (``selfsup.models.heads``) and view recipes
-(``selfsup.augment.recipes``); there is no base class. The training loop relies on exactly this:
-
-the :class:`Method` protocol below. A method class names it as a base beside ``nn.Module``
-(``class SimCLR(nn.Module, Method)``), which gives it the protocol's default hooks and lets mypy check it:
+(``selfsup.augment.recipes``). The training loop relies on exactly the :class:`Method` protocol below.
+A method class derives from :class:`MethodModule` (``class SimCLR(MethodModule)``: an ``nn.Module`` that follows
+the protocol and keeps ``backbone`` and ``cfg``), which gives it the protocol's default hooks and lets mypy
+check it:
 
 - ``method.backbone``: the encoder being pretrained (what gets exported);
 - ``method.view_recipe``: a :class:`selfsup.augment.recipes.ViewRecipe` telling the loop which views to make;
@@ -97,6 +97,15 @@ class Method(Protocol):
         return None
 
 
+class MethodModule(nn.Module, Method):
+    """The base of the registered methods: an ``nn.Module`` that follows :class:`Method` and keeps the
+    backbone being pretrained and the method's typed hyper-parameters (``cfg``)."""
+
+    def __init__(self, backbone: nn.Module, cfg: Any) -> None:
+        super().__init__()
+        self.cfg, self.backbone = cfg, backbone
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The paper's optimisation defaults for a method; the user's config overrides any field."""
@@ -119,29 +128,30 @@ class MethodSpec:
     summary: str = ""
     # Gradient accumulation (train.accumulate_steps > 1) is exact only when the loss is a mean of per-sample
     # terms and nothing in the method couples the samples of a batch (no in-batch negatives, no batch-wise
-    # centering / Sinkhorn / covariance, no BatchNorm). ``accumulates``: the method's loss is such a mean (its
-    # modules may still hold BatchNorm through the backbone or an MLP head: the builder checks those);
-    # ``coupling``: otherwise, why not (named in the refusal).
-    accumulates: bool = False
+    # centering / Sinkhorn / covariance, no BatchNorm). ``coupling``: what couples them (named when accumulation
+    # is refused); "" when the loss is such a mean (the modules may still hold BatchNorm through the backbone or
+    # an MLP head: the builder checks those). ``accumulates`` is derived from it.
     coupling: str = "it does not declare a loss that is a mean of per-sample terms"
+
+    @property
+    def accumulates(self) -> bool:
+        return not self.coupling
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register(
-    name: str, *, family: str, paper: str, config: type, recipe: Recipe, summary: str = "",
-    accumulates: bool = False, coupling: str = "",
+    name: str, *, family: str, paper: str, config: type, recipe: Recipe, coupling: str, summary: str = "",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Class/function decorator adding a method to the registry."""
+    """Class/function decorator adding a method to the registry. ``coupling``: what couples the samples of a
+    batch in the method's loss or heads (in-batch negatives, batch statistics, BatchNorm, a queue update), or ""
+    when the loss is a mean of per-sample terms, so that gradient accumulation is exact."""
 
     def deco(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} registered twice")
-        if accumulates == bool(coupling):
-            raise ValueError(f"method {name!r}: pass accumulates=True or the coupling that forbids accumulation")
-        _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary, accumulates,
-                                     coupling or "")
+        _REGISTRY[name] = MethodSpec(name, family, paper, config, build, recipe, summary, coupling)
         return build
 
     return deco
@@ -149,27 +159,3 @@ def register(
 
 def registry() -> dict[str, MethodSpec]:
     return dict(_REGISTRY)
-
-
-def forward_by_size(
-    backbone: nn.Module, head: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]
-) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """``head(backbone(v))`` for every view, in order, where consecutive views of equal size share ONE
-    backbone pass (multi-crop: global views together, local views together; the reference SwAV/DINO
-    MultiCropWrapper does the same, so BN statistics are per resolution). Also returns the backbone
-    features of the first view, detached (the loop's online kNN / collapse logs). Two-view methods pass
-    ``batch.views[:2]``: both views in one pass, so BN statistics are over 2B."""
-    outs: list[torch.Tensor] = []
-    first: torch.Tensor | None = None
-    i = 0
-    while i < len(views):
-        j = i
-        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
-            j += 1
-        h = backbone(torch.cat(views[i:j]) if j - i > 1 else views[i])
-        if first is None:
-            first = h[: views[0].shape[0]].detach()
-        outs.extend(head(h).split(views[i].shape[0]))
-        i = j
-    assert first is not None
-    return outs, first

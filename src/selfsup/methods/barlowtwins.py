@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from torch import nn
 
 from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.redundancy import barlow_twins_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size
+
+
+class ExpanderConfig(Protocol):
+    """The fields of the expander and the views, shared with VICReg (which subclasses :class:`BarlowTwins`)."""
+
+    proj_hidden_dim: int
+    proj_out_dim: int
+    proj_layers: int
+    blur: bool
+    min_scale: float
 
 
 @dataclass
@@ -25,15 +37,18 @@ class BarlowTwinsConfig:
 
 # Paper (Sec. 4): LARS, lr 0.2 x B/256 for weights (0.0048 for biases and BN; we use one LR, biases are
 # excluded from LARS adaptation and weight decay), wd 1.5e-6, 10 warmup epochs, cosine, B = 2048.
-@register("barlowtwins", family="redundancy-reduction", paper="Zbontar et al. 2021, arXiv 2103.03230",
-          config=BarlowTwinsConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
-          coupling="its loss is a cross-correlation matrix over the batch",
-          summary="drive the cross-correlation of the two views' embeddings to the identity")
-class BarlowTwins(nn.Module, Method):
-    def __init__(self, backbone: nn.Module, cfg: BarlowTwinsConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+@register(
+    "barlowtwins",
+    family="redundancy-reduction",
+    paper="Zbontar et al. 2021, arXiv 2103.03230",
+    config=BarlowTwinsConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+    coupling="its loss is a cross-correlation matrix over the batch",
+    summary="drive the cross-correlation of the two views' embeddings to the identity",
+)
+class BarlowTwins(MethodModule):
+    def __init__(self, backbone: nn.Module, cfg: ExpanderConfig, *, image_size: int, grayscale: bool = False):
+        super().__init__(backbone, cfg)
         # Linear-BN-ReLU hidden layers, bias-free output (reference); the per-dimension normalisation of
         # the embeddings (an affine-free BN) is done in the loss, over the global batch.
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers,

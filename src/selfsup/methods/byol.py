@@ -9,10 +9,11 @@ from torch import nn
 
 from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.distillation import byol_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size, teacher_outputs
 
 
 @dataclass
@@ -26,14 +27,18 @@ class BYOLConfig:
 
 
 # Paper: LARS, lr 0.2 x B/256, wd 1.5e-6, 10 warmup epochs (Sec. 3.3).
-@register("byol", family="self-distillation", paper="Grill et al. 2020, arXiv 2006.07733", config=BYOLConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
-          coupling="BatchNorm in its projector and predictor couples the samples of a batch",
-          summary="online network predicts an EMA target's projection of the other view")
-class BYOL(nn.Module, Method):
+@register(
+    "byol",
+    family="self-distillation",
+    paper="Grill et al. 2020, arXiv 2006.07733",
+    config=BYOLConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1.5e-6, warmup_epochs=10),
+    coupling="BatchNorm in its projector and predictor couples the samples of a batch",
+    summary="online network predicts an EMA target's projection of the other view",
+)
+class BYOL(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: BYOLConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+        super().__init__(backbone, cfg)
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         self.teacher_backbone = make_teacher(backbone)
@@ -43,8 +48,7 @@ class BYOL(nn.Module, Method):
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
         (p1, p2), h0 = forward_by_size(self.backbone, lambda h: self.predictor(self.projector(h)), batch.views[:2])
-        with torch.no_grad():
-            (z1, z2), _ = forward_by_size(self.teacher_backbone, self.teacher_projector, batch.views[:2])
+        z1, z2 = teacher_outputs(self.teacher_backbone, self.teacher_projector, batch.views[:2])
         loss = byol_loss(p1, z2) + byol_loss(p2, z1)  # symmetrised (Sec. 3.1)
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)  # the teacher momentum now
         return StepOutput(loss, logs={"momentum": m}, embeddings=h0)

@@ -12,9 +12,10 @@ from selfsup import distributed
 from selfsup.augment.recipes import byol_recipe, multicrop_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.dino import dino_center_update, dino_loss, teacher_temperature
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -108,20 +109,23 @@ def freeze(module: nn.Module, frozen: bool, gate: WeightNormLinear | None = None
 
 # Paper (Sec. 4.1 / App.): AdamW, lr 5e-4 x B/256 after 10 warmup epochs, wd 0.04 (cosine to 0.4 in the
 # reference; our wd is constant), min lr 1e-6. For ResNets the paper uses LARS: pass --optim lars.
-@register("dino", family="self-distillation", paper="Caron et al. 2021, arXiv 2104.14294", config=DINOConfig,
-          recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
-          coupling="its teacher centre is updated from each batch's mean output",
-          summary="student matches a centered, sharpened EMA teacher across multi-crop views")
-class DINO(nn.Module, Method):
-    center: torch.Tensor  # registered buffer (checkpointed)
-
+@register(
+    "dino",
+    family="self-distillation",
+    paper="Caron et al. 2021, arXiv 2104.14294",
+    config=DINOConfig,
+    recipe=Recipe(optimizer="adamw", base_lr=5e-4, weight_decay=0.04, warmup_epochs=10),
+    coupling="its teacher centre is updated from each batch's mean output",
+    summary="student matches a centered, sharpened EMA teacher across multi-crop views",
+)
+class DINO(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: DINOConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
+        super().__init__(backbone, cfg)
         if cfg.n_global_crops < 1 or cfg.n_global_crops + cfg.n_local_crops < 2:
             raise ConfigError("dino: needs n_global_crops >= 1 and at least 2 views in total")
-        self.cfg, self.backbone = cfg, backbone
         self.head = DINOHead(feature_dim(backbone), cfg)
         self.teacher_backbone, self.teacher_head = make_teacher(backbone), make_teacher(self.head)
+        self.center: torch.Tensor  # a registered buffer (checkpointed)
         self.register_buffer("center", torch.zeros(1, cfg.out_dim))
         # DINO augmentations (main_dino.py DataAugmentationDINO): BYOL's colour ops; blur 1.0 / 0.1 and
         # solarize 0 / 0.2 on the two global views; blur 0.5 on the local views.

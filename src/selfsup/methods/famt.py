@@ -58,6 +58,7 @@ the crop; selfsup maps them through the real box and flip.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +219,23 @@ class _FAMTHooks:
     def step_logs(self) -> dict[str, float]:
         return {"famt_weighted": 1.0 if self.famt.ready else 0.0}
 
+    def init_famt(self, grid: int, n_units: int, cfg: Any) -> None:
+        """The mask/throw counts over ``n_units`` masking units (MAE: patches, SimMIM: mask cells), the warm-up
+        count (random masking, nothing thrown) and the per-image weight store on the ``grid`` x ``grid`` patches."""
+        self.n_units = n_units
+        self.n_mask, self.n_throw = split_counts(n_units, cfg.mask_ratio, cfg.throw_ratio)
+        self.n_warm, _ = split_counts(n_units, cfg.warmup_mask_ratio, 0.0)
+        self.famt = FAMTWeights(grid, cfg.num_images, cfg.warmup_epochs, cfg.refresh_every)
+
+    def famt_split(self, batch: Batch, x: torch.Tensor, to_units: Callable[[torch.Tensor], torch.Tensor]) -> MaskSplit:
+        """Warm-up: random masking, nothing thrown. Then: the batch's weight maps, mapped onto the masking units
+        by ``to_units``, pick which units are masked and which are thrown."""
+        if not self.famt.ready:
+            return sample_split(x.shape[0], self.n_units, self.n_warm, 0, device=x.device)
+        w = to_units(self.famt.view_weights(batch, self.famt.grid).to(x.device))
+        return sample_split(x.shape[0], self.n_units, self.n_mask, self.n_throw, weights=w,
+                            mask_high=self.cfg.mask_high, device=x.device)
+
 
 @register(
     "famt-mae",
@@ -225,7 +243,7 @@ class _FAMTHooks:
     paper="Gui et al. 2022, arXiv 2211.15362 (on MAE, He et al. 2021, arXiv 2111.06377)",
     config=FAMTMAEConfig,
     recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
-    accumulates=True,
+    coupling="",
     summary="MAE with frequency & attention weighted masking (45%) and throwing (40%) of patches",
 )
 class FAMTMAE(_FAMTHooks, MAE):
@@ -233,16 +251,10 @@ class FAMTMAE(_FAMTHooks, MAE):
 
     def __init__(self, backbone: nn.Module, cfg: FAMTMAEConfig, *, image_size: int, grayscale: bool = False):
         super().__init__(backbone, cfg, image_size=image_size, grayscale=grayscale)
-        self.n_mask, self.n_throw = split_counts(self.num_patches, cfg.mask_ratio, cfg.throw_ratio)
-        self.n_warm, _ = split_counts(self.num_patches, cfg.warmup_mask_ratio, 0.0)
-        self.famt = FAMTWeights(self.grid, cfg.num_images, cfg.warmup_epochs, cfg.refresh_every)
+        self.init_famt(self.grid, self.num_patches, cfg)
 
     def sample_split(self, batch: Batch, x: torch.Tensor) -> MaskSplit:
-        if not self.famt.ready:  # warm-up: random masking, nothing thrown
-            return sample_split(x.shape[0], self.num_patches, self.n_warm, 0, device=x.device)
-        w = self.famt.view_weights(batch, self.grid).to(x.device)
-        return sample_split(x.shape[0], self.num_patches, self.n_mask, self.n_throw, weights=w,
-                            mask_high=self.cfg.mask_high, device=x.device)
+        return self.famt_split(batch, x, lambda w: w)
 
 
 @register(
@@ -251,7 +263,7 @@ class FAMTMAE(_FAMTHooks, MAE):
     paper="Gui et al. 2022, arXiv 2211.15362 (on SimMIM, Xie et al. 2021, arXiv 2111.09886)",
     config=FAMTSimMIMConfig,
     recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
-    accumulates=True,
+    coupling="",
     summary="SimMIM with frequency & attention weighted masking (44%) and throwing (26%) of mask cells",
 )
 class FAMTSimMIM(_FAMTHooks, SimMIM):
@@ -259,13 +271,7 @@ class FAMTSimMIM(_FAMTHooks, SimMIM):
 
     def __init__(self, backbone: nn.Module, cfg: FAMTSimMIMConfig, *, image_size: int, grayscale: bool = False):
         super().__init__(backbone, cfg, image_size=image_size, grayscale=grayscale)
-        self.n_mask, self.n_throw = split_counts(self.num_cells, cfg.mask_ratio, cfg.throw_ratio)
-        self.n_warm, _ = split_counts(self.num_cells, cfg.warmup_mask_ratio, 0.0)
-        self.famt = FAMTWeights(self.grid, cfg.num_images, cfg.warmup_epochs, cfg.refresh_every)
+        self.init_famt(self.grid, self.num_cells, cfg)
 
     def sample_cell_split(self, batch: Batch, x: torch.Tensor) -> MaskSplit:
-        if not self.famt.ready:  # warm-up: random masking of mask cells, nothing thrown
-            return sample_split(x.shape[0], self.num_cells, self.n_warm, 0, device=x.device)
-        w = pool_to_cells(self.famt.view_weights(batch, self.grid).to(x.device), self.grid, self.cell)
-        return sample_split(x.shape[0], self.num_cells, self.n_mask, self.n_throw, weights=w,
-                            mask_high=self.cfg.mask_high, device=x.device)
+        return self.famt_split(batch, x, lambda w: pool_to_cells(w, self.grid, self.cell))

@@ -35,8 +35,8 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.recipes import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
-from selfsup.methods.vit import full_view, vit_layout
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.vit import MaskedViTMethod, full_view
 from selfsup.models.backbones import feature_dim
 
 
@@ -72,19 +72,20 @@ def _decoder_defaults(image_size: int) -> tuple[int, int, int]:
 
 
 # Paper App. A.1: AdamW, base lr 1.5e-4 x B/256, betas (0.9, 0.95), wd 0.05, 40 warmup epochs, cosine.
-@register("mae", family="masked", paper="He et al. 2021, arXiv 2111.06377", config=MAEConfig,
-          recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
-          accumulates=True,
-          summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones")
-class MAE(nn.Module, Method):
-    """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
-
+@register(
+    "mae",
+    family="masked",
+    paper="He et al. 2021, arXiv 2111.06377",
+    config=MAEConfig,
+    recipe=Recipe(optimizer="adamw", base_lr=1.5e-4, weight_decay=0.05, warmup_epochs=40, betas=(0.9, 0.95)),
+    coupling="",
+    summary="mask 75% of ViT patches, encode the visible ones, decode normalised pixels of the masked ones",
+)
+class MAE(MaskedViTMethod):
     method_name = "mae"
 
     def __init__(self, backbone: nn.Module, cfg: MAEConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone, self.image_size = cfg, backbone, image_size
-        self.patch, self.grid, self.num_patches = vit_layout(backbone, self.method_name, image_size)
+        super().__init__(backbone, cfg, image_size)
         dim = feature_dim(backbone)
         d_dim, d_depth, d_heads = _decoder_defaults(image_size)
         d_dim = cfg.decoder_dim or d_dim

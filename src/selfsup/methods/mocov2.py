@@ -13,7 +13,7 @@ from selfsup import distributed
 from selfsup.augment.recipes import simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, moco_queue_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.ema import ema_update_all, make_teacher
 from selfsup.models.heads import mlp
@@ -32,25 +32,28 @@ class MoCoV2Config:
 
 
 # Paper: SGD lr 0.03 at batch 256, wd 1e-4, momentum 0.9, cosine schedule, no warmup (Sec. 2-3).
-@register("mocov2", family="contrastive", paper="Chen et al. 2020, arXiv 2003.04297", config=MoCoV2Config,
-          recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
-          coupling="its forward enqueues the batch's keys (later micro-batches would see them as negatives)",
-          summary="InfoNCE against a queue of 65k keys from a momentum encoder")
-class MoCoV2(nn.Module, Method):
-    queue: torch.Tensor  # registered buffer (checkpointed)
-    queue_ptr: torch.Tensor  # registered buffer (checkpointed)
-
+@register(
+    "mocov2",
+    family="contrastive",
+    paper="Chen et al. 2020, arXiv 2003.04297",
+    config=MoCoV2Config,
+    recipe=Recipe(optimizer="sgd", base_lr=0.03, weight_decay=1e-4, warmup_epochs=0),
+    coupling="its forward enqueues the batch's keys (later micro-batches would see them as negatives)",
+    summary="InfoNCE against a queue of 65k keys from a momentum encoder",
+)
+class MoCoV2(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: MoCoV2Config, *, image_size: int, grayscale: bool = False):
-        super().__init__()
+        super().__init__(backbone, cfg)
         if cfg.queue_size < 1 or cfg.key_bn_splits < 1:
             raise ConfigError(
                 f"mocov2: queue_size and key_bn_splits must be >= 1, got {cfg.queue_size}, "
                 f"{cfg.key_bn_splits}"
             )
-        self.cfg, self.backbone = cfg, backbone
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2, batch_norm=False)
         self.teacher_backbone, self.teacher_projector = make_teacher(backbone), make_teacher(self.projector)
         # the queue starts as random unit vectors, as in the reference implementation
+        self.queue: torch.Tensor  # registered buffers (checkpointed)
+        self.queue_ptr: torch.Tensor
         self.register_buffer("queue", F.normalize(torch.randn(cfg.queue_size, cfg.proj_out_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
         self.view_recipe = simclr_recipe(image_size, strength=0.5, blur=cfg.blur, scale=(cfg.min_scale, 1.0),

@@ -10,10 +10,11 @@ from torch import nn
 
 from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.contrastive import mocov3_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.ema import cosine_momentum, ema_update_all, make_teacher
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size, teacher_outputs
 
 
 @dataclass
@@ -32,14 +33,18 @@ class MoCoV3Config:
 
 # Paper (ResNet-50): LARS, lr 0.6 x B/256 (100 ep; 0.3 for longer), wd 1e-6, 10 warmup epochs.
 # ViTs use AdamW (lr 1.5e-4 x B/256, wd 0.1): pass --optim adamw for a ViT backbone.
-@register("mocov3", family="contrastive", paper="Chen, Xie, He 2021, arXiv 2104.02057", config=MoCoV3Config,
-          recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
-          coupling="its loss uses in-batch negatives (and BatchNorm in its heads)",
-          summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys")
-class MoCoV3(nn.Module, Method):
+@register(
+    "mocov3",
+    family="contrastive",
+    paper="Chen, Xie, He 2021, arXiv 2104.02057",
+    config=MoCoV3Config,
+    recipe=Recipe(optimizer="lars", base_lr=0.6, weight_decay=1e-6, warmup_epochs=10),
+    coupling="its loss uses in-batch negatives (and BatchNorm in its heads)",
+    summary="symmetric in-batch InfoNCE (x 2 tau) between predictions and momentum-encoder keys",
+)
+class MoCoV3(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: MoCoV3Config, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+        super().__init__(backbone, cfg)
         d = cfg.proj_out_dim
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, d, cfg.proj_layers, last_batch_norm=True,
                              last_bias=False)
@@ -52,8 +57,7 @@ class MoCoV3(nn.Module, Method):
         # Deviation: both views go through one forward pass (BN statistics over 2B, as SimCLR/BYOL here);
         # the reference runs the views separately. No queue: keys come from the (global) batch.
         (q1, q2), h0 = forward_by_size(self.backbone, lambda h: self.predictor(self.projector(h)), batch.views[:2])
-        with torch.no_grad():
-            (k1, k2), _ = forward_by_size(self.teacher_backbone, self.teacher_projector, batch.views[:2])
+        k1, k2 = teacher_outputs(self.teacher_backbone, self.teacher_projector, batch.views[:2])
         loss = mocov3_loss(q1, q2, k1, k2, self.cfg.temperature)
         m = cosine_momentum(self.cfg.momentum_base, progress.fraction)
         return StepOutput(loss, logs={"momentum": m}, embeddings=h0)

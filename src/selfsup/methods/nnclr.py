@@ -12,9 +12,11 @@ from selfsup import distributed
 from selfsup.augment.recipes import byol_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import enqueue, nearest_neighbour, nnclr_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.queue import QueueMethod
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -29,26 +31,24 @@ class NNCLRConfig:
 
 
 # Paper (Sec. 4.1): LARS, base lr 0.3 x B/256 (B = 4096), wd 1e-6, 10 warmup epochs, cosine.
-@register("nnclr", family="contrastive", paper="Dwibedi et al. 2021, arXiv 2104.14548", config=NNCLRConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-          coupling="its loss uses in-batch negatives and a support-set update per batch",
-          summary="the nearest neighbour from a support set replaces the positive in InfoNCE")
-class NNCLR(nn.Module, Method):
-    queue: torch.Tensor  # registered buffer (checkpointed)
-    queue_ptr: torch.Tensor  # registered buffer (checkpointed)
-    queue_filled: torch.Tensor  # registered buffer (checkpointed)
-
+@register(
+    "nnclr",
+    family="contrastive",
+    paper="Dwibedi et al. 2021, arXiv 2104.14548",
+    config=NNCLRConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+    coupling="its loss uses in-batch negatives and a support-set update per batch",
+    summary="the nearest neighbour from a support set replaces the positive in InfoNCE",
+)
+class NNCLR(QueueMethod):
     def __init__(self, backbone: nn.Module, cfg: NNCLRConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
+        super().__init__(backbone, cfg)
         if cfg.queue_size < 1:
             raise ConfigError(f"nnclr: queue_size must be >= 1, got {cfg.queue_size}")
-        self.cfg, self.backbone = cfg, backbone
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 3, last_batch_norm=True)
         self.predictor = mlp(cfg.proj_out_dim, cfg.pred_hidden_dim, cfg.proj_out_dim, 2)
         # support set Q (FIFO of normalised view-1 projections) and how much of it holds real entries
-        self.register_buffer("queue", torch.zeros(cfg.queue_size, cfg.proj_out_dim))
-        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros(1, dtype=torch.long))
+        self.init_queue(cfg.queue_size, cfg.proj_out_dim)
         self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
                                        grayscale_input=grayscale)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.augment.recipes import ViewRecipe, ViewSpec
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
 
@@ -36,14 +36,18 @@ class RotNetConfig:
 
 
 # Paper (Sec. 3.1, CIFAR): SGD, batch 128, momentum 0.9, wd 5e-4, lr 0.1 (step decay; ours is cosine).
-@register("rotnet", family="context", paper="Gidaris et al. 2018, arXiv 1803.07728", config=RotNetConfig,
-          recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
-          accumulates=True,
-          summary="classify which of 4 rotations (0/90/180/270) was applied to an image")
-class RotNet(nn.Module, Method):
+@register(
+    "rotnet",
+    family="context",
+    paper="Gidaris et al. 2018, arXiv 1803.07728",
+    config=RotNetConfig,
+    recipe=Recipe(optimizer="sgd", base_lr=0.1, weight_decay=5e-4, warmup_epochs=0),
+    coupling="",
+    summary="classify which of 4 rotations (0/90/180/270) was applied to an image",
+)
+class RotNet(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: RotNetConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+        super().__init__(backbone, cfg)
         width = feature_dim(backbone)
         self.classifier = mlp(width, cfg.head_hidden_dim, 4, 2) if cfg.head_hidden_dim > 0 else nn.Linear(width, 4)
         # one mildly augmented view, no colour ops (rotations are the pretext task; only horizontal flips,

@@ -10,9 +10,10 @@ from torch import nn
 from selfsup.augment.recipes import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.contrastive import multi_view_nt_xent_loss, nt_xent_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -36,14 +37,18 @@ class SimCLRConfig:
 
 # Paper: LARS, lr 0.3 x B/256, wd 1e-6 (Sec. B.1) at batch 4096. On CIFAR at batch 256-512, the
 # same LARS recipe works (the paper's CIFAR runs use lr 1.0-1.5 with B=1024); we keep 0.3 x B/256.
-@register("simclr", family="contrastive", paper="Chen et al. 2020, arXiv 2002.05709", config=SimCLRConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-          coupling="its loss uses in-batch negatives (and BatchNorm in its projector)",
-          summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)")
-class SimCLR(nn.Module, Method):
+@register(
+    "simclr",
+    family="contrastive",
+    paper="Chen et al. 2020, arXiv 2002.05709",
+    config=SimCLRConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+    coupling="its loss uses in-batch negatives (and BatchNorm in its projector)",
+    summary="NT-Xent over two augmented views with in-batch negatives (optional multi-crop: method.n_local_crops)",
+)
+class SimCLR(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: SimCLRConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+        super().__init__(backbone, cfg)
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.view_recipe = simclr_recipe(
             image_size,

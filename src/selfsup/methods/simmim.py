@@ -38,8 +38,8 @@ from selfsup.augment.masking import (
 )
 from selfsup.augment.recipes import ViewRecipe, ViewSpec
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, register
-from selfsup.methods.vit import full_view, vit_layout
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.vit import MaskedViTMethod, full_view
 from selfsup.models.backbones import feature_dim
 
 
@@ -62,19 +62,20 @@ def simmim_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # Paper Sec. 4.1: AdamW, lr 8e-4 at batch 2048 (= 1e-4 x B/256), wd 0.05, betas (0.9, 0.999), 10 warmup
 # epochs, cosine.
-@register("simmim", family="masked", paper="Xie et al. 2021, arXiv 2111.09886", config=SimMIMConfig,
-          recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
-          accumulates=True,
-          summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)")
-class SimMIM(nn.Module, Method):
-    """Needs a ViT backbone (``vit-tiny`` / ``vit-small``); raises ConfigError otherwise."""
-
+@register(
+    "simmim",
+    family="masked",
+    paper="Xie et al. 2021, arXiv 2111.09886",
+    config=SimMIMConfig,
+    recipe=Recipe(optimizer="adamw", base_lr=1e-4, weight_decay=0.05, warmup_epochs=10, betas=(0.9, 0.999)),
+    coupling="",
+    summary="mask tokens in a ViT, linear head to pixels, L1 on masked pixels (60% of 2x-patch cells)",
+)
+class SimMIM(MaskedViTMethod):
     method_name = "simmim"
 
     def __init__(self, backbone: nn.Module, cfg: SimMIMConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone, self.image_size = cfg, backbone, image_size
-        self.patch, self.grid, self.num_patches = vit_layout(backbone, self.method_name, image_size)
+        super().__init__(backbone, cfg, image_size)
         mps = cfg.mask_patch_size or 2 * self.patch
         if mps % self.patch or image_size % mps:
             raise ConfigError(

@@ -10,9 +10,10 @@ from torch import nn
 
 from selfsup.augment.recipes import simclr_recipe
 from selfsup.losses.distillation import negative_cosine_loss
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, MethodModule, Progress, Recipe, StepOutput, register
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -26,15 +27,18 @@ class SimSiamConfig:
 
 
 # Paper (Sec. 4.1): SGD, lr 0.05 x B/256, wd 1e-4, momentum 0.9, cosine decay, no warmup (B = 512).
-@register("simsiam", family="self-distillation", paper="Chen & He 2020, arXiv 2011.10566",
-          config=SimSiamConfig,
-          recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
-          coupling="BatchNorm in its projector and predictor couples the samples of a batch",
-          summary="negative cosine between a predictor and a stop-gradient projection of the other view")
-class SimSiam(nn.Module, Method):
+@register(
+    "simsiam",
+    family="self-distillation",
+    paper="Chen & He 2020, arXiv 2011.10566",
+    config=SimSiamConfig,
+    recipe=Recipe(optimizer="sgd", base_lr=0.05, weight_decay=1e-4, warmup_epochs=0),
+    coupling="BatchNorm in its projector and predictor couples the samples of a batch",
+    summary="negative cosine between a predictor and a stop-gradient projection of the other view",
+)
+class SimSiam(MethodModule):
     def __init__(self, backbone: nn.Module, cfg: SimSiamConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
+        super().__init__(backbone, cfg)
         # the output layer's bias is redundant before the affine-free BN (the reference freezes it)
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 3, last_batch_norm=True,
                              last_bias=False)

@@ -13,9 +13,11 @@ from selfsup.augment.recipes import multicrop_recipe, simclr_recipe
 from selfsup.errors import ConfigError
 from selfsup.losses.clustering import sinkhorn, swav_loss
 from selfsup.losses.contrastive import enqueue
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.queue import QueueMethod
 from selfsup.models.backbones import feature_dim
 from selfsup.models.heads import mlp
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -50,17 +52,18 @@ def freeze(module: nn.Module, frozen: bool) -> bool:
 
 
 # Paper (App. A.1): LARS, lr 4.8 at B = 4096 (= 0.3 x B/256), final lr 0.0048, wd 1e-6, 10 warmup epochs.
-@register("swav", family="clustering", paper="Caron et al. 2020, arXiv 2006.09882", config=SwAVConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
-          coupling="its Sinkhorn-Knopp codes are computed over the batch",
-          summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)")
-class SwAV(nn.Module, Method):
-    queue: torch.Tensor  # registered buffer (checkpointed)
-    queue_ptr: torch.Tensor  # registered buffer (checkpointed)
-    queue_filled: torch.Tensor  # registered buffer (checkpointed)
-
+@register(
+    "swav",
+    family="clustering",
+    paper="Caron et al. 2020, arXiv 2006.09882",
+    config=SwAVConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.3, weight_decay=1e-6, warmup_epochs=10),
+    coupling="its Sinkhorn-Knopp codes are computed over the batch",
+    summary="predict one view's Sinkhorn cluster codes from the other views (online clustering)",
+)
+class SwAV(QueueMethod):
     def __init__(self, backbone: nn.Module, cfg: SwAVConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
+        super().__init__(backbone, cfg)
         if cfg.n_global_crops < 2:
             raise ConfigError("swav: needs n_global_crops >= 2 (codes are computed on the first two views)")
         if cfg.queue_size < 0 or cfg.num_prototypes < 2:
@@ -68,18 +71,14 @@ class SwAV(nn.Module, Method):
                 f"swav: queue_size must be >= 0 and num_prototypes >= 2, got {cfg.queue_size}, "
                 f"{cfg.num_prototypes}"
             )
-        self.cfg = cfg
         self.assign_views = [0, 1]  # crops_for_assign
-        self.backbone = backbone
         self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, 2)
         self.prototypes = nn.Linear(cfg.proj_out_dim, cfg.num_prototypes, bias=False)
         with torch.no_grad():
             self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=1))
         # one queue per assignment view of (globally gathered) normalised embeddings
         n_a = len(self.assign_views)
-        self.register_buffer("queue", torch.zeros(n_a, max(cfg.queue_size, 1), cfg.proj_out_dim))
-        self.register_buffer("queue_ptr", torch.zeros(n_a, 1, dtype=torch.long))
-        self.register_buffer("queue_filled", torch.zeros(n_a, 1, dtype=torch.long))
+        self.init_queue(n_a, max(cfg.queue_size, 1), cfg.proj_out_dim)
         base = simclr_recipe(image_size, strength=cfg.jitter_strength, blur=cfg.blur, grayscale_input=grayscale)
         self.view_recipe = multicrop_recipe(base, n_global=cfg.n_global_crops, n_local=cfg.n_local_crops,
                                             local_size=cfg.local_size or None, global_scale=(cfg.global_min_scale, 1.0),

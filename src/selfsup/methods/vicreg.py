@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
-
-from selfsup.augment.recipes import byol_recipe
 from selfsup.losses.redundancy import vicreg_terms
-from selfsup.methods.api import Batch, Method, Progress, Recipe, StepOutput, forward_by_size, register
-from selfsup.models.backbones import feature_dim
-from selfsup.models.heads import mlp
+from selfsup.methods.api import Batch, Progress, Recipe, StepOutput, register
+from selfsup.methods.barlowtwins import BarlowTwins
+from selfsup.models.multiview import forward_by_size
 
 
 @dataclass
@@ -28,19 +25,18 @@ class VICRegConfig:
 
 
 # Paper (Sec. 4.1 / App. C): LARS, base lr 0.2 x B/256, wd 1e-6, 10 warmup epochs, cosine, B = 2048.
-@register("vicreg", family="redundancy-reduction", paper="Bardes et al. 2021, arXiv 2105.04906",
-          config=VICRegConfig,
-          recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
-          coupling="its variance and covariance terms are batch statistics",
-          summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs")
-class VICReg(nn.Module, Method):
-    def __init__(self, backbone: nn.Module, cfg: VICRegConfig, *, image_size: int, grayscale: bool = False):
-        super().__init__()
-        self.cfg, self.backbone = cfg, backbone
-        self.projector = mlp(feature_dim(backbone), cfg.proj_hidden_dim, cfg.proj_out_dim, cfg.proj_layers,
-                             last_bias=False)
-        self.view_recipe = byol_recipe(image_size, blur=cfg.blur, scale=(cfg.min_scale, 1.0),
-                                       grayscale_input=grayscale)
+@register(
+    "vicreg",
+    family="redundancy-reduction",
+    paper="Bardes et al. 2021, arXiv 2105.04906",
+    config=VICRegConfig,
+    recipe=Recipe(optimizer="lars", base_lr=0.2, weight_decay=1e-6, warmup_epochs=10),
+    coupling="its variance and covariance terms are batch statistics",
+    summary="invariance + per-dimension variance hinge + covariance decorrelation on expander outputs",
+)
+class VICReg(BarlowTwins):
+    """Barlow Twins' architecture, as the paper sets it up (Sec. 4.1): an expander of Linear-BN-ReLU layers with a
+    bias-free output and BYOL's views; only the loss differs."""
 
     def forward(self, batch: Batch, progress: Progress) -> StepOutput:
         cfg = self.cfg

@@ -8,7 +8,7 @@ from torch import nn
 
 from selfsup.augment.masking import require_vit
 from selfsup.errors import ConfigError
-from selfsup.methods.api import Batch
+from selfsup.methods.api import Batch, MethodModule
 
 
 def vit_layout(backbone: nn.Module, method: str, image_size: int) -> tuple[int, int, int]:
@@ -24,3 +24,15 @@ def full_view(batch: Batch, image_size: int, method: str) -> torch.Tensor:
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         raise ConfigError(f"{method}: views must be {image_size} px, got {tuple(x.shape[-2:])}")
     return x
+
+
+class MaskedViTMethod(MethodModule):
+    """The base of MAE and SimMIM: needs a ViT backbone (``vit-tiny`` / ``vit-small``; ConfigError otherwise) and
+    keeps its patch layout at ``image_size`` (``patch``, ``grid`` patches per side, ``num_patches``)."""
+
+    method_name = ""
+
+    def __init__(self, backbone: nn.Module, cfg: object, image_size: int) -> None:
+        super().__init__(backbone, cfg)
+        self.image_size = image_size
+        self.patch, self.grid, self.num_patches = vit_layout(backbone, self.method_name, image_size)
