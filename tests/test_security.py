@@ -481,6 +481,35 @@ def test_backdoor_audit_end_to_end_with_defense(tmp_path):
 
 
 @pytest.mark.integration
+def test_bench_defense_defends_a_finished_audit(tmp_path):
+    """benchmarks/bench_defense.py on a finished audit's folders: DECREE on both encoders, PatchSearch on the
+    poisoned set, and the retrain without the flagged images."""
+    import argparse
+    import importlib.util
+    import sys
+
+    from selfsup.security.audit import backdoor_audit
+
+    r = backdoor_audit(_cfg(tmp_path, "bd"), "disc", PoisonSpec(rate=0.02, seed=0))
+    r["rate"] = 0.02
+    bench = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_defense", bench / "bench_defense.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    args = argparse.Namespace(attacks="noisy-alignment", decree_steps=20, tests=8, iterations=5, retrain=True)
+    row = mod.defend(r, args)
+    assert {row["decree"]["victim"]["verdict"], row["decree"]["clean"]["verdict"]} <= {"clean", "backdoored"}
+    d = row["defense"]
+    assert 0 <= d["precision"] <= 100 and 0 <= d["recall"] <= 100 and 0 <= d["flagged"] <= 408
+    assert 0 <= d["after"]["asr"] <= 100 and (tmp_path / "bd" / "retrained" / "encoder.safetensors").is_file()
+    assert "| noisy-alignment | 0.02 |" in mod.render({"table": "t", "method": "simclr", "steps": 2, "arms": [row]})
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("attack", ["ssl-backdoor", "ctrl"])
 def test_other_backdoors_end_to_end(tmp_path, attack):
     from selfsup.security.audit import backdoor_audit

@@ -244,37 +244,57 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
         "victim_steps": vsum["steps"], "clean_steps": csum["steps"],
     }
     if decree:
-        from selfsup.security.decree import decree_verdict
-
-        _log("DECREE trigger inversion on the victim and the clean encoder")
-        shadow = np.asarray(train.images)[: min(1000, len(train))]
-        kw = {"image_size": cfg.image_size, "seed": cfg.seed, "steps": decree_steps}
-        report["decree"] = {"victim": decree_verdict(victim, shadow, **kw), "clean": decree_verdict(clean, shadow, **kw)}
+        report["decree"] = decree_report(victim, clean, train, cfg, steps=decree_steps)
     if defense:
-        from selfsup.security.defense import flag_top, patchsearch_scores, poison_classifier, precision_recall
+        report["defense"] = defense_report(victim, pois, manifest, cfg, flag_fraction=flag_fraction,
+                                           tests=defense_tests, iterations=defense_iterations,
+                                           after=lambda enc: evaluate_encoder(enc, cfg, train, test, trig, tid))
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    (out / "audit.json").write_text(json.dumps(report, indent=2))
+    return report
 
-        files = {Path(r["file"]).name: r for r in manifest["files"]}
-        is_poison = np.array([bool(files[Path(p).name]["poison"]) for p in pois.paths])
-        _log("PatchSearch: clustering, Grad-CAM windows and the iterative poison-score search (victim encoder)")
-        ps = patchsearch_scores(victim, pois.images, image_size=cfg.image_size, seed=cfg.seed, n_test=defense_tests)
-        _log("PatchSearch: training the poison classifier on the top-scored windows")
-        pc = poison_classifier(pois.images, ps["scores"], ps["boxes"], image_size=cfg.image_size, window=ps["window"],
-                               iterations=defense_iterations, seed=cfg.seed)
-        flagged = pc["flagged"]
+
+def decree_report(victim: torch.nn.Module, clean: torch.nn.Module, train: Any, cfg: AuditConfig, *,
+                  steps: int = 300) -> dict[str, Any]:
+    """DECREE's verdict on the victim and on the clean encoder, from the first 1,000 clean training images."""
+    from selfsup.security.decree import decree_verdict
+
+    _log("DECREE trigger inversion on the victim and the clean encoder")
+    shadow = np.asarray(train.images)[: min(1000, len(train))]
+    kw = {"image_size": cfg.image_size, "seed": cfg.seed, "steps": steps}
+    return {"victim": decree_verdict(victim, shadow, **kw), "clean": decree_verdict(clean, shadow, **kw)}
+
+
+def defense_report(victim: torch.nn.Module, pois: Any, manifest: dict[str, Any], cfg: AuditConfig, *,
+                   flag_fraction: float = 0.02, tests: int = 128, iterations: int = 300,
+                   after: Any = None) -> dict[str, Any]:
+    """PatchSearch on the poisoned set with the victim encoder: precision/recall of the flagged images against
+    the manifest (the classifier's and the poison scores' alone), then, when ``after`` (encoder -> metrics) is
+    given, a retrain without the flagged images under the same settings and ``after`` of the retrained encoder."""
+    from selfsup.security.defense import flag_top, patchsearch_scores, poison_classifier, precision_recall
+
+    out = Path(cfg.out)
+    files = {Path(r["file"]).name: r for r in manifest["files"]}
+    is_poison = np.array([bool(files[Path(p).name]["poison"]) for p in pois.paths])
+    _log("PatchSearch: clustering, Grad-CAM windows and the iterative poison-score search (victim encoder)")
+    ps = patchsearch_scores(victim, pois.images, image_size=cfg.image_size, seed=cfg.seed, n_test=tests)
+    _log("PatchSearch: training the poison classifier on the top-scored windows")
+    pc = poison_classifier(pois.images, ps["scores"], ps["boxes"], image_size=cfg.image_size, window=ps["window"],
+                           iterations=iterations, seed=cfg.seed)
+    flagged = pc["flagged"]
+    report: dict[str, Any] = {
+        "method": ps["method"], "window": ps["window"], "clusters": ps["n_clusters"], "test_images": ps["n_test"],
+        "search_rounds": ps["rounds"], "scored": int(ps["scored"].sum()),
+        "classifier_val_accuracy": pc["val_accuracy"], **precision_recall(flagged, is_poison),
+        # the poison scores alone (no classifier): the top flag_fraction, for the cost of skipping step 5
+        "scores_only": {"flag_fraction": flag_fraction, **precision_recall(flag_top(ps["scores"], flag_fraction),
+                                                                             is_poison)}}
+    if after is not None:
         kept = [pois.images[i] for i in np.flatnonzero(~flagged)]
         filt = write_folder(out / "filtered" / "images", kept)
         _log(f"retraining without {int(flagged.sum())} flagged images")
         retrained, _ = run_pretrain(cfg, str(filt), out / "retrained")
-        report["defense"] = {
-            "method": ps["method"], "window": ps["window"], "clusters": ps["n_clusters"], "test_images": ps["n_test"],
-            "search_rounds": ps["rounds"], "scored": int(ps["scored"].sum()),
-            "classifier_val_accuracy": pc["val_accuracy"], **precision_recall(flagged, is_poison),
-            # the poison scores alone (no classifier): the top flag_fraction, for the cost of skipping step 5
-            "scores_only": {"flag_fraction": flag_fraction,
-                            **precision_recall(flag_top(ps["scores"], flag_fraction), is_poison)},
-            "after": evaluate_encoder(retrained, cfg, train, test, trig, tid)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "audit.json").write_text(json.dumps(report, indent=2))
+        report["after"] = after(retrained)
     return report
 
 
