@@ -31,9 +31,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from tests.helpers import make_class_folder, tiny_config
+
     from selfsup.methods import registry
     from selfsup.training.loop import pretrain
-    from tests.helpers import make_class_folder, tiny_config
 
     out = Path(args.out)
     data = out / "data"
