@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.selfsup-installed
 
-.PHONY: install demo test test-slow lint typecheck imports bench clean
+.PHONY: ci install demo test test-slow lint typecheck imports bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -ra -m slow
+
+# what CI runs (.ci/run): the suite, then the README's quick start verbatim (it trains for 5 minutes)
+ci: test
+	$(PY) -m pytest -q -ra -m slow tests/test_ux.py::test_readme_quick_start_runs_verbatim
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
