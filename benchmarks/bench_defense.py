@@ -51,6 +51,9 @@ def main() -> None:
         common.update_section(f"Defenses on the backdoor table's victims: {rows['method']} (bench_defense.py)", text)
 
 
+_CLEAN_DECREE: dict[str, dict[str, Any]] = {}
+
+
 def defend(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
@@ -73,7 +76,9 @@ def defend(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     train = open_dataset(cfg.train, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)
     row: dict[str, Any] = {"attack": r["attack"], "rate": r["rate"], "victim_asr": r["victim"]["asr"],
                            "clean_asr": r["clean"]["asr"], "victim_ca": r["victim"]["ca"]}
-    row["decree"] = decree_report(victim, clean, train, cfg, steps=args.decree_steps)
+    key = str(arm / "clean" if (arm / "clean").is_dir() else arm.parent / "clean")
+    row["decree"] = decree_report(victim, _CLEAN_DECREE.get(key, clean), train, cfg, steps=args.decree_steps)
+    _CLEAN_DECREE[key] = row["decree"]["clean"]  # one clean encoder serves every arm of a table
     if r["attack"] in args.attacks.split(","):
         _, pois = mechanism_setup(manifest, folder, cfg)
         after = None

@@ -254,15 +254,17 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
     return report
 
 
-def decree_report(victim: torch.nn.Module, clean: torch.nn.Module, train: Any, cfg: AuditConfig, *,
+def decree_report(victim: torch.nn.Module, clean: torch.nn.Module | dict[str, Any], train: Any, cfg: AuditConfig, *,
                   steps: int = 300) -> dict[str, Any]:
-    """DECREE's verdict on the victim and on the clean encoder, from the first 1,000 clean training images."""
+    """DECREE's verdict on the victim and on the clean encoder, from the first 1,000 clean training images;
+    ``clean`` may be the clean encoder's verdict from an earlier call (it is then reused, not recomputed)."""
     from selfsup.security.decree import decree_verdict
 
-    _log("DECREE trigger inversion on the victim and the clean encoder")
+    _log("DECREE trigger inversion on the victim" + ("" if isinstance(clean, dict) else " and the clean encoder"))
     shadow = np.asarray(train.images)[: min(1000, len(train))]
     kw = {"image_size": cfg.image_size, "seed": cfg.seed, "steps": steps}
-    return {"victim": decree_verdict(victim, shadow, **kw), "clean": decree_verdict(clean, shadow, **kw)}
+    return {"victim": decree_verdict(victim, shadow, **kw),
+            "clean": clean if isinstance(clean, dict) else decree_verdict(clean, shadow, **kw)}
 
 
 def defense_report(victim: torch.nn.Module, pois: Any, manifest: dict[str, Any], cfg: AuditConfig, *,
