@@ -144,6 +144,7 @@ def test_the_progress_bar_runs_against_the_clock_under_a_time_budget(tmp_path, c
     assert bars, err
     assert all(re.search(r"/6 s of the budget", ln) for ln in bars)  # 0.1 min = 6 s: the total never jumps
     assert any(re.search(r"step \d+/\d+, loss=", ln) for ln in bars)
+    assert not any("/1000000000" in ln for ln in bars), "the placeholder total before the first fit is not shown"
 
 
 # ------------------------------------------------------------------------------------------ summary

@@ -21,6 +21,7 @@ from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.methods import StepOutput
 from selfsup.training.batches import TrainData
+from selfsup.training.schedule import OPEN_ENDED
 
 Row = dict[str, float | int | str]
 
@@ -184,7 +185,9 @@ class Monitor:
         if self.bar is not None:
             if self.budget_s:
                 self.bar.n = min(self.budget_s, round(time.perf_counter() - self.t_start))
-                self.bar.set_postfix_str(f"step {step}/{end_step}, {self.post}", refresh=False)
+                # before the budget's first fit the step total is a placeholder (schedule.OPEN_ENDED): no total
+                total = f"/{end_step}" if end_step < OPEN_ENDED else ""
+                self.bar.set_postfix_str(f"step {step}{total}, {self.post}", refresh=False)
                 self.bar.refresh()
             else:
                 self.bar.update(1)
