@@ -44,3 +44,22 @@ def test_decree_flags_a_planted_backdoor_and_passes_a_clean_encoder():
     good = decree_verdict(_Encoder(False), imgs, image_size=16, steps=300, seed=0, batch_size=32)
     assert bad["verdict"] == "backdoored" and bad["pl1"] < 0.02
     assert good["verdict"] == "clean" and good["pl1"] > 0.2
+
+
+def test_shadow_sample_spans_the_classes_of_a_class_ordered_folder():
+    """Class folders are read in order, so the first rows are one class; the shadow set must be a random draw
+    (a single-class shadow set makes a clean encoder's embeddings look collapsed)."""
+    from selfsup.data.images import RaggedImages
+    from selfsup.security.audit import shadow_sample
+
+    labels = np.repeat(np.arange(10), 300)  # 3,000 rows, class-ordered
+    images = np.broadcast_to(labels[:, None, None, None], (3000, 4, 4, 3)).astype(np.uint8)
+    s = shadow_sample(images, seed=0, n=1000)
+    assert s.shape == (1000, 4, 4, 3)
+    counts = np.bincount(s[:, 0, 0, 0], minlength=10)
+    assert counts.min() > 60 and counts.max() < 140  # ~100 per class
+    assert len(np.unique(s[:, 0, 0, 0])) == 10
+    np.testing.assert_array_equal(shadow_sample(images, seed=0, n=1000), s)  # seeded
+    assert len(shadow_sample(images[:7], seed=0)) == 7  # fewer images than asked: all of them
+    ragged = RaggedImages.from_sizes(np.zeros(4 * 6 * 3 * 5, np.uint8), np.tile([4, 6], (5, 1)), side=4)
+    assert shadow_sample(ragged, seed=1, n=3).shape == (3, 4, 4, 3)  # native-aspect rows give centre squares

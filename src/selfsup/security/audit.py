@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from selfsup.checkpoint import atomic_write, atomic_write_text
 from selfsup.config import PretrainConfig
 from selfsup.config.build import build_config
 from selfsup.data import RaggedImages
@@ -249,19 +250,27 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
         report["defense"] = defense_report(victim, pois, manifest, cfg, flag_fraction=flag_fraction,
                                            tests=defense_tests, iterations=defense_iterations,
                                            after=lambda enc: evaluate_encoder(enc, cfg, train, test, trig, tid))
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "audit.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "audit.json", json.dumps(report, indent=2))
     return report
+
+
+def shadow_sample(images: Any, seed: int, n: int = 1000) -> np.ndarray:
+    """``n`` clean images drawn uniformly without replacement (seeded), DECREE's shadow set. A random draw, as
+    the official code's ``sample(0.005)`` of the test set: a folder's first rows are one class (class folders
+    are read in order), and a single-class shadow set makes every encoder's embeddings look collapsed."""
+    rows = np.sort(np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False))
+    return np.asarray(images[rows])
 
 
 def decree_report(victim: torch.nn.Module, clean: torch.nn.Module | dict[str, Any], train: Any, cfg: AuditConfig, *,
                   steps: int = 300) -> dict[str, Any]:
-    """DECREE's verdict on the victim and on the clean encoder, from the first 1,000 clean training images;
-    ``clean`` may be the clean encoder's verdict from an earlier call (it is then reused, not recomputed)."""
+    """DECREE's verdict on the victim and on the clean encoder, from :func:`shadow_sample` of the clean training
+    images; ``clean`` may be the clean encoder's verdict from an earlier call (it is then reused, not recomputed)."""
     from selfsup.security.decree import decree_verdict
 
     _log("DECREE trigger inversion on the victim" + ("" if isinstance(clean, dict) else " and the clean encoder"))
-    shadow = np.asarray(train.images)[: min(1000, len(train))]
+    shadow = shadow_sample(train.images, cfg.seed)
     kw = {"image_size": cfg.image_size, "seed": cfg.seed, "steps": steps}
     return {"victim": decree_verdict(victim, shadow, **kw),
             "clean": clean if isinstance(clean, dict) else decree_verdict(clean, shadow, **kw)}
@@ -345,10 +354,16 @@ def adversarial_audit(cfg: AuditConfig, *, checkpoint: str | None = None, attack
                       "num_classes": max(o_tr.num_classes, o_te.num_classes)})
     res = evaluate_perturbation(enc, delta, image_size=cfg.image_size, heads=heads, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "delta.npy", delta.numpy())
+    d = delta.numpy()
+
+    def _save(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, d)
+
+    atomic_write(out / "delta.npy", _save)
     report = {"kind": "adversarial", "eps": eps, "steps": steps, "loss_first": hist[0], "loss_last": hist[-1],
               "config": asdict(cfg), **res}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return report
 
 
@@ -385,7 +400,7 @@ def unlearnable_audit(cfg: AuditConfig, *, surrogate: str | None = None, cluster
               "budget_pixels": prot["budget_pixels"], "max_pixel_change": int(diff), "clusters": clusters,
               "surrogate": surrogate or "encoder pretrained on the clean data", "config": asdict(cfg),
               "clean": score(clean_enc), "protected": score(prot_enc)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     return report
 
 

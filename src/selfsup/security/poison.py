@@ -61,6 +61,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from selfsup.checkpoint import atomic_write_text
 from selfsup.errors import ConfigError, DataError
 from selfsup.security.triggers import (
     CTRL_MAGNITUDE,
@@ -329,7 +330,7 @@ def build_poisoned_folder(
         "rate_definition": "n_poison = round(rate * n_clean); every poison from distinct images",
         "trigger": "trigger.png" if trigger is not None else None, "files": rows,
     }
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
