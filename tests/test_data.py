@@ -553,3 +553,13 @@ def test_export_builtin_mnist_jpg_resized(tmp_path: Path) -> None:
     assert len(files) == 1000 and sorted(p.name for p in out.iterdir()) == [str(i) for i in range(10)]
     with Image.open(files[0]) as im:
         assert im.size == (16, 16) and im.mode == "L"
+
+
+def test_spread_rows_covers_the_data_evenly():
+    from selfsup.data import spread_rows
+
+    assert spread_rows(10, 3).tolist() == [0, 4, 9] or spread_rows(10, 3).tolist() == [0, 5, 9]
+    assert spread_rows(4, 8).tolist() == [0, 1, 2, 3]  # fewer rows than asked: all of them, once
+    assert spread_rows(0, 5).tolist() == []
+    r = spread_rows(50_000, 6)  # class-ordered CIFAR-10: 5,000 per class -> 6 different classes
+    assert len(set((r // 5000).tolist())) == 6 and r[0] == 0 and r[-1] == 49_999

@@ -118,11 +118,11 @@ def test_config_dump_only_with_v_and_summary_unless_q(tmp_path, capsys, flags, c
     try:
         assert main(["pretrain", "--data", str(data), "--val", str(data), "--method", "simclr", "--epochs", "1",
                      "--batch-size", "6", "--out", str(tmp_path / "run"), "--image-size", "16", "--backbone",
-                     "cnn-compact", "--set", "backbone.width=4", "--set", "train.threads=1", "--no-progress",
-                     *flags]) == 0
+                     "cnn-compact", "--set", "backbone.width=4", "--set", "train.threads=1", *flags]) == 0
     finally:
         console.set_verbosity(console.NORMAL)
     err = capsys.readouterr().err
+    assert ("%|" in err) == summary_shown, "-q draws no progress bar (decoding, training or features)"
     assert ("resolved config:" in err) == config_shown
     assert ("next:" in err and "selfsup report" in err) == summary_shown
     assert ("selfsup pretrain: simclr" in err) == summary_shown, "-q drops the header too"

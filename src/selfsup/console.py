@@ -27,6 +27,11 @@ def verbosity() -> int:
     return _level
 
 
+def bars() -> bool:
+    """Whether progress bars may be drawn: not at the quiet level (a bar is neither a result nor a warning)."""
+    return _level >= NORMAL
+
+
 def info(message: str) -> None:
     """Print at the normal level and above (one write per message: ranks under torchrun share stderr)."""
     if _level >= NORMAL:

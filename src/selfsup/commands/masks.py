@@ -23,7 +23,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt of mae/simmim/famt-* run")
     p.add_argument("--data", required=True, help="image folder or builtin:NAME")
     p.add_argument("--out", required=True, help="output .png")
-    p.add_argument("--num", type=int_range(1, 256), default=8, help="images to show (the first N of the data)")
+    p.add_argument("--num", type=int_range(1, 256), default=8, help="images to show (N spread evenly over the data)")
     p.add_argument("--seed", type=int_range(0), default=0, help="seed of the augmentation and the mask draw")
     p.set_defaults(func=run)
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from selfsup.augment.views import eval_transform, make_views
     from selfsup.checkpoint import atomic_write
     from selfsup.config.validate import check_output_file
-    from selfsup.data import open_dataset
+    from selfsup.data import open_dataset, spread_rows
     from selfsup.errors import ConfigError
 
     if args.num < 1:
@@ -99,8 +99,9 @@ def run(args: argparse.Namespace) -> int:
     method, cfg = build_from_checkpoint(args.checkpoint)
     size = method.image_size
     ds = open_dataset(args.data, int(cfg["data"].get("cache_size") or size), progress=False)
-    n = min(args.num, len(ds))
-    imgs = torch.from_numpy(np.array(ds.images[:n]))  # a writable copy of the memmap rows
+    rows = spread_rows(len(ds), args.num)
+    n = len(rows)
+    imgs = torch.from_numpy(np.array(ds.images[rows]))  # a writable copy of the memmap rows
     recipe = method.view_recipe
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():

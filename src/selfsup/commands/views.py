@@ -31,7 +31,7 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--image-size", type=int, default=96, help="view side in px (data.image_size)")
     p.add_argument("--cache-size", type=int, default=None,
                    help="stored shorter side (data.cache_size); default: from the image size")
-    p.add_argument("--num", type=int, default=6, help="images to show (the first N of the data)")
+    p.add_argument("--num", type=int, default=6, help="images to show (N spread evenly over the data)")
     p.add_argument("--views", type=int, default=8, help="views per image")
     p.add_argument("--seed", type=int, default=0, help="seed of the augmentation")
     p.add_argument("--cache-dir", default=None, help="image cache folder (default $SELFSUP_CACHE or ~/.cache/selfsup)")
@@ -109,24 +109,23 @@ def run(args: argparse.Namespace) -> int:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
     import torch
     from matplotlib.patches import Rectangle
     from PIL import Image, ImageOps
 
     from selfsup.augment.views import make_views
     from selfsup.checkpoint import atomic_write, atomic_write_text
-    from selfsup.data import default_cache_size, open_dataset
+    from selfsup.data import default_cache_size, open_dataset, spread_rows
 
     recipe = view_recipe(args.method, args.image_size)
     cache_size = args.cache_size or default_cache_size(args.image_size)
     if cache_size < args.image_size:
         raise ConfigError(f"--cache-size {cache_size} is smaller than --image-size {args.image_size}")
     ds = open_dataset(args.data, cache_size, cache_dir=args.cache_dir, progress=False)
-    n = min(args.num, len(ds))
-    rows = np.arange(n)
+    rows = spread_rows(len(ds), args.num)
+    n = len(rows)
     images, sizes = ds.batch_rows(rows)
-    hw = ds.sizes()[:n]
+    hw = ds.sizes()[rows]
     rounds = math.ceil(args.views / len(recipe.views))
     gen = torch.Generator().manual_seed(args.seed)
     shown: list[tuple[Any, Any]] = []  # (view batch [n, 3, s, s] in [0, 1], params), in order

@@ -10,7 +10,7 @@ decoding rules, :mod:`selfsup.data.cache` for the cache and :mod:`selfsup.data.b
 from selfsup.data.builtin import export_builtin, list_builtin
 from selfsup.data.cache import default_cache_dir, default_cache_size
 from selfsup.data.folder import IMAGE_EXTENSIONS, decode_image, decode_native, open_dataset
-from selfsup.data.images import MAX_ASPECT, ImageDataset, RaggedImages, gather
+from selfsup.data.images import MAX_ASPECT, ImageDataset, RaggedImages, gather, spread_rows
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -23,6 +23,7 @@ __all__ = [
     "default_cache_size",
     "export_builtin",
     "gather",
+    "spread_rows",
     "list_builtin",
     "open_dataset",
 ]

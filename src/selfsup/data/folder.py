@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 from tqdm.auto import tqdm
 
+from selfsup import console
 from selfsup.data import cache as _cache
 from selfsup.data.builtin import open_builtin
 from selfsup.data.images import ImageDataset, RaggedImages, resize_center_crop, resize_native
@@ -344,7 +345,7 @@ def _build_cache(
     full = [os.path.join(root_abs, r) for r in rels]
     with _cache.CacheWriter(cdir, key, size) as writer, _sigterm_exits():
         bar = tqdm(
-            total=len(rels), desc=f"decoding {spec} @{size}px", unit="img", disable=not progress,
+            total=len(rels), desc=f"decoding {spec} @{size}px", unit="img", disable=not (progress and console.bars()),
             mininterval=0.5, file=sys.stderr,
         )  # fmt: skip
         try:

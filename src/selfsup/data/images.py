@@ -142,6 +142,13 @@ def pad_rows(rows: Sequence[np.ndarray], side: int = 1) -> tuple[np.ndarray, np.
     return out, sizes
 
 
+def spread_rows(total: int, n: int) -> np.ndarray:
+    """``min(n, total)`` distinct rows evenly spaced over ``0 .. total - 1`` (int64, ascending): a sample that
+    shows every part of a folder (class folders are read in order, so the first rows are one class)."""
+    n = min(n, total)
+    return np.unique(np.linspace(0, total - 1, n).round().astype(np.int64)) if n > 0 else np.zeros(0, np.int64)
+
+
 def gather(images: Any, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Training batch of dataset rows: (uint8 [B, H, W, 3] tensor, sizes int64 [B, 2] or None).
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup import console
 from selfsup.errors import ConfigError, DataError
 
 # precision: one implementation for training and evaluation, in selfsup.runtime (re-exported here;
@@ -119,7 +120,7 @@ def extract_features(
     out: torch.Tensor | None = None
     starts = range(0, n, batch_size)
     bar = None
-    if progress:
+    if progress and console.bars():
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc=desc, unit="img", leave=False)

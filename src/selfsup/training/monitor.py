@@ -132,7 +132,7 @@ class Monitor:
         # clock (seconds of the budget) and shows the step in its postfix; otherwise it counts steps
         self.budget_s = round(cfg.train.time_budget * 60) if cfg.train.time_budget else None
         self.bar = None
-        if main and cfg.train.progress:
+        if main and cfg.train.progress and console.bars():
             self.bar = (tqdm(total=self.budget_s, unit="s", dynamic_ncols=True, desc=name,
                              bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} s of the budget{postfix}")
                         if self.budget_s else tqdm(total=end, initial=start, unit="step", dynamic_ncols=True, desc=name))
