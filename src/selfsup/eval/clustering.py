@@ -44,8 +44,10 @@ def hungarian_accuracy(labels: Any, clusters: Any) -> float:
 
 
 def kmeans(features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int = 10, max_iter: int = 300,
-           backend: str = "auto") -> tuple[np.ndarray, str]:
-    """Cluster ``features`` [N, F] (float32); returns (assignments [N], backend used)."""
+           backend: str = "auto", subsample: bool = True) -> tuple[np.ndarray, str]:
+    """Cluster ``features`` [N, F] (float32); returns (assignments [N], backend used).
+
+    ``subsample=False`` makes faiss train on every point (its default trains on at most 256 per centroid)."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown k-means backend '{backend}'; choose one of: {', '.join(BACKENDS)}")
     x = np.ascontiguousarray(features, dtype=np.float32)
@@ -54,8 +56,9 @@ def kmeans(features: np.ndarray, n_clusters: int, *, seed: int = 0, n_init: int 
     if backend == "faiss":
         import faiss
 
+        extra = {} if subsample else {"max_points_per_centroid": max(256, x.shape[0])}
         km = faiss.Kmeans(x.shape[1], int(n_clusters), niter=int(max_iter), nredo=int(n_init), seed=int(seed),
-                          verbose=False, spherical=False)
+                          verbose=False, spherical=False, **extra)
         km.train(x)
         _, assign = km.index.search(x, 1)
         return assign[:, 0].astype(np.int64), "faiss"

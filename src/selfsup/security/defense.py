@@ -5,8 +5,8 @@ itself, then removes them before retraining. The official pipeline (``patch_sear
 ``patch_search_poison_classifier.py``) and what selfsup does at each step:
 
 1. **Cluster** the encoder's features with k-means (official: faiss, 1000 clusters for ImageNet-100, about
-   126 images per cluster). Here: cosine k-means (:func:`kmeans`) with ``clusters`` (default ``N // 126``,
-   at least 2). The cluster "classifier" is the cosine similarity to each cluster's mean feature
+   126 images per cluster). Here: the same faiss k-means (:func:`kmeans`) with ``clusters`` (default
+   ``N // 126``, at least 2). The cluster "classifier" is the cosine similarity to each cluster's mean feature
    (``KMeansLinear``).
 2. **Locate a candidate trigger** with Grad-CAM (``pytorch_grad_cam`` on the last conv stage, ``layer4``, for
    the image's top cluster logit), then cut the ``w x w`` window with the largest Grad-CAM sum
@@ -48,29 +48,17 @@ from selfsup.errors import ConfigError
 from selfsup.security.adversarial import embed, encode, module_device, normalise, to_unit
 
 
-def kmeans(features: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Tensor:
-    """Cosine k-means (k-means++ init) on L2-normalised features; returns cluster ids [N]."""
-    x = F.normalize(features.float(), dim=1)
-    n = x.shape[0]
-    k = max(1, min(k, n))
-    g = torch.Generator().manual_seed(seed)
-    centres = [x[int(torch.randint(n, (1,), generator=g))]]
-    for _ in range(1, k):
-        d = (1 - x @ torch.stack(centres).T).min(1).values.clamp_min(0)
-        p = d / d.sum() if float(d.sum()) > 0 else torch.full((n,), 1.0 / n)
-        centres.append(x[int(torch.multinomial(p, 1, generator=g))])
-    c = torch.stack(centres)
-    assign = torch.zeros(n, dtype=torch.long)
-    for _ in range(iters):
-        assign = (x @ c.T).argmax(1)
-        new = torch.zeros_like(c).index_add_(0, assign, x)
-        empty = new.norm(dim=1) == 0
-        new[empty] = c[empty]
-        new = F.normalize(new, dim=1)
-        if torch.allclose(new, c):
-            break
-        c = new
-    return assign
+def kmeans(features: torch.Tensor, k: int, seed: int = 0, iters: int = 20) -> torch.Tensor:
+    """Cluster ids [N] of k-means on the L2-normalised features, ``iters`` Lloyd iterations on every point (the
+    official ``faiss_kmeans``: ``faiss.Clustering`` with L2 on normalised features, ``niter`` 20,
+    ``max_points_per_centroid`` 10^7). :func:`selfsup.eval.clustering.kmeans` runs it: faiss from 20,000
+    points, scikit-learn's Lloyd (k-means++ seeding) below. Ids are renumbered 0..k'-1 over non-empty clusters."""
+    from selfsup.eval.clustering import kmeans as _kmeans
+
+    x = F.normalize(features.float(), dim=1).cpu().numpy()
+    k = max(1, min(int(k), x.shape[0]))
+    assign, _ = _kmeans(x, k, seed=seed, n_init=1, max_iter=iters, subsample=False)
+    return torch.from_numpy(np.unique(assign, return_inverse=True)[1].reshape(-1).astype(np.int64))
 
 
 def cluster_means(features: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor:
