@@ -4,6 +4,7 @@ poisoned sets (issue 25, "What it must show" 3).
 
     .venv/bin/python benchmarks/bench_defense.py --work /tmp/selfsup-bench-security            # detection only
     .venv/bin/python benchmarks/bench_defense.py --work /tmp/selfsup-bench-security --retrain  # + ASR/CA after removal
+    .venv/bin/python benchmarks/bench_defense.py --work /tmp/selfsup-bench-security --render   # RESULTS.md from the JSON
 
 It reads ``--work/table.json`` (or ``table.partial.json`` while the table still runs) and each arm's run folders
 (``victim/``, ``poisoned/``, the shared ``clean/``), so nothing is retrained unless ``--retrain`` is given: then
@@ -32,8 +33,12 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=300, help="poison-classifier training iterations")
     ap.add_argument("--retrain", action="store_true", help="retrain each defended arm without the flagged images")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument("--render", action="store_true", help="only rebuild the RESULTS.md section from --work/defense.json")
     args = ap.parse_args()
     work = Path(args.work)
+    if args.render:
+        publish(json.loads((work / "defense.json").read_text()), args)
+        return
     table = work / "table.json" if (work / "table.json").exists() else work / "table.partial.json"
     rows = json.loads(table.read_text())
     t0 = time.time()
@@ -45,10 +50,15 @@ def main() -> None:
     out["command"] = common.command_line()
     out["finished"] = time.strftime("%Y-%m-%d %H:%M")
     (work / "defense.json").write_text(json.dumps(out, indent=2, default=str))
+    publish(out, args)
+
+
+def publish(out: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the section and (unless --no-write) replace it in RESULTS.md."""
     text = render(out)
     print(text)
     if not args.no_write:
-        common.update_section(f"Defenses on the backdoor table's victims: {rows['method']} (bench_defense.py)", text)
+        common.update_section(f"Defenses on the backdoor table's victims: {out['method']} (bench_defense.py)", text)
 
 
 _CLEAN_DECREE: dict[str, dict[str, Any]] = {}

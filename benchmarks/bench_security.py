@@ -165,17 +165,21 @@ def render(rows: dict[str, Any]) -> str:
                    "the target (each paper's test trigger); clean-enc. ASR: the same trigger on the clean encoder; "
                    "mechanism: training pairs in which the attack's mechanism occurred (counted in the loop; "
                    "Monte-Carlo expectation in brackets); cos: mean cosine of triggered non-target test features "
-                   "to the target class's mean feature, victim / clean encoder",
-    }), "", "| attack | rate | poisons | CA % | ASR % | clean-enc. ASR % | mechanism pairs | cos victim / clean |",
-        "|---|---|---|---|---|---|---|---|"]
+                   "to the target class's mean feature, victim / clean encoder; reading: "
+                   "selfsup.security.audit.audit_reading (took / partial / not-learned / no-chance)",
+    }), "", "| attack | rate | poisons | CA % | ASR % | clean-enc. ASR % | mechanism pairs | cos victim / clean | "
+        "reading |", "|---|---|---|---|---|---|---|---|---|"]
+    from selfsup.security.audit import audit_reading
+
     for r in rows["results"]:
         m = r["mechanism"]
+        reading = r.get("reading") or audit_reading(r)
         exp = m.get("expected", {})
         e = f" ({exp['mechanism_pairs']:.0f})" if "mechanism_pairs" in exp else ""
         out.append(f"| {r['attack']} | {r['rate']:g} | {r['n_poison']} | {r['victim']['ca']:.1f} | "
                    f"{r['victim']['asr']:.1f} | {r['clean']['asr']:.1f} | {m['mechanism_pairs']}{e} of "
                    f"{m['poison_pairs']} | {r['victim']['cos_trigger_target']:.3f} / "
-                   f"{r['clean']['cos_trigger_target']:.3f} |")
+                   f"{r['clean']['cos_trigger_target']:.3f} | {reading['verdict']} |")
     for r in rows["results"]:
         if "defense" in r:
             d = r["defense"]

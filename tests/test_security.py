@@ -623,3 +623,22 @@ def test_patchsearch_scores_find_a_planted_trigger():
     top = np.argsort(-r["scores"], kind="stable")[:6]
     assert len(set(top.tolist()) & set(range(6))) >= 4
     assert r["scores"][:6].max() > 0
+
+
+def test_audit_reading_tells_took_partial_no_chance_and_not_learned_apart():
+    from selfsup.security.audit import audit_reading
+
+    def rep(v_asr: float, c_asr: float, pairs: int, cos: tuple[float, float, float, float] = (0.6, 0.5, 0.6, 0.5)):
+        return {"victim": {"asr": v_asr, "cos_trigger_target": cos[0], "cos_clean_target": cos[1]},
+                "clean": {"asr": c_asr, "cos_trigger_target": cos[2], "cos_clean_target": cos[3]},
+                "mechanism": {"mechanism_pairs": pairs}}
+
+    assert audit_reading(rep(60.0, 5.0, 900))["verdict"] == "took"
+    assert audit_reading(rep(25.0, 5.0, 900))["verdict"] == "took"  # 5x and exactly +20 points
+    assert audit_reading(rep(24.0, 5.0, 900))["verdict"] == "partial"  # 4.8x but +19 points
+    assert audit_reading(rep(30.0, 12.0, 900))["verdict"] == "partial"  # +18 points and 2.5x
+    assert audit_reading(rep(26.0, 9.0, 900))["verdict"] == "partial"  # +17 points, 2.9x
+    assert audit_reading(rep(3.0, 5.0, 0))["verdict"] == "no-chance"
+    r = audit_reading(rep(6.9, 5.6, 885, (0.647, 0.552, 0.611, 0.580)))  # the CIFAR-10 table's NA arm
+    assert r["verdict"] == "not-learned" and "885 training pairs" in r["text"]
+    assert r["net_cosine_shift"] == pytest.approx(0.064, abs=1e-9) and r["asr_gap"] == pytest.approx(1.3)

@@ -123,6 +123,10 @@ def backdoor_table(report: dict[str, Any]) -> str:
                      f"{m['poisons_with_a_hit']} of {m['poisons']} poisons had at least one")
         if m["mechanism_pairs"] == 0:
             lines.append(f"WARNING: {m['note']}")
+    if "reading" in report:
+        r = report["reading"]
+        lines.append(f"reading: {r['text']} (trigger->target cosine shift {r['net_cosine_shift']:+.3f} net of the "
+                     "clean encoder's)")
     if "decree" in report:
         d = report["decree"]
         lines.append("DECREE PL1: victim {:.3f} ({}), clean {:.3f} ({}), threshold {:.2f}".format(

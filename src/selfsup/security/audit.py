@@ -167,6 +167,42 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     return {"ca": ca, "asr": asr, "cos_trigger_target": cos_t, "cos_clean_target": cos_c}
 
 
+TOOK_RATIO, TOOK_POINTS = 3.0, 20.0  # "took": ASR at least 3x and 20 points above the clean encoder's
+MOVED_POINTS = 5.0  # a partial effect: ASR at least 5 points above the clean encoder's
+
+
+def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
+    """What a backdoor audit's numbers mean, as a verdict and one sentence a user can act on.
+
+    verdict: ``took`` (victim ASR >= 3x and >= 20 points above the same trigger's ASR on the clean encoder),
+    ``partial`` (>= 5 points above), ``no-chance`` (the mechanism never occurred during training: the audit
+    tested nothing), or ``not-learned`` (the mechanism occurred but ASR stayed at the clean encoder's level:
+    this training budget did not plant the backdoor; a longer run may, so it is no evidence of resistance).
+    ``net_cosine_shift``: how much closer triggered non-target images moved to the target class than untriggered
+    ones, on the victim relative to the clean encoder (> 0: the trigger points toward the target).
+    """
+    v, c, m = report["victim"], report["clean"], report.get("mechanism", {})
+    gap = v["asr"] - c["asr"]
+    shift = ((v["cos_trigger_target"] - v["cos_clean_target"]) - (c["cos_trigger_target"] - c["cos_clean_target"]))
+    pairs = int(m.get("mechanism_pairs", -1))
+    if v["asr"] >= TOOK_RATIO * c["asr"] and gap >= TOOK_POINTS:
+        verdict, text = "took", (f"the backdoor took: ASR {v['asr']:.1f}% against {c['asr']:.1f}% for the same "
+                                 "trigger on a clean encoder")
+    elif pairs == 0:
+        verdict, text = "no-chance", ("the attack never had its chance (its mechanism occurred in no training "
+                                      "pair): this audit says nothing about the encoder's resistance")
+    elif gap >= MOVED_POINTS:
+        verdict, text = "partial", (f"a partial backdoor: ASR {v['asr']:.1f}% against {c['asr']:.1f}% on a clean "
+                                    f"encoder, below the 3x / +20-point mark of one that took")
+    else:
+        seen = f"in {pairs} training pairs" if pairs > 0 else "(not counted)"
+        verdict, text = "not-learned", (f"the mechanism occurred {seen} but ASR stayed at the clean encoder's "
+                                        f"level ({v['asr']:.1f}% vs {c['asr']:.1f}%): this training budget did not "
+                                        "plant the backdoor; longer training may, so this is no evidence that the "
+                                        "method resists the attack")
+    return {"verdict": verdict, "text": text, "asr_gap": gap, "net_cosine_shift": shift}
+
+
 def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
     """Each paper's test-time trigger (:func:`selfsup.security.poison.triggered_test_images`)."""
     from selfsup.security.poison import triggered_test_images
@@ -244,6 +280,7 @@ def backdoor_audit(cfg: AuditConfig, target: str | int, spec: PoisonSpec, *, def
         "clean": evaluate_encoder(clean, cfg, train, test, trig, tid), "mechanism": mech,
         "victim_steps": vsum["steps"], "clean_steps": csum["steps"],
     }
+    report["reading"] = audit_reading(report)
     if decree:
         report["decree"] = decree_report(victim, clean, train, cfg, steps=decree_steps)
     if defense:
