@@ -47,8 +47,10 @@ def test_help_shows_real_defaults_and_every_flag_has_help():
         text = p.format_help()
         assert "(default: None)" not in text, name
         assert "(default: False)" not in text and "(default: )" not in text, name
+        assert not re.search(r"\(default: -?\d+\.\d{5,}", " ".join(text.split())), (name, "an unreadable default")
         for a in p._actions:
             if a.option_strings and a.help != argparse.SUPPRESS:
+                assert a.help, (name, a.option_strings, "has no help text")
                 seen.add((name.split()[1] if " " in name else name, a.option_strings[-1]))
                 if name.startswith("selfsup pretrain") and a.option_strings[-1] in ("--epochs", "--seed"):
                     assert a.help and "default" in a.help

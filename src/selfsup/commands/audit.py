@@ -15,18 +15,18 @@ def _common(p: argparse.ArgumentParser, train_default: str | None = "builtin:syn
     p.add_argument("--test", default=None if train_default is None else "builtin:synthetic:test",
                    help="labelled test data")
     p.add_argument("--out", required=True, help="output folder (report.json, runs, poisoned data)")
-    p.add_argument("--image-size", type=int_range(8, 2048), default=32)
+    p.add_argument("--image-size", type=int_range(8, 2048), default=32, help="pixels of every image and view (images are resized to it)")
     p.add_argument("--method", default="simclr", help="pretraining method of the victim (see `selfsup methods`)")
-    p.add_argument("--backbone", default="cnn-compact")
+    p.add_argument("--backbone", default="cnn-compact", help="the victim's encoder (see `selfsup backbones`)")
     p.add_argument("--width", type=int_range(1, 4096), default=32, help="cnn-compact width")
-    p.add_argument("--epochs", type=int_range(1), default=50)
-    p.add_argument("--batch-size", type=int_range(2), default=256)
-    p.add_argument("--max-steps", type=int_range(1), default=None)
-    p.add_argument("--lr", type=float_range(0, open_lo=True), default=None)
-    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0)
-    p.add_argument("--device", type=device_name, default="auto")
-    p.add_argument("--threads", type=int_range(1), default=None)
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--epochs", type=int_range(1), default=50, help="epochs of every pretraining run (the LR schedule's length)")
+    p.add_argument("--batch-size", type=int_range(2), default=256, help="images per step of every pretraining run")
+    p.add_argument("--max-steps", type=int_range(1), default=None, help="stop every pretraining run after this many steps (equal budgets)")
+    p.add_argument("--lr", type=float_range(0, open_lo=True), default=None, help="peak learning rate (default: the method's)")
+    p.add_argument("--seed", type=int_range(0, 2**31 - 1), default=0, help="seed of the poisons, the runs and the probes")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int_range(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--cache-dir", default=None, help="image cache folder (default $SELFSUP_CACHE or ~/.cache/selfsup)")
     p.add_argument("--preset", default=None,
                    help="a packaged CPU recipe under the victim's pretraining (e.g. cpu-32px; flags above win)")
     p.add_argument("--time-budget", type=float_range(0, open_lo=True), default=None, metavar="MINUTES",
@@ -45,7 +45,8 @@ def add_parser(sub: Any, formatter: type) -> None:
     b = s.add_parser("backdoor", help="poison the pretraining set, pretrain a victim, report ASR/CA vs clean",
                      formatter_class=formatter)
     _common(b)
-    b.add_argument("--attack", default="noisy-alignment", choices=["noisy-alignment", "ssl-backdoor", "ctrl"])
+    b.add_argument("--attack", default="noisy-alignment", choices=["noisy-alignment", "ssl-backdoor", "ctrl"],
+                   help="the poisoning attack (each built as its official code builds it)")
     b.add_argument("--target", default="0", help="target class name (or index)")
     b.add_argument("--poison-rate", type=float, default=0.01,
                    help="poisons = round(rate * N_clean), each from distinct images; in (0, 1)")
@@ -67,18 +68,18 @@ def add_parser(sub: Any, formatter: type) -> None:
                    "default: pretrain one on --train")
     a.add_argument("--attacker-data", default=None, help="images the attacker optimises on (default: --train)")
     a.add_argument("--other-train", default=None, help="a second, different labelled folder for an unseen head")
-    a.add_argument("--other-test", default=None)
-    a.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255, help="L-inf budget in pixel units (8/255)")
-    a.add_argument("--steps", type=int_range(1), default=100)
+    a.add_argument("--other-test", default=None, help="test split of --other-train")
+    a.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255, help="L-inf budget in pixel units (default 8/255)")
+    a.add_argument("--steps", type=int_range(1), default=100, help="optimisation steps of the perturbation")
     a.set_defaults(func=run_adversarial)
 
     u = s.add_parser("unlearnable", help="protect data with Unlearnable Clusters; compare encoders trained on it",
                      formatter_class=formatter)
     _common(u)
     u.add_argument("--surrogate", default=None, help="surrogate encoder (default: the clean-data encoder)")
-    u.add_argument("--clusters", type=int_range(2), default=10)
-    u.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255)
-    u.add_argument("--steps", type=int_range(1), default=30)
+    u.add_argument("--clusters", type=int_range(2), default=10, help="k-means clusters of the surrogate's features")
+    u.add_argument("--eps", type=float_range(0, 1, open_lo=True), default=8 / 255, help="L-inf budget in pixel units (default 8/255)")
+    u.add_argument("--steps", type=int_range(1), default=30, help="optimisation steps per cluster's perturbation")
     u.set_defaults(func=run_unlearnable)
 
 

@@ -21,8 +21,9 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--checkpoint", required=True, help="run folder, checkpoint.pt or encoder.safetensors")
     p.add_argument("--data", required=True, help="image folder (labelled or not) or builtin:NAME")
     p.add_argument("--out", required=True, help="output file: .safetensors or .npz")
-    p.add_argument("--batch-size", type=int_range(1), default=256)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--batch-size", type=int_range(1), default=256, help="images per forward pass")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32")
     p.add_argument("--strict", action="store_true", help="fail on the first corrupt image")
     p.set_defaults(func=run)
 

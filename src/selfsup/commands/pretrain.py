@@ -40,8 +40,9 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--max-steps", type=int, help="stop after this many steps (the LR schedule still spans --epochs)")
     p.add_argument("--image-size", type=int, help="side of the square views fed to the encoder")
     p.add_argument("--lr", type=float, help="absolute peak learning rate (default: the method's base_lr x B/256)")
-    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"])
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument("--optimizer", choices=["sgd", "lars", "adamw"], help="optimizer (default: the method's)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32 (fp16: CUDA only)")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, help=f"seed of every random draw (default: the config's, {PretrainConfig().train.seed}); same seed, same run")
     p.add_argument("--knn-every", type=int, help="epochs between online kNN evaluations on --val")

@@ -25,8 +25,9 @@ def add_parser(sub: Any, formatter: type) -> None:
     p.add_argument("--query", required=True, help="an image file or a folder of images")
     p.add_argument("-k", type=int_range(1), default=10, help="neighbours per query")
     p.add_argument("--checkpoint", help="encoder to embed the queries (default: the one recorded in the index)")
-    p.add_argument("--batch-size", type=int_range(1), default=256)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
+    p.add_argument("--batch-size", type=int_range(1), default=256, help="images per forward pass (query folders)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
