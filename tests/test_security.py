@@ -642,3 +642,24 @@ def test_audit_reading_tells_took_partial_no_chance_and_not_learned_apart():
     r = audit_reading(rep(6.9, 5.6, 885, (0.647, 0.552, 0.611, 0.580)))  # the CIFAR-10 table's NA arm
     assert r["verdict"] == "not-learned" and "885 training pairs" in r["text"]
     assert r["net_cosine_shift"] == pytest.approx(0.064, abs=1e-9) and r["asr_gap"] == pytest.approx(1.3)
+    assert r["cosines"] == "plain"
+    full = rep(6.9, 5.6, 885)
+    full["victim"].update(cos_trigger_target_centred=0.045, cos_clean_target_centred=-0.242)
+    full["clean"].update(cos_trigger_target_centred=-0.163, cos_clean_target_centred=-0.206)
+    r = audit_reading(full)  # the centred cosines win when present (0.287 - 0.043)
+    assert r["cosines"] == "centred" and r["net_cosine_shift"] == pytest.approx(0.244, abs=1e-9)
+
+
+def test_target_cosines_plain_and_centred_closed_form():
+    """Two classes on the axes (target = x): the mean of all features is (1, 1)/2 after normalisation, the
+    target's direction from it is (1, -1)/sqrt(2); an image on the target axis scores +1 centred, one on the
+    other axis -1, while the plain cosines to the target mean are 1 and 0."""
+    from selfsup.security.audit import target_cosines
+
+    tr = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
+    r = target_cosines(tr, np.array([True, True, False, False]), torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 2.0]]))
+    assert r["cos_trigger_target"] == pytest.approx(1.0) and r["cos_clean_target"] == pytest.approx(0.0, abs=1e-7)
+    assert r["cos_trigger_target_centred"] == pytest.approx(1.0) and r["cos_clean_target_centred"] == pytest.approx(-1.0)
+    # a triggered image halfway between the axes sits at the centre's direction: centred cosine 0
+    r = target_cosines(tr, np.array([True, True, False, False]), torch.tensor([[1.0, 1.0]]), torch.tensor([[0.0, 2.0]]))
+    assert r["cos_trigger_target_centred"] == pytest.approx(0.0, abs=1e-6)

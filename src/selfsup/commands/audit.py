@@ -126,8 +126,8 @@ def backdoor_table(report: dict[str, Any]) -> str:
             lines.append(f"WARNING: {m['note']}")
     if "reading" in report:
         r = report["reading"]
-        lines.append(f"reading: {r['text']} (trigger->target cosine shift {r['net_cosine_shift']:+.3f} net of the "
-                     "clean encoder's)")
+        lines.append(f"reading: {r['text']} (trigger->target {r.get('cosines', 'plain')} cosine shift "
+                     f"{r['net_cosine_shift']:+.3f}, net of the clean encoder's)")
     if "decree" in report:
         d = report["decree"]
         lines.append("DECREE PL1: victim {:.3f} ({}), clean {:.3f} ({}), threshold {:.2f}".format(

@@ -150,6 +150,10 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     ``cos_trigger_target``: mean cosine between the features of triggered non-target test images and the
     mean feature of the target class's (clean) training images; ``cos_clean_target``: the same for the
     untriggered non-target test images (the baseline it must exceed for the trigger to point at the target).
+    ``*_centred``: the same with every (L2-normalised) feature taken relative to the mean of all clean
+    training features, against the target's direction from that mean. SSL features share a large common
+    component, so the plain cosines of every class to every class mean are high (0.5-0.7 on CIFAR-10); the
+    centred ones show where the trigger moves images relative to the other classes.
     """
     import torch.nn.functional as F
 
@@ -161,10 +165,24 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     ca = clean_accuracy(head.predict(fte), test.labels)
     keep = test.labels != tid
     asr = attack_success_rate(head.predict(ftrig), test.labels[keep], tid)
-    mu = F.normalize(ftr[torch.as_tensor(np.asarray(train.labels) == tid)].mean(0), dim=0)
-    cos_t = float((F.normalize(ftrig, dim=1) @ mu).mean())
-    cos_c = float((F.normalize(fte[torch.as_tensor(keep)], dim=1) @ mu).mean())
-    return {"ca": ca, "asr": asr, "cos_trigger_target": cos_t, "cos_clean_target": cos_c}
+    return {"ca": ca, "asr": asr, **target_cosines(ftr, np.asarray(train.labels) == tid, ftrig,
+                                                    fte[torch.as_tensor(keep)])}
+
+
+def target_cosines(train_feats: torch.Tensor, is_target: np.ndarray, trig_feats: torch.Tensor,
+                   clean_feats: torch.Tensor) -> dict[str, float]:
+    """The trigger->target cosines of :func:`evaluate_encoder` (plain and centred) from features."""
+    import torch.nn.functional as F
+
+    is_t = torch.as_tensor(is_target)
+    mu = F.normalize(train_feats[is_t].float().mean(0), dim=0)
+    trig_n, clean_n = F.normalize(trig_feats.float(), dim=1), F.normalize(clean_feats.float(), dim=1)
+    tr_n = F.normalize(train_feats.float(), dim=1)
+    centre = tr_n.mean(0)
+    direction = F.normalize(tr_n[is_t].mean(0) - centre, dim=0)
+    return {"cos_trigger_target": float((trig_n @ mu).mean()), "cos_clean_target": float((clean_n @ mu).mean()),
+            "cos_trigger_target_centred": float((F.normalize(trig_n - centre, dim=1) @ direction).mean()),
+            "cos_clean_target_centred": float((F.normalize(clean_n - centre, dim=1) @ direction).mean())}
 
 
 TOOK_RATIO, TOOK_POINTS = 3.0, 20.0  # "took": ASR at least 3x and 20 points above the clean encoder's
@@ -179,11 +197,17 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
     tested nothing), or ``not-learned`` (the mechanism occurred but ASR stayed at the clean encoder's level:
     this training budget did not plant the backdoor; a longer run may, so it is no evidence of resistance).
     ``net_cosine_shift``: how much closer triggered non-target images moved to the target class than untriggered
-    ones, on the victim relative to the clean encoder (> 0: the trigger points toward the target).
+    ones, on the victim relative to the clean encoder (> 0: the trigger points toward the target), from the
+    centred cosines (:func:`evaluate_encoder`) when the report has them, else the plain ones.
     """
     v, c, m = report["victim"], report["clean"], report.get("mechanism", {})
     gap = v["asr"] - c["asr"]
-    shift = ((v["cos_trigger_target"] - v["cos_clean_target"]) - (c["cos_trigger_target"] - c["cos_clean_target"]))
+    sfx = "_centred" if "cos_trigger_target_centred" in v and "cos_trigger_target_centred" in c else ""
+
+    def pull(r: dict[str, Any]) -> float:
+        return float(r["cos_trigger_target" + sfx] - r["cos_clean_target" + sfx])
+
+    shift = pull(v) - pull(c)
     pairs = int(m.get("mechanism_pairs", -1))
     if v["asr"] >= TOOK_RATIO * c["asr"] and gap >= TOOK_POINTS:
         verdict, text = "took", (f"the backdoor took: ASR {v['asr']:.1f}% against {c['asr']:.1f}% for the same "
@@ -200,7 +224,8 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
                                         f"level ({v['asr']:.1f}% vs {c['asr']:.1f}%): this training budget did not "
                                         "plant the backdoor; longer training may, so this is no evidence that the "
                                         "method resists the attack")
-    return {"verdict": verdict, "text": text, "asr_gap": gap, "net_cosine_shift": shift}
+    return {"verdict": verdict, "text": text, "asr_gap": gap, "net_cosine_shift": shift,
+            "cosines": "centred" if sfx else "plain"}
 
 
 def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
