@@ -498,6 +498,9 @@ def test_bench_defense_defends_a_finished_audit(tmp_path):
         spec = importlib.util.spec_from_file_location("bench_defense", bench / "bench_defense.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
+        spec = importlib.util.spec_from_file_location("bench_backdoor_features", bench / "bench_backdoor_features.py")
+        feats = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(feats)
     finally:
         sys.path.remove(str(bench))
     args = argparse.Namespace(attacks="noisy-alignment", decree_steps=20, tests=8, iterations=5, retrain=True)
@@ -507,6 +510,10 @@ def test_bench_defense_defends_a_finished_audit(tmp_path):
     assert 0 <= d["precision"] <= 100 and 0 <= d["recall"] <= 100 and 0 <= d["flagged"] <= 408
     assert 0 <= d["after"]["asr"] <= 100 and (tmp_path / "bd" / "retrained" / "encoder.safetensors").is_file()
     assert "| noisy-alignment | 0.02 |" in mod.render({"table": "t", "method": "simclr", "steps": 2, "arms": [row]})
+    rows = feats.measure({"results": [r], "target": "disc"}, k=3)
+    assert [(x["encoder"], x["trigger"]) for x in rows] == [("clean", "noisy-alignment"),
+                                                          ("noisy-alignment", "noisy-alignment")]
+    assert all(-1 <= x["cos_trigger_target_centred"] <= 1 and 0 <= x["knn_asr"] <= 100 for x in rows)
 
 
 @pytest.mark.integration

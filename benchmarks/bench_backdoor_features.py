@@ -1,0 +1,105 @@
+"""A second look at a finished backdoor table (bench_security.py): where the triggers moved the victims' features.
+
+    .venv/bin/python benchmarks/bench_backdoor_features.py --work /tmp/selfsup-bench-security
+
+For the clean encoder (with every attack's test trigger) and each victim (with its own trigger), on the
+table's CIFAR-10 splits:
+- the centred trigger->target cosines (:func:`selfsup.security.audit.target_cosines`: triggered and
+  untriggered non-target test images, relative to the mean clean training feature, against the target's
+  direction from it) and the "pull" = triggered - untriggered;
+- a kNN ASR: triggered non-target test images whose 20 nearest clean training images (cosine) vote for the
+  target class, beside the same vote's target rate on the untriggered images;
+- the mean pairwise cosine of 500 triggered images (near 1: the trigger collapses them onto one point).
+Nothing is retrained. Writes ``--work/features.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", required=True, help="bench_security.py's --work folder")
+    ap.add_argument("--k", type=int, default=20, help="neighbours of the kNN vote")
+    args = ap.parse_args()
+    work = Path(args.work)
+    rows = json.loads((work / "table.json").read_text())
+    t0 = time.time()
+    out = {"table": str(work / "table.json"), "k": args.k, "rows": measure(rows, args.k)}
+    out["minutes"] = (time.time() - t0) / 60
+    out["command"] = common.command_line()
+    out["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    (work / "features.json").write_text(json.dumps(out, indent=2))
+    print(render(out))
+
+
+def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
+    import torch
+    import torch.nn.functional as F
+
+    from selfsup.checkpoint import load_encoder
+    from selfsup.data import open_dataset
+    from selfsup.security.audit import AuditConfig, _features, target_cosines, triggered_test
+    from selfsup.security.poison import PoisonSpec, resolve_target
+
+    cfg = AuditConfig(**rows["results"][0]["config"])
+    train = open_dataset(cfg.train, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)
+    test = open_dataset(cfg.test, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)
+    tid = resolve_target(train.classes, train.labels, rows["target"], cfg.train)
+    keep = test.labels != tid
+    ytr = torch.as_tensor(np.array(train.labels))
+    is_t = np.asarray(train.labels) == tid
+    arms = {}
+    for r in rows["results"]:
+        arm = Path(r["config"]["out"])
+        folder = arm / "poisoned"
+        manifest = json.loads((folder / "manifest.json").read_text())
+        trig = triggered_test(manifest, folder, np.asarray(test.images)[keep], PoisonSpec(**r["spec"]), cfg.seed + 1)
+        arms[r["attack"]] = (arm, trig)
+    first = next(iter(arms.values()))[0]
+    clean_dir = first / "clean" if (first / "clean").is_dir() else first.parent / "clean"  # an audit's / a table's
+
+    def vote(f: torch.Tensor, bank: torch.Tensor) -> float:
+        top = (f @ bank.T).topk(k, dim=1).indices
+        counts = torch.zeros(len(f), int(ytr.max()) + 1).scatter_add_(1, ytr[top], torch.ones(top.shape))
+        return float((counts.argmax(1) == tid).float().mean() * 100)
+
+    out = []
+    for name, enc_dir, attacks in [("clean", clean_dir, list(arms))] + [(a, arms[a][0] / "victim", [a]) for a in arms]:
+        enc, _ = load_encoder(enc_dir)
+        ftr = F.normalize(_features(enc, train.images, cfg).float(), dim=1)
+        fte = F.normalize(_features(enc, np.asarray(test.images)[keep], cfg).float(), dim=1)
+        base = vote(fte, ftr)
+        for a in attacks:
+            ftg = F.normalize(_features(enc, arms[a][1], cfg).float(), dim=1)
+            c = target_cosines(ftr, is_t, ftg, fte)
+            out.append({"encoder": name, "trigger": a, **c,
+                        "pull_centred": c["cos_trigger_target_centred"] - c["cos_clean_target_centred"],
+                        "knn_asr": vote(ftg, ftr), "knn_target_rate_untriggered": base,
+                        "pairwise_cos_triggered": float((ftg[:500] @ ftg[:500].T).mean())})
+            print(out[-1], flush=True)
+    return out
+
+
+def render(out: dict[str, Any]) -> str:
+    lines = [common.header({"input": f"`{out['table']}`", "wall time": f"{out['minutes']:.1f} min",
+                            "measured by": f"`{out['command']}`, finished {out['finished']}"}), "",
+             "| encoder | trigger | centred cos triggered / untriggered | pull | kNN ASR % (untriggered) | "
+             "pairwise cos of triggered |", "|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        lines.append(f"| {r['encoder']} | {r['trigger']} | {r['cos_trigger_target_centred']:.3f} / "
+                     f"{r['cos_clean_target_centred']:.3f} | {r['pull_centred']:+.3f} | {r['knn_asr']:.1f} "
+                     f"({r['knn_target_rate_untriggered']:.1f}) | {r['pairwise_cos_triggered']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
