@@ -75,12 +75,13 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
     out = []
     for name, enc_dir, attacks in [("clean", clean_dir, list(arms))] + [(a, arms[a][0] / "victim", [a]) for a in arms]:
         enc, _ = load_encoder(enc_dir)
-        ftr = F.normalize(_features(enc, train.images, cfg).float(), dim=1)
+        raw_tr = _features(enc, train.images, cfg).float()
+        ftr = F.normalize(raw_tr, dim=1)
         fte = F.normalize(_features(enc, np.asarray(test.images)[keep], cfg).float(), dim=1)
         base = vote(fte, ftr)
         for a in attacks:
             ftg = F.normalize(_features(enc, arms[a][1], cfg).float(), dim=1)
-            c = target_cosines(ftr, is_t, ftg, fte)
+            c = target_cosines(raw_tr, is_t, ftg, fte)  # raw training features: the audit's plain cosines
             out.append({"encoder": name, "trigger": a, **c,
                         "pull_centred": c["cos_trigger_target_centred"] - c["cos_clean_target_centred"],
                         "knn_asr": vote(ftg, ftr), "knn_target_rate_untriggered": base,
