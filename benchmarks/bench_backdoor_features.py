@@ -7,8 +7,9 @@ table's CIFAR-10 splits:
 - the centred trigger->target cosines (:func:`selfsup.security.audit.target_cosines`: triggered and
   untriggered non-target test images, relative to the mean clean training feature, against the target's
   direction from it) and the "pull" = triggered - untriggered;
-- a kNN ASR: triggered non-target test images whose 20 nearest clean training images (cosine) vote for the
-  target class, beside the same vote's target rate on the untriggered images;
+- a kNN ASR: triggered non-target test images that selfsup's kNN protocol (:func:`selfsup.eval.knn.knn_predict`:
+  the 20 nearest clean training images by cosine, votes weighted by exp(cos / 0.1)) assigns to the target
+  class, beside the same vote's target rate on the untriggered images;
 - the mean pairwise cosine of 500 triggered images (near 1: the trigger collapses them onto one point).
 Nothing is retrained. Writes ``--work/features.json`` and prints a Markdown table.
 """
@@ -47,6 +48,7 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
 
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
+    from selfsup.eval.knn import knn_predict
     from selfsup.security.audit import AuditConfig, _features, target_cosines, triggered_test
     from selfsup.security.poison import PoisonSpec, resolve_target
 
@@ -64,13 +66,11 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
         manifest = json.loads((folder / "manifest.json").read_text())
         trig = triggered_test(manifest, folder, np.asarray(test.images)[keep], PoisonSpec(**r["spec"]), cfg.seed + 1)
         arms[r["attack"]] = (arm, trig)
-    first = next(iter(arms.values()))[0]
-    clean_dir = first / "clean" if (first / "clean").is_dir() else first.parent / "clean"  # an audit's / a table's
+    clean_dir = common.clean_run_dir(next(iter(arms.values()))[0])
 
     def vote(f: torch.Tensor, bank: torch.Tensor) -> float:
-        top = (f @ bank.T).topk(k, dim=1).indices
-        counts = torch.zeros(len(f), int(ytr.max()) + 1).scatter_add_(1, ytr[top], torch.ones(top.shape))
-        return float((counts.argmax(1) == tid).float().mean() * 100)
+        scores = knn_predict(bank, ytr, f, k=k, num_classes=int(ytr.max()) + 1)  # the kNN protocol's vote
+        return float((scores.argmax(1) == tid).float().mean() * 100)
 
     out = []
     for name, enc_dir, attacks in [("clean", clean_dir, list(arms))] + [(a, arms[a][0] / "victim", [a]) for a in arms]:

@@ -82,11 +82,12 @@ def defend(r: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     folder = arm / "poisoned"
     manifest = json.loads((folder / "manifest.json").read_text())
     victim, _ = load_encoder(arm / "victim")
-    clean, _ = load_encoder(arm / "clean" if (arm / "clean").is_dir() else arm.parent / "clean")
+    clean_dir = common.clean_run_dir(arm)
+    clean, _ = load_encoder(clean_dir)
     train = open_dataset(cfg.train, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)
     row: dict[str, Any] = {"attack": r["attack"], "rate": r["rate"], "victim_asr": r["victim"]["asr"],
                            "clean_asr": r["clean"]["asr"], "victim_ca": r["victim"]["ca"]}
-    key = str(arm / "clean" if (arm / "clean").is_dir() else arm.parent / "clean")
+    key = str(clean_dir)
     row["decree"] = decree_report(victim, _CLEAN_DECREE.get(key, clean), train, cfg, steps=args.decree_steps)
     _CLEAN_DECREE[key] = row["decree"]["clean"]  # one clean encoder serves every arm of a table
     if r["attack"] in args.attacks.split(","):

@@ -62,8 +62,14 @@ def cpu_flags() -> set[str]:
 
 
 def machine_line() -> str:
-    bf16 = "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
-    return (f"{cpu_model()}, {cores()} cores{' (AVX-512 bf16)' if bf16 else ''}; torch {torch.__version__}, "
+    flags = cpu_flags()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        isa = "AVX-512 bf16"
+    elif "avx512f" in flags:
+        isa = "AVX-512 without native bf16: fp32"
+    else:
+        isa = "AVX2 only, no native bf16: fp32"
+    return (f"{cpu_model()}, {cores()} cores ({isa}); torch {torch.__version__}, "
             f"{torch.get_num_threads()} intra-op threads")
 
 
@@ -236,6 +242,12 @@ def lightly_folder_loader(root: Path, batch_size: int = 128, workers: int = 2, s
 
 
 # ------------------------------------------------------------------------------------------ RESULTS.md
+
+
+def clean_run_dir(arm: Path) -> Path:
+    """The clean encoder's run folder of a backdoor arm: ``arm/clean`` for a lone audit, the table's shared
+    ``clean/`` beside the arms for bench_security.py."""
+    return arm / "clean" if (arm / "clean").is_dir() else arm.parent / "clean"
 
 
 def command_line() -> str:

@@ -155,7 +155,6 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     component, so the plain cosines of every class to every class mean are high (0.5-0.7 on CIFAR-10); the
     centred ones show where the trigger moves images relative to the other classes.
     """
-
     ftr = _features(enc, train.images, cfg)
     fte = _features(enc, test.images, cfg)
     ftrig = _features(enc, trig, cfg)
