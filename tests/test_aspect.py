@@ -28,9 +28,11 @@ from torchvision.transforms import RandomResizedCrop
 from selfsup.augment.masking import weights_to_view
 from selfsup.augment.ops import eval_transform, normalize, resized_crop
 from selfsup.augment.recipes import IMAGENET_MEAN, IMAGENET_STD, ViewRecipe, ViewSpec, simclr_recipe
+from selfsup.augment.sampling import frame_chunks
 from selfsup.augment.views import make_views
 from selfsup.data import RaggedImages, gather, open_dataset
 from selfsup.data import cache as cache_mod
+from selfsup.data.images import pad_rows
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -233,6 +235,47 @@ def test_padded_batch_equals_per_image_crops(backend: str) -> None:
             img = torch.from_numpy(r).permute(2, 0, 1)[None].float() / 255
             ref = resized_crop(img, p.boxes[i : i + 1], p.flip[i : i + 1], 8)
             torch.testing.assert_close(v[i : i + 1], ref, atol=2e-6, rtol=0)
+
+
+def test_frame_chunks_bound_the_padding_of_mixed_orientations() -> None:
+    """A batch of 10:1 panoramas, 1:10 portraits and squares (padded frame 10S x 10S, ~18x its pixels) is cut
+    into groups of similar shape: every row in exactly one group, each group's own frame at most 2x its
+    pixels (or one row); a batch whose frame wastes little is left whole (None)."""
+    s = 16
+    shapes = [(s, 10 * s), (10 * s, s), (s, s), (s, 4 * s), (3 * s, s), (s, 2 * s)] * 5
+    sizes = torch.tensor(shapes, dtype=torch.int64)[torch.randperm(30, generator=torch.Generator().manual_seed(0))]
+    chunks = frame_chunks(sizes)
+    assert chunks is not None
+    rows = torch.cat(chunks).sort().values
+    assert torch.equal(rows, torch.arange(len(sizes)))
+    area = (sizes[:, 0] * sizes[:, 1]).double()
+    for c in chunks:
+        fh, fw = sizes[c].max(dim=0).values.tolist()
+        assert len(c) == 1 or fh * fw * len(c) <= 2 * float(area[c].sum())
+    assert 2 <= len(chunks) <= 8
+    assert frame_chunks(torch.tensor([[s, s], [s, s + 4], [s + 4, s]])) is None  # 4:3 and 3:4 photos
+
+
+def test_chunked_views_equal_the_whole_frame_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch path on a wasteful ragged batch (cut into groups) makes the same views, colour jitter and
+    all, as on the whole padded frame: the groups share the batch's random draws."""
+    import selfsup.augment.views as views_mod
+
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(8, 80), (80, 8), (8, 8), (8, 24)]]
+    x, sz = pad_rows(rows)
+    assert sz is not None and frame_chunks(torch.from_numpy(sz)) is not None
+    recipe = simclr_recipe(8)
+
+    def run() -> list[torch.Tensor]:
+        out, _ = make_views(torch.from_numpy(x), recipe, torch.Generator().manual_seed(5),
+                            sizes=torch.from_numpy(sz), backend="torch")
+        return out
+
+    chunked = run()
+    monkeypatch.setattr(views_mod, "frame_chunks", lambda sizes: None)
+    for a, b in zip(chunked, run()):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
 def test_every_third_of_a_wide_image_reaches_the_views() -> None:

@@ -261,7 +261,7 @@ def solarize(x: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- layout
 
 
-def _as_nchw(images: torch.Tensor) -> torch.Tensor:
+def as_nchw(images: torch.Tensor) -> torch.Tensor:
     """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> a [B, 3, H, W] view."""
     if images.dim() != 4:
         raise DataError(
@@ -281,14 +281,18 @@ def _as_nchw(images: torch.Tensor) -> torch.Tensor:
 
 def to_float_nchw(images: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """uint8 [B, H, W, C] or [B, C, H, W] (C = 1 or 3; float input taken as [0, 1]) -> float [B, 3, H, W]."""
-    x = _as_nchw(images)
-    return x.to(dtype).mul_(1.0 / 255.0) if images.dtype == torch.uint8 else x.to(dtype)
+    return to_float(as_nchw(images), dtype)
+
+
+def to_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (0..255) or float ([0, 1]) tensor -> ``dtype`` in [0, 1], any layout kept."""
+    return x.to(dtype).mul_(1.0 / 255.0) if x.dtype == torch.uint8 else x.to(dtype)
 
 
 def to_nhwc(images: torch.Tensor) -> torch.Tensor:
     """The view kernel's input: contiguous [B, H, W, 3], uint8 kept as is (the cache's batches: no copy),
     float as float32."""
-    x = _as_nchw(images).permute(0, 2, 3, 1)
+    x = as_nchw(images).permute(0, 2, 3, 1)
     return x.contiguous() if images.dtype == torch.uint8 else x.to(torch.float32).contiguous()
 
 
@@ -334,16 +338,17 @@ def eval_transform(
     """
     if not 0.0 < crop_fraction <= 1.0:
         raise ConfigError(f"eval crop_fraction must be in (0, 1], got {crop_fraction!r}")
-    x = to_float_nchw(images, torch.float32)
     if sizes is None:
-        out = _resize_centre_crop(x, size, crop_fraction)
+        out = _resize_centre_crop(to_float_nchw(images, torch.float32), size, crop_fraction)
     else:
+        x = as_nchw(images)  # each shape's own part goes to float, never the whole padded frame
         sz = torch.as_tensor(sizes).to("cpu", torch.int64).reshape(-1, 2)
-        out = x.new_empty(x.shape[0], 3, size, size)
+        out = torch.empty(x.shape[0], 3, size, size, device=x.device)
         shapes, inverse = torch.unique(sz, dim=0, return_inverse=True)
         for k, (h, w) in enumerate(shapes.tolist()):  # one batched resize per distinct shape
             idx = (inverse == k).nonzero().squeeze(1).to(x.device)
-            out[idx] = _resize_centre_crop(x.index_select(0, idx)[..., :h, :w], size, crop_fraction)
+            part = to_float(x.index_select(0, idx)[..., :h, :w], torch.float32)
+            out[idx] = _resize_centre_crop(part, size, crop_fraction)
     return _finish(out.to(dtype), mean, std, channels_last)
 
 
@@ -366,6 +371,7 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
+    "as_nchw",
     "blur_kernel_size",
     "colour_jitter_",
     "crop_theta",
@@ -376,6 +382,7 @@ __all__ = [
     "resized_crop",
     "rgb_to_grayscale",
     "solarize",
+    "to_float",
     "to_float_nchw",
     "to_grayscale",
     "to_layout",

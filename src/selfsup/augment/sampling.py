@@ -76,4 +76,34 @@ def padded_boxes(boxes: torch.Tensor, sizes: torch.Tensor, height: int, width: i
     f = torch.stack([fy, fx, fy, fx], -1)
     return (boxes.double() * f).float()
 
-__all__ = ["N_TRIES", "padded_boxes", "sample_boxes", "uniform"]
+
+def frame_chunks(sizes: torch.Tensor, waste: float = 2.0) -> list[torch.Tensor] | None:
+    """Row groups of a padded native-aspect batch (``sizes`` [B, 2], CPU int64) such that each group padded to
+    its OWN tallest and widest row holds at most ``waste`` times its rows' pixels; None when the whole batch's
+    frame already does (the common case: one pass over the batch as it is).
+
+    Why: a batch mixing a 10:1 panorama and a 1:10 portrait is padded to 10S x 10S, about 10x the pixels of
+    its images, and the torch view path converts that frame to float and repeats it per view. Rows are
+    sorted by aspect ratio (width / height) and cut greedily, so every group is a run of similar shapes; a
+    row alone always fits. Each group is sliced from the top-left of the batch's frame, which with
+    replicate padding is exactly that group's own padded batch (:func:`selfsup.data.images.pad_rows`).
+    """
+    hw = sizes.to(torch.float64)
+    area = hw[:, 0] * hw[:, 1]
+    if float(hw[:, 0].max() * hw[:, 1].max()) * len(hw) <= waste * float(area.sum()):
+        return None
+    chunks: list[list[int]] = []
+    fh = fw = total = 0.0
+    for r in torch.argsort(hw[:, 1] / hw[:, 0], stable=True).tolist():
+        h, w = float(hw[r, 0]), float(hw[r, 1])
+        nh, nw, nt = max(fh, h), max(fw, w), total + h * w
+        if chunks and nh * nw * (len(chunks[-1]) + 1) <= waste * nt:
+            chunks[-1].append(r)
+            fh, fw, total = nh, nw, nt
+        else:
+            chunks.append([r])
+            fh, fw, total = h, w, h * w
+    return [torch.tensor(c, dtype=torch.int64) for c in chunks]
+
+
+__all__ = ["N_TRIES", "frame_chunks", "padded_boxes", "sample_boxes", "uniform"]

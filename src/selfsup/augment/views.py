@@ -19,7 +19,10 @@ Native aspect: images keep their own shape (:mod:`selfsup.data.images`). A batch
 padded to its tallest and widest image with per-sample ``sizes`` [B, 2]; every crop box is drawn in its own
 image's height and width (torchvision's ``RandomResizedCrop.get_params`` distribution for that size) and
 resampled from that image only: the torch ops map the box into the replicate-padded frame, the kernel clamps
-to the image's own border. Same-shape batches (CIFAR) take the dense path unchanged.
+to the image's own border. Same-shape batches (CIFAR) take the dense path unchanged. A batch whose frame
+would hold more than twice its images' pixels (panoramas beside portraits: up to ~10x) goes through the torch
+ops one group of similar shapes at a time (:func:`selfsup.augment.sampling.frame_chunks`), so the float
+frame is never built (benchmarks/RESULTS.md, native aspect: peak memory of such a batch).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 
 from selfsup.augment.colour import apply_colour_affine, colour_affine
 from selfsup.augment.ops import (
+    as_nchw,
     blur_kernel_size,
     colour_jitter_,
     crop_theta,
@@ -38,7 +42,7 @@ from selfsup.augment.ops import (
     normalize,
     resized_crop,
     solarize,
-    to_float_nchw,
+    to_float,
     to_grayscale,
     to_layout,
     to_nhwc,
@@ -51,7 +55,7 @@ from selfsup.augment.recipes import (
     ViewSpec,
     simclr_recipe,
 )
-from selfsup.augment.sampling import N_TRIES, padded_boxes, sample_boxes, uniform
+from selfsup.augment.sampling import N_TRIES, frame_chunks, padded_boxes, sample_boxes, uniform
 from selfsup.errors import ConfigError, DataError
 
 COLOUR_MODES = ("exact", "linear")  # make_views(colour=...) / data.colour
@@ -118,6 +122,8 @@ def _augment_views(
     colour: str = "exact", kernel: bool = False,
     finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
     sizes: torch.Tensor | None = None,
+    chunks: list[torch.Tensor] | None = None,
+    work: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, list[ViewParams]]:
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
     [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params. ``kernel``: src is instead a CPU
@@ -125,6 +131,10 @@ def _augment_views(
     (:mod:`selfsup.augment.kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
     these views) the kernel also normalises and writes the final layout and dtype. ``sizes`` [B, 2] (CPU
     int64): each image's own height and width in a padded batch; its boxes are drawn in that size.
+    ``chunks`` (:func:`selfsup.augment.sampling.frame_chunks`; torch path only): src is the padded batch as
+    [B, 3, H, W] uint8 (or float), and each row group is cut to its own frame, converted to ``work`` and
+    cropped on its own; the random draws are the whole batch's, so the views equal the unchunked ones up to
+    float rounding.
 
     Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
     halves the per-call overhead (op dispatch, slicing, parameter draws) that dominates at 32 px; see
@@ -156,10 +166,13 @@ def _augment_views(
         fs, order = _jitter_params(u, strengths)
         x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish, sizes)
     else:
-        if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
-            src = torch.cat([src] * g)  # keeps src's (channels-last) strides; much faster than .repeat here
-        crop = boxes if sizes is None else padded_boxes(boxes, hw, height, width)
-        x = resized_crop(src, crop.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
+        if chunks is not None:
+            x = _chunked_crops(src, chunks, boxes, flip, hw, g, spec.size, work)
+        else:
+            if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
+                src = torch.cat([src] * g)  # keeps src's (channels-last) strides; much faster than .repeat here
+            crop = boxes if sizes is None else padded_boxes(boxes, hw, height, width)
+            x = resized_crop(src, crop.to(dev, non_blocking=True), flip.to(dev, non_blocking=True), spec.size)
         if jitter or (colour == "linear" and gray.any()):
             fs, order = _jitter_params(u, strengths)
             if colour == "linear":  # jitter + grayscale as one per-sample affine map (see make_views)
@@ -187,6 +200,25 @@ def _augment_views(
     sz = (sizes if sizes is not None else torch.tensor([[height, width]], dtype=torch.int64).expand(b, 2)).to(dev)
     return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b], sizes=sz)
                for i in range(g)]
+
+def _chunked_crops(
+    src: torch.Tensor, chunks: list[torch.Tensor], boxes: torch.Tensor, flip: torch.Tensor, hw: torch.Tensor,
+    g: int, size: int, work: torch.dtype,
+) -> torch.Tensor:
+    """The torch path's crops of a wasteful padded batch, one row group at a time (see ``_augment_views``):
+    src [B, 3, H, W] (uint8 or float), boxes / flip / hw of the G * B output rows -> [G * B, 3, size, size]."""
+    b, dev = src.shape[0], src.device
+    x = torch.empty(g * b, 3, size, size, dtype=work, device=dev)
+    for rows in chunks:
+        fh, fw = (int(v) for v in hw[rows].max(dim=0).values)
+        part = to_float(src[rows.to(dev)][:, :, :fh, :fw], work)  # this group's own padded frame
+        out = torch.cat([rows + i * b for i in range(g)])  # its rows in every view
+        if g > 1:
+            part = torch.cat([part] * g)
+        crop = padded_boxes(boxes[out], hw[out], fh, fw)
+        x[out.to(dev)] = resized_crop(part, crop.to(dev, non_blocking=True), flip[out].to(dev), size)
+    return x
+
 
 def uses_kernel(
     device: torch.device | str, colour: str, backend: str, dtype: torch.dtype = torch.float32
@@ -249,8 +281,9 @@ def make_views(
     # maths: augment in fp32 and cast once, with the layout change, in to_layout (faster on CPUs; see
     # benchmarks/RESULTS.md, notes moved from code).
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
-    src = to_nhwc(images) if kernel else to_float_nchw(images, work)
+    src = to_nhwc(images) if kernel else as_nchw(images)
     b = src.shape[0]
+    chunks = None
     if sizes is not None:
         sizes = torch.as_tensor(sizes).to("cpu", torch.int64).reshape(b, 2)
         full = (src.shape[1], src.shape[2]) if kernel else tuple(src.shape[2:])
@@ -258,6 +291,10 @@ def make_views(
             raise DataError(f"views: sizes must lie within the batch's {full[0]} x {full[1]} frame")
         if bool((sizes == torch.tensor(full)).all()):
             sizes = None  # every image fills the frame: the dense path
+        elif not kernel:  # the kernel reads each image's own pixels; the torch ops resample the frame
+            chunks = frame_chunks(sizes)
+    if not kernel and chunks is None:
+        src = to_float(src, work)
     groups: dict[tuple[object, ...], list[int]] = {}  # views sharing a pass, in order of first appearance
     for i, spec in enumerate(recipe.views):
         groups.setdefault(_group_key(spec), []).append(i)
@@ -267,7 +304,7 @@ def make_views(
         # the kernel finishes the views itself unless blur or solarize (torch ops) come after it
         fused = kernel and not any(v.blur_p or v.solarize_p for v in specs)
         finish = (recipe.mean, recipe.std, channels_last, dtype) if fused else None
-        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish, sizes)
+        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish, sizes, chunks, work)
         if not fused:
             x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
         for k, i in enumerate(idx):  # (to_layout is a no-op on the kernel's finished views)
