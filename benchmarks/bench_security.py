@@ -148,8 +148,13 @@ def publish(rows: dict[str, Any], args: argparse.Namespace) -> None:
     text = render(rows)
     print(text)
     if not args.no_write:
-        common.update_section(f"Backdoor table: CIFAR-10, {rows['method']} victim, fixed steps (bench_security.py)",
-                              text)
+        common.update_section(section_title(rows), text)
+
+
+def section_title(rows: dict[str, Any]) -> str:
+    """The RESULTS.md section of a table: one per victim and step budget (a budget point never overwrites the
+    table of another budget)."""
+    return f"Backdoor table: CIFAR-10, {rows['method']} victim, {rows['steps']} steps (bench_security.py)"
 
 
 def render(rows: dict[str, Any]) -> str:

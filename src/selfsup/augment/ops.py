@@ -347,7 +347,7 @@ def eval_transform(
         shapes, inverse = torch.unique(sz, dim=0, return_inverse=True)
         for k, (h, w) in enumerate(shapes.tolist()):  # one batched resize per distinct shape
             idx = (inverse == k).nonzero().squeeze(1).to(x.device)
-            part = to_float(x.index_select(0, idx)[..., :h, :w], torch.float32)
+            part = to_float(x[..., :h, :w].index_select(0, idx), torch.float32)
             out[idx] = _resize_centre_crop(part, size, crop_fraction)
     return _finish(out.to(dtype), mean, std, channels_last)
 

@@ -211,7 +211,7 @@ def _chunked_crops(
     x = torch.empty(g * b, 3, size, size, dtype=work, device=dev)
     for rows in chunks:
         fh, fw = (int(v) for v in hw[rows].max(dim=0).values)
-        part = to_float(src[rows.to(dev)][:, :, :fh, :fw], work)  # this group's own padded frame
+        part = to_float(src[:, :, :fh, :fw][rows.to(dev)], work)  # this group's own padded frame
         out = torch.cat([rows + i * b for i in range(g)])  # its rows in every view
         if g > 1:
             part = torch.cat([part] * g)
