@@ -163,7 +163,8 @@ def main() -> None:
     # 1. CIFAR-10 views, this tree vs the baseline, alternating
     child_us(ours_src, cifar / "train", args.batch, 1)  # builds this tree's cache + compiles its kernel
     child_us(args.baseline, cifar / "train", args.batch, 1)
-    ours, base = [], []
+    ours: list[float] = []
+    base: list[float] = []
     for r in range(args.rounds):
         first, second = (ours_src, args.baseline) if r % 2 == 0 else (args.baseline, ours_src)
         a = child_us(first, cifar / "train", args.batch, 5)

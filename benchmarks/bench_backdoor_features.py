@@ -38,7 +38,7 @@ def main() -> None:
     out["minutes"] = (time.time() - t0) / 60
     out["command"] = common.command_line()
     out["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    (work / "features.json").write_text(json.dumps(out, indent=2))
+    common.write_text(work / "features.json", json.dumps(out, indent=2))
     print(render(out))
 
 

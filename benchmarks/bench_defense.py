@@ -45,11 +45,11 @@ def main() -> None:
     out: dict[str, Any] = {"table": str(table), "method": rows["method"], "steps": rows["steps"], "arms": []}
     for r in rows["results"]:
         out["arms"].append(defend(r, args))
-        (work / "defense.json").write_text(json.dumps(out, indent=2, default=str))
+        common.write_text(work / "defense.json", json.dumps(out, indent=2, default=str))
     out["wall_minutes"] = (time.time() - t0) / 60
     out["command"] = common.command_line()
     out["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    (work / "defense.json").write_text(json.dumps(out, indent=2, default=str))
+    common.write_text(work / "defense.json", json.dumps(out, indent=2, default=str))
     publish(out, args)
 
 

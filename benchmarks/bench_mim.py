@@ -94,7 +94,7 @@ def main() -> None:
         _, lp = sh(py + ["eval", "linear", "--checkpoint", str(run), "--train", str(root / "train"),
                          "--test", str(root / "test"), "--no-baselines", "--json"])
         lin = json.loads(lp.stdout) if lp.returncode == 0 else {}
-        (out / f"{m}-linear.json").write_text(json.dumps(lin, indent=2))
+        common.write_text(out / f"{m}-linear.json", json.dumps(lin, indent=2))
         rows.append({"method": m, "kNN top-1 %": s.get("knn_top1", "FAILED"),
                      "linear top-1 %": _top1(lin), "steps": s.get("steps"), "epochs": s.get("epochs_completed"),
                      "img/s": s.get("images_per_s"), "pretrain wall s": round(wall, 1),

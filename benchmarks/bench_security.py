@@ -86,7 +86,7 @@ def main() -> None:
         publish(json.loads((work / "table.json").read_text()), args)
         return
     rows = run(args, attacks, rates, work)
-    (work / "table.json").write_text(json.dumps(rows, indent=2, default=str))
+    common.write_text(work / "table.json", json.dumps(rows, indent=2, default=str))
     publish(rows, args)
 
 
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace, attacks: list[str], rates: list[float], work: 
                                defense=args.defense and attack != "ctrl", decree=args.decree, clean_run=clean)
             r["rate"] = rate
             rows["results"].append(r)
-            (work / "table.partial.json").write_text(json.dumps(rows, indent=2, default=str))
+            common.write_text(work / "table.partial.json", json.dumps(rows, indent=2, default=str))
             print(f"{attack} @ {rate:g}: victim ASR {r['victim']['asr']:.1f} / clean-encoder ASR "
                   f"{r['clean']['asr']:.1f}; mechanism {r['mechanism']['mechanism_pairs']}", flush=True)
     rows["wall_minutes"] = (time.time() - t0) / 60

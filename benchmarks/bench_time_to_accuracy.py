@@ -151,7 +151,7 @@ def main() -> None:
     if args.lightly_child:
         res = run_lightly(root, args.minutes, out)
         res["peak_rss_mb"] = round(common.peak_rss_mb(), 0)
-        (out / "lightly.json").write_text(json.dumps(res, indent=2))
+        common.write_text(out / "lightly.json", json.dumps(res, indent=2))
         return
 
     out.mkdir(parents=True, exist_ok=True)

@@ -126,7 +126,7 @@ def main() -> None:
             open_dataset(str(root / "test"), 32, progress=False)
         for m in [x.strip() for x in args.methods.split(",") if x.strip()]:
             r = run_method(m, root, args.minutes, out, args.preset)
-            (out / f"{m}.json").write_text(json.dumps(r, indent=2))
+            common.write_text(out / f"{m}.json", json.dumps(r, indent=2))
             print(json.dumps(r), flush=True)
             if not args.no_write:
                 common.update_section(title, render(out, args.preset))

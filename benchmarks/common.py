@@ -280,6 +280,14 @@ def table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+def write_text(path: Path | str, text: str) -> None:
+    """Write a result file atomically (a temporary beside it, then a rename): an interrupted benchmark never
+    leaves half a JSON or half of RESULTS.md."""
+    from selfsup.checkpoint import atomic_write_text
+
+    atomic_write_text(path, text)
+
+
 def update_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md, keeping every other section."""
     text = path.read_text() if path.exists() else (
@@ -294,7 +302,7 @@ def update_section(title: str, body: str, path: Path = RESULTS) -> None:
     else:
         end = next((j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines))
         lines = lines[:start] + new + lines[end:]
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text(path, "\n".join(lines).rstrip() + "\n")
     print(f"updated section '## {title}' in {path.relative_to(ROOT)}")
 
 
