@@ -25,7 +25,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
 import selfsup.augment.views as views
-from selfsup.augment.ops import eval_transform
+from selfsup.augment.ops import eval_transform, to_float_nchw
 from selfsup.augment.recipes import simclr_recipe
 from selfsup.data.images import pad_rows
 mode, what, side, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -40,16 +40,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 t0 = time.perf_counter()
 if what == "views":
     views.make_views(x, simclr_recipe(side), torch.Generator().manual_seed(0), sizes=sz, backend="torch")
-elif mode == "whole":  # the previous eval_transform: the whole frame to float first
-    from selfsup.augment import ops
-    f = ops.to_float_nchw(x, torch.float32)
-    out = f.new_empty(f.shape[0], 3, side, side)
-    shapes_u, inverse = torch.unique(sz, dim=0, return_inverse=True)
-    for k, (h, w) in enumerate(shapes_u.tolist()):
-        idx = (inverse == k).nonzero().squeeze(1)
-        out[idx] = ops._resize_centre_crop(f.index_select(0, idx)[..., :h, :w], side, 1.0)
-else:
-    eval_transform(x, side, sizes=sz)
+else:  # "whole": the frame made float first, as eval_transform did before
+    eval_transform(to_float_nchw(x, torch.float32) if mode == "whole" else x, side, sizes=sz)
 sec = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 own = float((sz[:, 0] * sz[:, 1]).sum() * 3) / 2**20

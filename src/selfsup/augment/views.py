@@ -122,8 +122,7 @@ def _augment_views(
     colour: str = "exact", kernel: bool = False,
     finish: tuple[tuple[float, ...], tuple[float, ...], bool, torch.dtype] | None = None,
     sizes: torch.Tensor | None = None,
-    chunks: list[torch.Tensor] | None = None,
-    work: torch.dtype = torch.float32,
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, list[ViewParams]]:
     """G views (equal :func:`_group_key`) of float [B, 3, H, W] images in [0, 1] -> [G * B, 3, size, size] in
     [0, 1], view g in rows g * B ... (g + 1) * B, plus each view's params. ``kernel``: src is instead a CPU
@@ -131,10 +130,9 @@ def _augment_views(
     (:mod:`selfsup.augment.kernel`) on the same random parameters; with ``finish`` (no blur, no solarize in
     these views) the kernel also normalises and writes the final layout and dtype. ``sizes`` [B, 2] (CPU
     int64): each image's own height and width in a padded batch; its boxes are drawn in that size.
-    ``chunks`` (:func:`selfsup.augment.sampling.frame_chunks`; torch path only): src is the padded batch as
-    [B, 3, H, W] uint8 (or float), and each row group is cut to its own frame, converted to ``work`` and
-    cropped on its own; the random draws are the whole batch's, so the views equal the unchunked ones up to
-    float rounding.
+    ``pieces`` (torch path only): the batch as row groups ``(rows, float [n, 3, h, w])``, each cut to its own
+    frame (:func:`selfsup.augment.sampling.frame_chunks`); each group is cropped on its own with the whole
+    batch's random draws, so the views equal the whole-frame ones up to float rounding.
 
     Why several views in one pass: every op then runs once on G * B samples instead of G times on B, which
     halves the per-call overhead (op dispatch, slicing, parameter draws) that dominates at 32 px; see
@@ -166,8 +164,8 @@ def _augment_views(
         fs, order = _jitter_params(u, strengths)
         x = crop_jitter_gray(src, spec.size, boxes, flip, jit & jitter, order, fs, active, gray, finish, sizes)
     else:
-        if chunks is not None:
-            x = _chunked_crops(src, chunks, boxes, flip, hw, g, spec.size, work)
+        if pieces is not None:
+            x = _crops_by_piece(pieces, b, boxes, flip, hw, g, spec.size)
         else:
             if g > 1:  # one input row per output row: grid_sample takes no broadcast batch
                 src = torch.cat([src] * g)  # keeps src's (channels-last) strides; much faster than .repeat here
@@ -201,21 +199,22 @@ def _augment_views(
     return x, [ViewParams(boxes=boxes[i * b : (i + 1) * b], flip=flip[i * b : (i + 1) * b], sizes=sz)
                for i in range(g)]
 
-def _chunked_crops(
-    src: torch.Tensor, chunks: list[torch.Tensor], boxes: torch.Tensor, flip: torch.Tensor, hw: torch.Tensor,
-    g: int, size: int, work: torch.dtype,
+
+def _crops_by_piece(
+    pieces: list[tuple[torch.Tensor, torch.Tensor]], b: int, boxes: torch.Tensor, flip: torch.Tensor,
+    hw: torch.Tensor, g: int, size: int,
 ) -> torch.Tensor:
     """The torch path's crops of a wasteful padded batch, one row group at a time (see ``_augment_views``):
-    src [B, 3, H, W] (uint8 or float), boxes / flip / hw of the G * B output rows -> [G * B, 3, size, size]."""
-    b, dev = src.shape[0], src.device
-    x = torch.empty(g * b, 3, size, size, dtype=work, device=dev)
-    for rows in chunks:
-        fh, fw = (int(v) for v in hw[rows].max(dim=0).values)
-        part = to_float(src[:, :, :fh, :fw][rows.to(dev)], work)  # this group's own padded frame
+    pieces of the B images, boxes / flip / hw of the G * B output rows -> [G * B, 3, size, size]."""
+    first = pieces[0][1]
+    x = torch.empty(g * b, 3, size, size, dtype=first.dtype, device=first.device)
+    for rows, part in pieces:
+        fh, fw = int(part.shape[-2]), int(part.shape[-1])
         out = torch.cat([rows + i * b for i in range(g)])  # its rows in every view
         if g > 1:
             part = torch.cat([part] * g)
         crop = padded_boxes(boxes[out], hw[out], fh, fw)
+        dev = part.device
         x[out.to(dev)] = resized_crop(part, crop.to(dev, non_blocking=True), flip[out].to(dev), size)
     return x
 
@@ -283,7 +282,7 @@ def make_views(
     work = torch.float32 if dtype == torch.bfloat16 and images.device.type == "cpu" else dtype
     src = to_nhwc(images) if kernel else as_nchw(images)
     b = src.shape[0]
-    chunks = None
+    chunks: list[torch.Tensor] | None = None
     if sizes is not None:
         sizes = torch.as_tensor(sizes).to("cpu", torch.int64).reshape(b, 2)
         full = (src.shape[1], src.shape[2]) if kernel else tuple(src.shape[2:])
@@ -293,7 +292,13 @@ def make_views(
             sizes = None  # every image fills the frame: the dense path
         elif not kernel:  # the kernel reads each image's own pixels; the torch ops resample the frame
             chunks = frame_chunks(sizes)
-    if not kernel and chunks is None:
+    pieces: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    if chunks is not None and sizes is not None:  # each group's own padded frame (the frame's top-left), once
+        pieces = []
+        for rows in chunks:
+            h, w = sizes[rows].max(dim=0).values.tolist()
+            pieces.append((rows, to_float(src[:, :, :h, :w][rows.to(src.device)], work)))
+    elif not kernel:
         src = to_float(src, work)
     groups: dict[tuple[object, ...], list[int]] = {}  # views sharing a pass, in order of first appearance
     for i, spec in enumerate(recipe.views):
@@ -304,7 +309,7 @@ def make_views(
         # the kernel finishes the views itself unless blur or solarize (torch ops) come after it
         fused = kernel and not any(v.blur_p or v.solarize_p for v in specs)
         finish = (recipe.mean, recipe.std, channels_last, dtype) if fused else None
-        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish, sizes, chunks, work)
+        x, ps = _augment_views(src, specs, generator, compiled, colour, kernel, finish, sizes, pieces)
         if not fused:
             x = normalize(x, recipe.mean, recipe.std, inplace=True)  # x is this group's own buffer
         for k, i in enumerate(idx):  # (to_layout is a no-op on the kernel's finished views)
