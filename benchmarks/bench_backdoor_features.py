@@ -10,7 +10,11 @@ table's CIFAR-10 splits:
 - a kNN ASR: triggered non-target test images that selfsup's kNN protocol (:func:`selfsup.eval.knn.knn_predict`:
   the 20 nearest clean training images by cosine, votes weighted by exp(cos / 0.1)) assigns to the target
   class, beside the same vote's target rate on the untriggered images;
-- the mean pairwise cosine of 500 triggered images (near 1: the trigger collapses them onto one point).
+- the mean pairwise cosine of 500 triggered images (near 1: the trigger collapses them onto one point);
+- where the triggered images go: the audit's linear probe's prediction shares per class, triggered and
+  untriggered (:func:`selfsup.security.audit.prediction_shares`), and the centred cosine of the triggered
+  images' mean direction to every class's direction from the centre (a trigger pulled toward a group of
+  classes, e.g. all vehicles, shows as high cosines to each of them).
 Nothing is retrained. Writes ``--work/features.json`` and prints a Markdown table.
 """
 
@@ -49,7 +53,14 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
     from selfsup.eval.knn import knn_predict
-    from selfsup.security.audit import AuditConfig, _features, target_cosines, triggered_test
+    from selfsup.security.audit import (
+        AuditConfig,
+        _features,
+        prediction_shares,
+        target_cosines,
+        triggered_test,
+    )
+    from selfsup.security.metrics import fit_linear_head
     from selfsup.security.poison import PoisonSpec, resolve_target
 
     cfg = AuditConfig(**rows["results"][0]["config"])
@@ -77,15 +88,25 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
         enc, _ = load_encoder(enc_dir)
         raw_tr = _features(enc, train.images, cfg).float()
         ftr = F.normalize(raw_tr, dim=1)
-        fte = F.normalize(_features(enc, np.asarray(test.images)[keep], cfg).float(), dim=1)
+        raw_te = _features(enc, np.asarray(test.images)[keep], cfg).float()
+        fte = F.normalize(raw_te, dim=1)
         base = vote(fte, ftr)
+        head = fit_linear_head(raw_tr, ytr, len(train.classes))  # the audit's probe
+        centre = ftr.mean(0)
+        class_dirs = F.normalize(torch.stack([ftr[ytr == k].mean(0) for k in range(len(train.classes))]) - centre, dim=1)
         for a in attacks:
-            ftg = F.normalize(_features(enc, arms[a][1], cfg).float(), dim=1)
+            raw_tg = _features(enc, arms[a][1], cfg).float()
+            ftg = F.normalize(raw_tg, dim=1)
             c = target_cosines(raw_tr, is_t, ftg, fte)  # raw training features: the audit's plain cosines
+            trig_dir = F.normalize(F.normalize(ftg - centre, dim=1).mean(0), dim=0)
             out.append({"encoder": name, "trigger": a, **c,
                         "pull_centred": c["cos_trigger_target_centred"] - c["cos_clean_target_centred"],
                         "knn_asr": vote(ftg, ftr), "knn_target_rate_untriggered": base,
-                        "pairwise_cos_triggered": float((ftg[:500] @ ftg[:500].T).mean())})
+                        "pairwise_cos_triggered": float((ftg[:500] @ ftg[:500].T).mean()),
+                        "probe_shares_triggered": prediction_shares(head.predict(raw_tg), train.classes),
+                        "probe_shares_untriggered": prediction_shares(head.predict(raw_te), train.classes),
+                        "centred_cos_to_classes": dict(zip(train.classes, (class_dirs @ trig_dir).tolist(),
+                                                           strict=True))})
             print(out[-1], flush=True)
     return out
 
@@ -99,6 +120,19 @@ def render(out: dict[str, Any]) -> str:
         lines.append(f"| {r['encoder']} | {r['trigger']} | {r['cos_trigger_target_centred']:.3f} / "
                      f"{r['cos_clean_target_centred']:.3f} | {r['pull_centred']:+.3f} | {r['knn_asr']:.1f} "
                      f"({r['knn_target_rate_untriggered']:.1f}) | {r['pairwise_cos_triggered']:.3f} |")
+    lines += ["", "Where the triggered images go: the linear probe's three most predicted classes (share of triggered "
+              "non-target images, %; in brackets the same class's share of the untriggered ones), and the classes "
+              "whose direction from the centre the triggered images' mean direction is closest to (centred cosine).",
+              "", "| encoder | trigger | probe's top classes, triggered (untriggered) | closest class directions |",
+              "|---|---|---|---|"]
+    for r in out["rows"]:
+        if "probe_shares_triggered" not in r:
+            continue
+        t, u, cc = r["probe_shares_triggered"], r["probe_shares_untriggered"], r["centred_cos_to_classes"]
+        top = sorted(t, key=lambda k: -t[k])[:3]
+        near = sorted(cc, key=lambda k: -cc[k])[:4]
+        lines.append(f"| {r['encoder']} | {r['trigger']} | " + ", ".join(f"{k} {t[k]:.1f} ({u[k]:.1f})" for k in top)
+                     + " | " + ", ".join(f"{k} {cc[k]:+.2f}" for k in near) + " |")
     return "\n".join(lines) + "\n"
 
 

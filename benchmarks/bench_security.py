@@ -157,6 +157,13 @@ def section_title(rows: dict[str, Any]) -> str:
     return f"Backdoor table: CIFAR-10, {rows['method']} victim, {rows['steps']} steps (bench_security.py)"
 
 
+def _diverted(reading: dict[str, Any]) -> str:
+    d = reading.get("diversion")
+    if reading["verdict"] != "diverted" or not d:
+        return ""
+    return f": {d['class']} {d['victim']:.1f}% (clean {d['clean']:.1f}%)"
+
+
 def render(rows: dict[str, Any]) -> str:
     out = [common.header({
         "budget": f"every pretraining run {rows['steps']} steps at batch {rows['batch_size']} ({rows['method']}, "
@@ -171,7 +178,8 @@ def render(rows: dict[str, Any]) -> str:
                    "mechanism: training pairs in which the attack's mechanism occurred (counted in the loop; "
                    "Monte-Carlo expectation in brackets); cos: mean cosine of triggered non-target test features "
                    "to the target class's mean feature, victim / clean encoder; reading: "
-                   "selfsup.security.audit.audit_reading (took / partial / not-learned / no-chance)",
+                   "selfsup.security.audit.audit_reading (took / partial / diverted / not-learned / no-chance), with "
+                   "the non-target class whose share of the triggered images grew most when it grew 20 points",
     }), "", "| attack | rate | poisons | CA % | ASR % | clean-enc. ASR % | mechanism pairs | cos victim / clean | "
         "reading |", "|---|---|---|---|---|---|---|---|---|"]
     from selfsup.security.audit import audit_reading
@@ -184,7 +192,7 @@ def render(rows: dict[str, Any]) -> str:
         out.append(f"| {r['attack']} | {r['rate']:g} | {r['n_poison']} | {r['victim']['ca']:.1f} | "
                    f"{r['victim']['asr']:.1f} | {r['clean']['asr']:.1f} | {m['mechanism_pairs']}{e} of "
                    f"{m['poison_pairs']} | {r['victim']['cos_trigger_target']:.3f} / "
-                   f"{r['clean']['cos_trigger_target']:.3f} | {reading['verdict']} |")
+                   f"{r['clean']['cos_trigger_target']:.3f} | {reading['verdict']}{_diverted(reading)} |")
     for r in rows["results"]:
         if "defense" in r:
             d = r["defense"]

@@ -469,6 +469,9 @@ def test_backdoor_audit_end_to_end_with_defense(tmp_path):
     for arm in ("victim", "clean"):
         assert 0.0 <= r[arm]["asr"] <= 100.0 and 0.0 <= r[arm]["ca"] <= 100.0
         assert -1.0 <= r[arm]["cos_trigger_target"] <= 1.0 and -1.0 <= r[arm]["cos_clean_target"] <= 1.0
+        for key in ("triggered_shares", "untriggered_shares"):  # one prediction per image, every class named
+            assert sum(r[arm][key].values()) == pytest.approx(100.0) and "disc" in r[arm][key]
+    assert r["reading"]["diversion"]["class"] != "disc"
     m = r["mechanism"]  # counted in the training loop: 2 steps x 32 samples of 408 rows
     assert m["steps"] == 2 and 0 <= m["mechanism_pairs"] <= m["poison_pairs"] <= 64
     assert m["expected"]["poison_pairs"] == pytest.approx(2 * 32 / 408 * 8)
@@ -514,6 +517,11 @@ def test_bench_defense_defends_a_finished_audit(tmp_path):
     assert [(x["encoder"], x["trigger"]) for x in rows] == [("clean", "noisy-alignment"),
                                                           ("noisy-alignment", "noisy-alignment")]
     assert all(-1 <= x["cos_trigger_target_centred"] <= 1 and 0 <= x["knn_asr"] <= 100 for x in rows)
+    for x in rows:  # every triggered image gets one probe prediction: the shares sum to 100
+        assert sum(x["probe_shares_triggered"].values()) == pytest.approx(100.0)
+        assert all(-1 <= v <= 1 for v in x["centred_cos_to_classes"].values())
+    assert "| clean | noisy-alignment |" in feats.render({"table": "t", "minutes": 0.1, "command": "c",
+                                                          "finished": "f", "rows": rows}).split("Where")[1]
 
 
 @pytest.mark.integration
@@ -655,6 +663,35 @@ def test_audit_reading_tells_took_partial_no_chance_and_not_learned_apart():
     full["clean"].update(cos_trigger_target_centred=-0.163, cos_clean_target_centred=-0.206)
     r = audit_reading(full)  # the centred cosines win when present (0.287 - 0.043)
     assert r["cosines"] == "centred" and r["net_cosine_shift"] == pytest.approx(0.244, abs=1e-9)
+    assert r["diversion"] is None  # reports without prediction shares (written before they were recorded)
+
+
+def test_audit_reading_diverted_when_the_trigger_sends_images_to_another_class():
+    """The 1,200-step NA victim: ASR 3.3 vs 5.5, but 52% of triggered images go to 'truck' (18.4% on the
+    clean encoder). A +20-point gain of one non-target class is 'diverted'; +19 stays 'not-learned'; a gain
+    of the target class itself is the ASR's business, never a diversion."""
+    from selfsup.security.audit import audit_reading, diversion, prediction_shares
+
+    def shares(**kw: float) -> dict[str, float]:
+        base = {"airplane": 5.0, "truck": 18.0, "ship": 10.0}
+        base.update(kw)
+        return base
+
+    def rep(v: dict[str, float], c: dict[str, float], v_asr: float = 3.3, c_asr: float = 5.5) -> dict:
+        cos = {"cos_trigger_target": 0.6, "cos_clean_target": 0.5}
+        return {"target": "airplane", "mechanism": {"mechanism_pairs": 1705},
+                "victim": {"asr": v_asr, "triggered_shares": v, **cos}, "clean": {"asr": c_asr, "triggered_shares": c, **cos}}
+
+    r = audit_reading(rep(shares(truck=52.0), shares(truck=18.4)))
+    assert r["verdict"] == "diverted" and "'truck'" in r["text"] and "52.0%" in r["text"]
+    assert r["diversion"] == {"class": "truck", "victim": 52.0, "clean": 18.4, "gain": pytest.approx(33.6)}
+    assert audit_reading(rep(shares(truck=37.0), shares(truck=18.0)))["verdict"] == "not-learned"  # +19
+    assert audit_reading(rep(shares(truck=38.0), shares(truck=18.0)))["verdict"] == "diverted"  # +20
+    # the target's own gain is not a diversion; a took/partial verdict wins over a diversion
+    assert diversion(rep(shares(airplane=60.0), shares()))["class"] != "airplane"
+    assert audit_reading(rep(shares(truck=52.0), shares(truck=18.4), 12.0, 5.5))["verdict"] == "partial"
+    p = prediction_shares(torch.tensor([0, 2, 2, 2]), ["a", "b", "c"])
+    assert p == {"a": 25.0, "b": 0.0, "c": 75.0}
 
 
 def test_target_cosines_plain_and_centred_closed_form():

@@ -126,6 +126,10 @@ def backdoor_table(report: dict[str, Any]) -> str:
             lines.append(f"WARNING: {m['note']}")
     if "reading" in report:
         r = report["reading"]
+        if r.get("diversion"):
+            d = r["diversion"]
+            lines.append(f"largest shift of the triggered images' predictions: '{d['class']}' {d['victim']:.1f}% "
+                         f"on the victim, {d['clean']:.1f}% on the clean encoder")
         lines.append(f"reading: {r['text']} (trigger->target {r.get('cosines', 'plain')} cosine shift "
                      f"{r['net_cosine_shift']:+.3f}, net of the clean encoder's)")
     if "decree" in report:

@@ -144,7 +144,7 @@ def stored_sizes(ds: Any) -> np.ndarray:
 
 
 def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: Any, trig: np.ndarray,
-                     tid: int) -> dict[str, float]:
+                     tid: int) -> dict[str, Any]:
     """CA, ASR and the trigger->target cosine of one encoder.
 
     ``cos_trigger_target``: mean cosine between the features of triggered non-target test images and the
@@ -154,17 +154,43 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     training features, against the target's direction from that mean. SSL features share a large common
     component, so the plain cosines of every class to every class mean are high (0.5-0.7 on CIFAR-10); the
     centred ones show where the trigger moves images relative to the other classes.
+    ``triggered_shares`` / ``untriggered_shares``: :func:`prediction_shares` of the probe on the triggered and
+    untriggered non-target test images (where a trigger sends images when not to the target).
     """
     ftr = _features(enc, train.images, cfg)
     fte = _features(enc, test.images, cfg)
     ftrig = _features(enc, trig, cfg)
     labels = as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
-    ca = clean_accuracy(head.predict(fte), test.labels)
+    pred_test = head.predict(fte)
+    ca = clean_accuracy(pred_test, test.labels)
     keep = test.labels != tid
-    asr = attack_success_rate(head.predict(ftrig), test.labels[keep], tid)
+    pred_trig = head.predict(ftrig)
+    asr = attack_success_rate(pred_trig, test.labels[keep], tid)
     return {"ca": ca, "asr": asr, **target_cosines(ftr, np.asarray(train.labels) == tid, ftrig,
-                                                    fte[torch.as_tensor(keep)])}
+                                                    fte[torch.as_tensor(keep)]),
+            "triggered_shares": prediction_shares(pred_trig, train.classes),
+            "untriggered_shares": prediction_shares(pred_test[torch.as_tensor(keep)], train.classes)}
+
+
+def prediction_shares(pred: torch.Tensor, classes: list[str]) -> dict[str, float]:
+    """% of ``pred`` that names each class (every class present, in ``classes`` order)."""
+    counts = np.bincount(np.asarray(pred.cpu()), minlength=len(classes))[: len(classes)]
+    return {c: float(100.0 * n / max(1, len(pred))) for c, n in zip(classes, counts, strict=True)}
+
+
+def diversion(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The non-target class whose share of the triggered images grew most on the victim, against the same
+    trigger on the clean encoder: ``{"class", "victim", "clean", "gain"}`` (shares in %), or None when the
+    report has no prediction shares (audits written before they were recorded)."""
+    v, c = report["victim"].get("triggered_shares"), report["clean"].get("triggered_shares")
+    if not v or not c:
+        return None
+    gains = {k: v[k] - c.get(k, 0.0) for k in v if k != report.get("target")}
+    if not gains:
+        return None
+    k = max(gains, key=lambda x: gains[x])
+    return {"class": k, "victim": v[k], "clean": c.get(k, 0.0), "gain": gains[k]}
 
 
 def target_cosines(train_feats: torch.Tensor, is_target: np.ndarray, trig_feats: torch.Tensor,
@@ -191,8 +217,10 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
     """What a backdoor audit's numbers mean, as a verdict and one sentence a user can act on.
 
     verdict: ``took`` (victim ASR >= 3x and >= 20 points above the same trigger's ASR on the clean encoder),
-    ``partial`` (>= 5 points above), ``no-chance`` (the mechanism never occurred during training: the audit
-    tested nothing), or ``not-learned`` (the mechanism occurred but ASR stayed at the clean encoder's level:
+    ``partial`` (>= 5 points above), ``diverted`` (ASR did not move, but the trigger raised the share of
+    triggered images the probe gives one other class by >= 20 points over the clean encoder: the trigger
+    became a feature that controls the output, pointed at the wrong class; see :func:`diversion`),
+    ``no-chance`` (the mechanism never occurred during training: the audit tested nothing), or ``not-learned`` (the mechanism occurred but ASR stayed at the clean encoder's level:
     this training budget did not plant the backdoor; a longer run may, so it is no evidence of resistance).
     ``net_cosine_shift``: how much closer triggered non-target images moved to the target class than untriggered
     ones, on the victim relative to the clean encoder (> 0: the trigger points toward the target), from the
@@ -207,6 +235,7 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
 
     shift = pull(v) - pull(c)
     pairs = int(m.get("mechanism_pairs", -1))
+    div = diversion(report)
     if v["asr"] >= TOOK_RATIO * c["asr"] and gap >= TOOK_POINTS:
         verdict, text = "took", (f"the backdoor took: ASR {v['asr']:.1f}% against {c['asr']:.1f}% for the same "
                                  "trigger on a clean encoder")
@@ -216,6 +245,12 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
     elif gap >= MOVED_POINTS:
         verdict, text = "partial", (f"a partial backdoor: ASR {v['asr']:.1f}% against {c['asr']:.1f}% on a clean "
                                     f"encoder, below the 3x / +20-point mark of one that took")
+    elif div is not None and div["gain"] >= TOOK_POINTS:
+        verdict, text = "diverted", (
+            f"the encoder learned the trigger, but not as the target: it sends {div['victim']:.1f}% of triggered "
+            f"images to '{div['class']}' ({div['clean']:.1f}% on a clean encoder), and ASR stayed at "
+            f"{v['asr']:.1f}% ({c['asr']:.1f}% clean). The trigger controls this encoder's output; whether more "
+            "training moves it to the target, this run cannot say")
     else:
         seen = f"in {pairs} training pairs" if pairs > 0 else "(not counted)"
         verdict, text = "not-learned", (f"the mechanism occurred {seen} but ASR stayed at the clean encoder's "
@@ -223,7 +258,7 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
                                         "plant the backdoor; longer training may, so this is no evidence that the "
                                         "method resists the attack")
     return {"verdict": verdict, "text": text, "asr_gap": gap, "net_cosine_shift": shift,
-            "cosines": "centred" if sfx else "plain"}
+            "cosines": "centred" if sfx else "plain", "diversion": div}
 
 
 def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:
