@@ -34,19 +34,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", required=True, help="bench_security.py's --work folder")
     ap.add_argument("--k", type=int, default=20, help="neighbours of the kNN vote")
+    ap.add_argument("--victim", help="measure this run folder as the (single) attack's victim instead of the "
+                                     "table's (e.g. the victim trained further with `selfsup pretrain --resume`)")
+    ap.add_argument("--clean", help="measure this run folder as the clean encoder instead of the table's")
+    ap.add_argument("--out", help="the JSON to write (default: --work/features.json)")
     args = ap.parse_args()
     work = Path(args.work)
     rows = json.loads((work / "table.json").read_text())
+    if args.victim and len(rows["results"]) != 1:
+        raise SystemExit("--victim needs a table with one attack")
     t0 = time.time()
-    out = {"table": str(work / "table.json"), "k": args.k, "rows": measure(rows, args.k)}
+    out = {"table": str(work / "table.json"), "k": args.k, "victim": args.victim, "clean": args.clean,
+           "rows": measure(rows, args.k, victim=args.victim, clean=args.clean)}
     out["minutes"] = (time.time() - t0) / 60
     out["command"] = common.command_line()
     out["finished"] = time.strftime("%Y-%m-%d %H:%M")
-    common.write_text(work / "features.json", json.dumps(out, indent=2))
+    common.write_text(Path(args.out) if args.out else work / "features.json", json.dumps(out, indent=2))
     print(render(out))
 
 
-def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
+def measure(rows: dict[str, Any], k: int, victim: str | None = None, clean: str | None = None) -> list[dict[str, Any]]:
     import torch
     import torch.nn.functional as F
 
@@ -60,7 +67,7 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
         target_cosines,
         triggered_test,
     )
-    from selfsup.security.metrics import fit_linear_head
+    from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
     from selfsup.security.poison import PoisonSpec, resolve_target
 
     cfg = AuditConfig(**rows["results"][0]["config"])
@@ -77,21 +84,24 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
         manifest = json.loads((folder / "manifest.json").read_text())
         trig = triggered_test(manifest, folder, np.asarray(test.images)[keep], PoisonSpec(**r["spec"]), cfg.seed + 1)
         arms[r["attack"]] = (arm, trig)
-    clean_dir = common.clean_run_dir(next(iter(arms.values()))[0])
+    clean_dir = Path(clean) if clean else common.clean_run_dir(next(iter(arms.values()))[0])
+    enc_dirs = {a: Path(victim) if victim else arms[a][0] / "victim" for a in arms}
 
     def vote(f: torch.Tensor, bank: torch.Tensor) -> float:
         scores = knn_predict(bank, ytr, f, k=k, num_classes=int(ytr.max()) + 1)  # the kNN protocol's vote
         return float((scores.argmax(1) == tid).float().mean() * 100)
 
     out = []
-    for name, enc_dir, attacks in [("clean", clean_dir, list(arms))] + [(a, arms[a][0] / "victim", [a]) for a in arms]:
+    for name, enc_dir, attacks in [("clean", clean_dir, list(arms))] + [(a, enc_dirs[a], [a]) for a in arms]:
         enc, _ = load_encoder(enc_dir)
         raw_tr = _features(enc, train.images, cfg).float()
         ftr = F.normalize(raw_tr, dim=1)
-        raw_te = _features(enc, np.asarray(test.images)[keep], cfg).float()
+        raw_all = _features(enc, test.images, cfg).float()
+        raw_te = raw_all[torch.as_tensor(keep)]
         fte = F.normalize(raw_te, dim=1)
         base = vote(fte, ftr)
         head = fit_linear_head(raw_tr, ytr, len(train.classes))  # the audit's probe
+        ca = clean_accuracy(head.predict(raw_all), test.labels)
         centre = ftr.mean(0)
         class_dirs = F.normalize(torch.stack([ftr[ytr == k].mean(0) for k in range(len(train.classes))]) - centre, dim=1)
         for a in attacks:
@@ -99,11 +109,13 @@ def measure(rows: dict[str, Any], k: int) -> list[dict[str, Any]]:
             ftg = F.normalize(raw_tg, dim=1)
             c = target_cosines(raw_tr, is_t, ftg, fte)  # raw training features: the audit's plain cosines
             trig_dir = F.normalize(F.normalize(ftg - centre, dim=1).mean(0), dim=0)
-            out.append({"encoder": name, "trigger": a, **c,
+            pred_tg = head.predict(raw_tg)
+            out.append({"encoder": name, "trigger": a, **c, "ca": ca,
+                        "asr": attack_success_rate(pred_tg, test.labels[keep], tid),
                         "pull_centred": c["cos_trigger_target_centred"] - c["cos_clean_target_centred"],
                         "knn_asr": vote(ftg, ftr), "knn_target_rate_untriggered": base,
                         "pairwise_cos_triggered": float((ftg[:500] @ ftg[:500].T).mean()),
-                        "probe_shares_triggered": prediction_shares(head.predict(raw_tg), train.classes),
+                        "probe_shares_triggered": prediction_shares(pred_tg, train.classes),
                         "probe_shares_untriggered": prediction_shares(head.predict(raw_te), train.classes),
                         "centred_cos_to_classes": dict(zip(train.classes, (class_dirs @ trig_dir).tolist(),
                                                            strict=True))})
@@ -123,15 +135,15 @@ def render(out: dict[str, Any]) -> str:
     lines += ["", "Where the triggered images go: the linear probe's three most predicted classes (share of triggered "
               "non-target images, %; in brackets the same class's share of the untriggered ones), and the classes "
               "whose direction from the centre the triggered images' mean direction is closest to (centred cosine).",
-              "", "| encoder | trigger | probe's top classes, triggered (untriggered) | closest class directions |",
-              "|---|---|---|---|"]
+              "", "| encoder | trigger | CA % | ASR % | probe's top classes, triggered (untriggered) | "
+              "closest class directions |", "|---|---|---|---|---|---|"]
     for r in out["rows"]:
         if "probe_shares_triggered" not in r:
             continue
         t, u, cc = r["probe_shares_triggered"], r["probe_shares_untriggered"], r["centred_cos_to_classes"]
         top = sorted(t, key=lambda k: -t[k])[:3]
         near = sorted(cc, key=lambda k: -cc[k])[:4]
-        lines.append(f"| {r['encoder']} | {r['trigger']} | " + ", ".join(f"{k} {t[k]:.1f} ({u[k]:.1f})" for k in top)
+        lines.append(f"| {r['encoder']} | {r['trigger']} | {r['ca']:.1f} | {r['asr']:.1f} | " + ", ".join(f"{k} {t[k]:.1f} ({u[k]:.1f})" for k in top)
                      + " | " + ", ".join(f"{k} {cc[k]:+.2f}" for k in near) + " |")
     return "\n".join(lines) + "\n"
 
