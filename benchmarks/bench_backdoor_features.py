@@ -4,7 +4,7 @@
 
 For the clean encoder (with every attack's test trigger) and each victim (with its own trigger), on the
 table's CIFAR-10 splits:
-- the centred trigger->target cosines (:func:`selfsup.security.audit.target_cosines`: triggered and
+- the centred trigger->target cosines (:func:`selfsup.security.reading.target_cosines`: triggered and
   untriggered non-target test images, relative to the mean clean training feature, against the target's
   direction from it) and the "pull" = triggered - untriggered;
 - a kNN ASR: triggered non-target test images that selfsup's kNN protocol (:func:`selfsup.eval.knn.knn_predict`:
@@ -60,15 +60,10 @@ def measure(rows: dict[str, Any], k: int, victim: str | None = None, clean: str 
     from selfsup.checkpoint import load_encoder
     from selfsup.data import open_dataset
     from selfsup.eval.knn import knn_predict
-    from selfsup.security.audit import (
-        AuditConfig,
-        _features,
-        prediction_shares,
-        target_cosines,
-        triggered_test,
-    )
+    from selfsup.security.audit import AuditConfig, _features, triggered_test
     from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
     from selfsup.security.poison import PoisonSpec, resolve_target
+    from selfsup.security.reading import prediction_shares, target_cosines
 
     cfg = AuditConfig(**rows["results"][0]["config"])
     train = open_dataset(cfg.train, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)

@@ -178,11 +178,11 @@ def render(rows: dict[str, Any]) -> str:
                    "mechanism: training pairs in which the attack's mechanism occurred (counted in the loop; "
                    "Monte-Carlo expectation in brackets); cos: mean cosine of triggered non-target test features "
                    "to the target class's mean feature, victim / clean encoder; reading: "
-                   "selfsup.security.audit.audit_reading (took / partial / diverted / not-learned / no-chance), with "
+                   "selfsup.security.reading.audit_reading (took / partial / diverted / not-learned / no-chance), with "
                    "the non-target class whose share of the triggered images grew most when it grew 20 points",
     }), "", "| attack | rate | poisons | CA % | ASR % | clean-enc. ASR % | mechanism pairs | cos victim / clean | "
         "reading |", "|---|---|---|---|---|---|---|---|---|"]
-    from selfsup.security.audit import audit_reading
+    from selfsup.security.reading import audit_reading
 
     for r in rows["results"]:
         m = r["mechanism"]

@@ -641,7 +641,7 @@ def test_patchsearch_scores_find_a_planted_trigger():
 
 
 def test_audit_reading_tells_took_partial_no_chance_and_not_learned_apart():
-    from selfsup.security.audit import audit_reading
+    from selfsup.security.reading import audit_reading
 
     def rep(v_asr: float, c_asr: float, pairs: int, cos: tuple[float, float, float, float] = (0.6, 0.5, 0.6, 0.5)):
         return {"victim": {"asr": v_asr, "cos_trigger_target": cos[0], "cos_clean_target": cos[1]},
@@ -670,7 +670,7 @@ def test_audit_reading_diverted_when_the_trigger_sends_images_to_another_class()
     """The 1,200-step NA victim: ASR 3.3 vs 5.5, but 52% of triggered images go to 'truck' (18.4% on the
     clean encoder). A +20-point gain of one non-target class is 'diverted'; +19 stays 'not-learned'; a gain
     of the target class itself is the ASR's business, never a diversion."""
-    from selfsup.security.audit import audit_reading, diversion, prediction_shares
+    from selfsup.security.reading import audit_reading, diversion, prediction_shares
 
     def shares(**kw: float) -> dict[str, float]:
         base = {"airplane": 5.0, "truck": 18.0, "ship": 10.0}
@@ -698,7 +698,7 @@ def test_target_cosines_plain_and_centred_closed_form():
     """Two classes on the axes (target = x): the mean of all features is (1, 1)/2 after normalisation, the
     target's direction from it is (1, -1)/sqrt(2); an image on the target axis scores +1 centred, one on the
     other axis -1, while the plain cosines to the target mean are 1 and 0."""
-    from selfsup.security.audit import target_cosines
+    from selfsup.security.reading import target_cosines
 
     tr = torch.tensor([[2.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 1.0]])
     r = target_cosines(tr, np.array([True, True, False, False]), torch.tensor([[5.0, 0.0]]), torch.tensor([[0.0, 2.0]]))
