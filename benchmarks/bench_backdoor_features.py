@@ -12,7 +12,7 @@ table's CIFAR-10 splits:
   class, beside the same vote's target rate on the untriggered images;
 - the mean pairwise cosine of 500 triggered images (near 1: the trigger collapses them onto one point);
 - where the triggered images go: the audit's linear probe's prediction shares per class, triggered and
-  untriggered (:func:`selfsup.security.audit.prediction_shares`), and the centred cosine of the triggered
+  untriggered (:func:`selfsup.security.reading.probe_readout`), and the centred cosine of the triggered
   images' mean direction to every class's direction from the centre (a trigger pulled toward a group of
   classes, e.g. all vehicles, shows as high cosines to each of them).
 Nothing is retrained. Writes ``--work/features.json`` and prints a Markdown table.
@@ -61,9 +61,9 @@ def measure(rows: dict[str, Any], k: int, victim: str | None = None, clean: str 
     from selfsup.data import open_dataset
     from selfsup.eval.knn import knn_predict
     from selfsup.security.audit import AuditConfig, _features, triggered_test
-    from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
+    from selfsup.security.metrics import fit_linear_head
     from selfsup.security.poison import PoisonSpec, resolve_target
-    from selfsup.security.reading import prediction_shares, target_cosines
+    from selfsup.security.reading import probe_readout, target_cosines
 
     cfg = AuditConfig(**rows["results"][0]["config"])
     train = open_dataset(cfg.train, cfg.image_size, cache_dir=cfg.cache_dir, require_labels=True, progress=False)
@@ -96,7 +96,6 @@ def measure(rows: dict[str, Any], k: int, victim: str | None = None, clean: str 
         fte = F.normalize(raw_te, dim=1)
         base = vote(fte, ftr)
         head = fit_linear_head(raw_tr, ytr, len(train.classes))  # the audit's probe
-        ca = clean_accuracy(head.predict(raw_all), test.labels)
         centre = ftr.mean(0)
         class_dirs = F.normalize(torch.stack([ftr[ytr == k].mean(0) for k in range(len(train.classes))]) - centre, dim=1)
         for a in attacks:
@@ -104,14 +103,11 @@ def measure(rows: dict[str, Any], k: int, victim: str | None = None, clean: str 
             ftg = F.normalize(raw_tg, dim=1)
             c = target_cosines(raw_tr, is_t, ftg, fte)  # raw training features: the audit's plain cosines
             trig_dir = F.normalize(F.normalize(ftg - centre, dim=1).mean(0), dim=0)
-            pred_tg = head.predict(raw_tg)
-            out.append({"encoder": name, "trigger": a, **c, "ca": ca,
-                        "asr": attack_success_rate(pred_tg, test.labels[keep], tid),
+            out.append({"encoder": name, "trigger": a, **c,
+                        **probe_readout(head, raw_all, test.labels, raw_tg, tid, train.classes),
                         "pull_centred": c["cos_trigger_target_centred"] - c["cos_clean_target_centred"],
                         "knn_asr": vote(ftg, ftr), "knn_target_rate_untriggered": base,
                         "pairwise_cos_triggered": float((ftg[:500] @ ftg[:500].T).mean()),
-                        "probe_shares_triggered": prediction_shares(pred_tg, train.classes),
-                        "probe_shares_untriggered": prediction_shares(head.predict(raw_te), train.classes),
                         "centred_cos_to_classes": dict(zip(train.classes, (class_dirs @ trig_dir).tolist(),
                                                            strict=True))})
             print(out[-1], flush=True)
@@ -133,9 +129,9 @@ def render(out: dict[str, Any]) -> str:
               "", "| encoder | trigger | CA % | ASR % | probe's top classes, triggered (untriggered) | "
               "closest class directions |", "|---|---|---|---|---|---|"]
     for r in out["rows"]:
-        if "probe_shares_triggered" not in r:
+        if "triggered_shares" not in r:
             continue
-        t, u, cc = r["probe_shares_triggered"], r["probe_shares_untriggered"], r["centred_cos_to_classes"]
+        t, u, cc = r["triggered_shares"], r["untriggered_shares"], r["centred_cos_to_classes"]
         top = sorted(t, key=lambda k: -t[k])[:3]
         near = sorted(cc, key=lambda k: -cc[k])[:4]
         lines.append(f"| {r['encoder']} | {r['trigger']} | {r['ca']:.1f} | {r['asr']:.1f} | " + ", ".join(f"{k} {t[k]:.1f} ({u[k]:.1f})" for k in top)

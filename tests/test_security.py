@@ -518,7 +518,7 @@ def test_bench_defense_defends_a_finished_audit(tmp_path):
                                                           ("noisy-alignment", "noisy-alignment")]
     assert all(-1 <= x["cos_trigger_target_centred"] <= 1 and 0 <= x["knn_asr"] <= 100 for x in rows)
     for x in rows:  # every triggered image gets one probe prediction: the shares sum to 100
-        assert sum(x["probe_shares_triggered"].values()) == pytest.approx(100.0)
+        assert sum(x["triggered_shares"].values()) == pytest.approx(100.0)
         assert all(-1 <= v <= 1 for v in x["centred_cos_to_classes"].values())
     assert "| clean | noisy-alignment |" in feats.render({"table": "t", "minutes": 0.1, "command": "c",
                                                           "finished": "f", "rows": rows}).split("Where")[1]

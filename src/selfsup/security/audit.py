@@ -38,9 +38,9 @@ from selfsup.config.build import build_config
 from selfsup.data import RaggedImages
 from selfsup.errors import ConfigError, DataError
 from selfsup.eval.features import as_tensor
-from selfsup.security.metrics import attack_success_rate, clean_accuracy, fit_linear_head
+from selfsup.security.metrics import clean_accuracy, fit_linear_head
 from selfsup.security.poison import PoisonSpec, build_poisoned_folder, resolve_target
-from selfsup.security.reading import audit_reading, prediction_shares, target_cosines
+from selfsup.security.reading import audit_reading, probe_readout, target_cosines
 
 
 @dataclass
@@ -155,7 +155,7 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     training features, against the target's direction from that mean. SSL features share a large common
     component, so the plain cosines of every class to every class mean are high (0.5-0.7 on CIFAR-10); the
     centred ones show where the trigger moves images relative to the other classes.
-    ``triggered_shares`` / ``untriggered_shares``: :func:`prediction_shares` of the probe on the triggered and
+    ``triggered_shares`` / ``untriggered_shares``: the prediction shares of the probe on the triggered and
     untriggered non-target test images (where a trigger sends images when not to the target).
     """
     ftr = _features(enc, train.images, cfg)
@@ -163,15 +163,9 @@ def evaluate_encoder(enc: torch.nn.Module, cfg: AuditConfig, train: Any, test: A
     ftrig = _features(enc, trig, cfg)
     labels = as_tensor(train.labels, "labels")  # copies the read-only cached labels
     head = fit_linear_head(ftr, labels, max(train.num_classes, test.num_classes))
-    pred_test = head.predict(fte)
-    ca = clean_accuracy(pred_test, test.labels)
-    keep = test.labels != tid
-    pred_trig = head.predict(ftrig)
-    asr = attack_success_rate(pred_trig, test.labels[keep], tid)
-    return {"ca": ca, "asr": asr, **target_cosines(ftr, np.asarray(train.labels) == tid, ftrig,
-                                                    fte[torch.as_tensor(keep)]),
-            "triggered_shares": prediction_shares(pred_trig, train.classes),
-            "untriggered_shares": prediction_shares(pred_test[torch.as_tensor(keep)], train.classes)}
+    keep = torch.as_tensor(test.labels != tid)
+    return {**probe_readout(head, fte, test.labels, ftrig, tid, train.classes),
+            **target_cosines(ftr, np.asarray(train.labels) == tid, ftrig, fte[keep])}
 
 
 def triggered_test(manifest: dict[str, Any], folder: Path, images: np.ndarray, spec: PoisonSpec, seed: int) -> np.ndarray:

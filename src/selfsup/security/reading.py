@@ -11,6 +11,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from selfsup.security.metrics import LinearHead, attack_success_rate, clean_accuracy
+
+
+def probe_readout(head: LinearHead, test_feats: torch.Tensor, test_labels: np.ndarray, trig_feats: torch.Tensor,
+                  tid: int, classes: list[str]) -> dict[str, Any]:
+    """A fitted probe on one encoder's test features: CA on every test image, ASR of the triggered non-target
+    ones (``trig_feats``, in the order of ``test_labels != tid``) and :func:`prediction_shares` of the triggered
+    and the untriggered non-target images."""
+    pred_test, pred_trig = head.predict(test_feats), head.predict(trig_feats)
+    keep = test_labels != tid
+    return {"ca": clean_accuracy(pred_test, test_labels), "asr": attack_success_rate(pred_trig, test_labels[keep], tid),
+            "triggered_shares": prediction_shares(pred_trig, classes),
+            "untriggered_shares": prediction_shares(pred_test[torch.as_tensor(keep)], classes)}
+
 
 def prediction_shares(pred: torch.Tensor, classes: list[str]) -> dict[str, float]:
     """% of ``pred`` that names each class (every class present, in ``classes`` order)."""
@@ -59,8 +73,9 @@ def audit_reading(report: dict[str, Any]) -> dict[str, Any]:
     ``partial`` (>= 5 points above), ``diverted`` (ASR did not move, but the trigger raised the share of
     triggered images the probe gives one other class by >= 20 points over the clean encoder: the trigger
     became a feature that controls the output, pointed at the wrong class; see :func:`diversion`),
-    ``no-chance`` (the mechanism never occurred during training: the audit tested nothing), or ``not-learned`` (the mechanism occurred but ASR stayed at the clean encoder's level:
-    this training budget did not plant the backdoor; a longer run may, so it is no evidence of resistance).
+    ``no-chance`` (the mechanism never occurred during training: the audit tested nothing), or ``not-learned``
+    (the mechanism occurred but ASR stayed at the clean encoder's level: this training budget did not plant the
+    backdoor; a longer run may, so it is no evidence of resistance).
     ``net_cosine_shift``: how much closer triggered non-target images moved to the target class than untriggered
     ones, on the victim relative to the clean encoder (> 0: the trigger points toward the target), from the
     centred cosines (:func:`selfsup.security.audit.evaluate_encoder`) when the report has them, else the plain ones.
