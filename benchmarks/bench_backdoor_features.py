@@ -37,14 +37,20 @@ def main() -> None:
     ap.add_argument("--victim", help="measure this run folder as the (single) attack's victim instead of the "
                                      "table's (e.g. the victim trained further with `selfsup pretrain --resume`)")
     ap.add_argument("--clean", help="measure this run folder as the clean encoder instead of the table's")
+    ap.add_argument("--attack", help="measure only this attack's row of the table (e.g. with --victim on a "
+                                     "table of three attacks)")
     ap.add_argument("--out", help="the JSON to write (default: --work/features.json)")
     args = ap.parse_args()
     work = Path(args.work)
     rows = json.loads((work / "table.json").read_text())
+    if args.attack:
+        rows["results"] = [r for r in rows["results"] if r["attack"] == args.attack]
+        if not rows["results"]:
+            raise SystemExit(f"--attack {args.attack}: not in {work / 'table.json'}")
     if args.victim and len(rows["results"]) != 1:
-        raise SystemExit("--victim needs a table with one attack")
+        raise SystemExit("--victim needs a table with one attack (or --attack NAME)")
     t0 = time.time()
-    out = {"table": str(work / "table.json"), "k": args.k, "victim": args.victim, "clean": args.clean,
+    out = {"table": str(work / "table.json"), "k": args.k, "victim": args.victim, "clean": args.clean, "attack": args.attack,
            "rows": measure(rows, args.k, victim=args.victim, clean=args.clean)}
     out["minutes"] = (time.time() - t0) / 60
     out["command"] = common.command_line()

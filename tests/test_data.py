@@ -198,6 +198,47 @@ def test_16bit_scaled_not_clipped(tmp_path: Path) -> None:
     assert folder_mod._to_rgb(i32).getpixel((8, 0)) == (int(np.round(a16[0, 8] / 257.0)),) * 3
 
 
+def test_32bit_int_and_float_grayscale_keep_their_brightness() -> None:
+    ramp = np.tile(np.linspace(0, 255, 16), (4, 1))
+    i8 = Image.fromarray(ramp.astype(np.int32), "I")  # 32-bit int holding 8-bit values: not divided by 257
+    assert folder_mod._to_rgb(i8).getpixel((15, 0)) == (255, 255, 255)
+    unit = Image.fromarray((ramp / 255).astype(np.float32), "F")  # float in 0..1 -> 0..255, not black
+    assert folder_mod._to_rgb(unit).getpixel((15, 0)) == (255, 255, 255)
+    assert folder_mod._to_rgb(unit).getpixel((8, 0)) == (int(np.rint(ramp[0, 8])),) * 3
+    wide = np.full((4, 4), 300.0, np.float32)
+    wide[0, 0] = np.nan
+    out = folder_mod._to_rgb(Image.fromarray(wide, "F"))  # other ranges are clipped, NaN becomes 0
+    assert out.getpixel((1, 1)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_tiff_gif_pnm_jfif_are_read_and_heic_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    _save(tmp_path / "a.tif", rgb)
+    _save(tmp_path / "b.TIFF", rgb, compression="tiff_lzw")
+    _save(tmp_path / "c.ppm", rgb)
+    _save(tmp_path / "d.pgm", rgb[..., 0])
+    _save(tmp_path / "e.jfif", rgb, format="JPEG", quality=95)
+    frames = [Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)) for _ in range(3)]
+    frames[0].save(tmp_path / "f.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "g.HEIC").write_bytes(b"\0\0\0\x18ftypheic")
+    ds = _open(tmp_path, cache_dir=str(tmp_path / ".cache"))
+    assert [Path(p).name for p in ds.paths] == ["a.tif", "b.TIFF", "c.ppm", "d.pgm", "e.jfif", "f.gif"]
+    assert not ds.skipped
+    # lossless formats decode to the same pixels as the PNG path
+    np.testing.assert_array_equal(decode_image(str(tmp_path / "b.TIFF"), 16), decode_image(str(tmp_path / "a.tif"), 16))
+    np.testing.assert_array_equal(decode_image(str(tmp_path / "c.ppm"), 16), decode_image(str(tmp_path / "a.tif"), 16))
+    err = capsys.readouterr().err
+    assert "left out 1 .heic file(s)" in err and "convert them" in err
+
+
+def test_only_undecodable_formats_is_a_data_error(tmp_path: Path) -> None:
+    (tmp_path / "IMG_0001.HEIC").write_bytes(b"x")
+    (tmp_path / "IMG_0002.dng").write_bytes(b"x")
+    with pytest.raises(DataError, match=r"1 \.dng, 1 \.heic file\(s\) in formats Pillow does not read"):
+        _open(tmp_path, cache_dir=str(tmp_path / ".cache"))
+
+
 def test_exif_orientation_rotates(tmp_path: Path) -> None:
     # stored 40 wide x 20 tall: left half red, right half blue. Orientation 6 = display rotated 90° CW,
     # i.e. 20 wide x 40 tall with the stored left (red) on top.
@@ -444,9 +485,9 @@ def test_error_no_images(tmp_path: Path) -> None:
     root = tmp_path / "docs"
     root.mkdir()
     (root / "a.txt").write_text("x")
-    (root / "b.tiff").write_bytes(b"x")
+    (root / "b.xcf").write_bytes(b"x")
     msg = _err(root)
-    assert str(root) in msg and ".jpg" in msg and ".webp" in msg and ".tiff" in msg
+    assert str(root) in msg and ".jpg" in msg and ".webp" in msg and ".xcf" in msg
 
 
 def test_error_require_labels(flat_folder: Path) -> None:

@@ -5,15 +5,20 @@ Layout rules (``open_dataset(folder, size)``):
 - A **class-folder tree** is a folder where *every* image sits exactly one level down, in a sub-folder:
   ``root/<class>/*.jpg``. Labels come from the sub-folder names, sorted; ``classes[i]`` names label ``i``.
 - Anything else is a **plain folder** of images, searched recursively (nested folders allowed), unlabelled.
-- Accepted extensions: .jpg .jpeg .png .webp .bmp (any case). Hidden files and folders (names starting
-  with ``.``, e.g. macOS ``._x.jpg`` forks) are ignored. Paths are sorted, so row order is deterministic.
+- Accepted extensions: .jpg .jpeg .jpe .jfif .png .webp .bmp .tif .tiff .gif .avif .ppm .pgm .pnm (any
+  case; a multi-frame GIF or TIFF gives its first frame; AVIF needs a Pillow built with it, else those files
+  are skipped and counted like corrupt ones). Files in image formats Pillow cannot decode (camera raw,
+  HEIC, SVG, ...) are left out with a one-line warning that names them, so a folder of iPhone HEIC photos is
+  never silently read as empty. Hidden files and folders (names starting with ``.``, e.g. macOS
+  ``._x.jpg`` forks) are ignored. Paths are sorted, so row order is deterministic.
 
 Decoding (:func:`decode_image`), identical for every source:
 
 1. EXIF orientation is applied (``ImageOps.exif_transpose``), so a phone photo is upright.
 2. Colour: grayscale ``L``/``1``/palette ``P``/``CMYK``/``YCbCr`` are converted to RGB; 16-bit and 32-bit
    integer grayscale (``I;16*``, ``I``) is scaled from 0..65535 to 0..255 (divide by 257, round), not
-   clipped; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
+   clipped (a 32-bit ``I`` image whose values all fit 0..255 is kept as it is); float grayscale (``F``,
+   e.g. a float TIFF) in 0..1 is scaled by 255, any other range is clipped to 0..255, NaN becomes 0; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
    colour) are **composited on black** (colour premultiplied by alpha), so fully transparent pixels
    become black whatever colour they happened to store.
 3. **Native aspect** (:func:`decode_native`): the shorter side is resized to ``size`` with antialiased
@@ -55,7 +60,15 @@ from selfsup.data.builtin import open_builtin
 from selfsup.data.images import ImageDataset, RaggedImages, resize_center_crop, resize_native
 from selfsup.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".avif",
+    ".ppm", ".pgm", ".pnm",
+)  # fmt: skip
+#: Image formats that Pillow does not decode: left out, but named in a warning (convert them first).
+UNDECODED_IMAGE_EXTENSIONS: frozenset[str] = frozenset({
+    ".heic", ".heif", ".jxl", ".svg", ".psd", ".dng", ".raw", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".raf",
+    ".rw2", ".srw", ".pef",
+})  # fmt: skip
 _EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
 _LABEL_HINT = "needs class sub-folders root/<class>/*.jpg"
 #: Decode with a process pool from this many images on (pool start-up costs more than it saves below).
@@ -72,10 +85,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         return im
     if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
         a = np.asarray(im).astype(np.float32)
-        g = np.clip(np.rint(a / 257.0), 0, 255).astype(np.uint8)
+        if mode != "I" or a.max(initial=0) > 255:  # 32-bit "I" holding 8-bit values stays as it is
+            a = a / 257.0
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return Image.fromarray(g, "L").convert("RGB")
     if mode == "F":
-        g = np.clip(np.rint(np.asarray(im, dtype=np.float32)), 0, 255).astype(np.uint8)
+        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+        if a.max(initial=0) <= 1.0:  # float images in 0..1 (the usual convention) -> 0..255, not black
+            a = a * 255.0
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
         return Image.fromarray(g, "L").convert("RGB")
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
         rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
@@ -206,12 +224,14 @@ class _Scan:
     entries: list[tuple[str, int, int]]  # (rel, size, mtime_ns)
     other_files: int  # non-image files seen
     other_exts: list[str]  # a few of their extensions, for the error message
+    undecoded: dict[str, int]  # files in image formats Pillow cannot decode, per extension
 
 
 def _scan(root: Path) -> _Scan:
     found: list[tuple[tuple[str, ...], int, int]] = []
     other = 0
     exts: set[str] = set()
+    undecoded: dict[str, int] = {}
     seen_dirs: set[tuple[int, int]] = set()
     stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
     while stack:
@@ -238,6 +258,8 @@ def _scan(root: Path) -> _Scan:
                     other += 1
                     if ext:
                         exts.add(ext)
+                    if ext in UNDECODED_IMAGE_EXTENSIONS:
+                        undecoded[ext] = undecoded.get(ext, 0) + 1
                     continue
                 st = entry.stat(follow_symlinks=True)
             except OSError:  # dangling symlink or a file that vanished: nothing to decode
@@ -246,7 +268,7 @@ def _scan(root: Path) -> _Scan:
     found.sort(key=lambda t: t[0])
     rels = ["/".join(p) for p, _, _ in found]
     entries = [(r, s, m) for r, (_, s, m) in zip(rels, found)]
-    return _Scan(rels, entries, other, sorted(exts)[:5])
+    return _Scan(rels, entries, other, sorted(exts)[:5], undecoded)
 
 
 def _check_labels(root: str, classes: list[str] | None, require_labels: bool, min_classes: int) -> None:
@@ -299,7 +321,13 @@ def _open_folder(
         )
     root_abs = os.path.abspath(root)
     scan = _scan(root)
+    undecoded = ", ".join(f"{n} {e}" for e, n in sorted(scan.undecoded.items()))
     if not scan.rels:
+        if undecoded:
+            raise DataError(
+                f"no images selfsup can decode in {spec}: {undecoded} file(s) in formats Pillow does not read; "
+                f"convert them to JPEG or PNG first (accepted extensions: {_EXT_TEXT})"
+            )
         if scan.other_files == 0:
             raise DataError(
                 f"data folder {spec} is empty; put images in it as root/<class>/*.jpg (labelled) "
@@ -310,6 +338,12 @@ def _open_folder(
             f"accepted extensions: {_EXT_TEXT}"
         )
 
+    if undecoded:
+        print(
+            f"selfsup: warning: left out {undecoded} file(s) in {spec}: Pillow cannot decode these formats; "
+            "convert them to JPEG or PNG to include them",
+            file=sys.stderr,
+        )
     labelled = all(r.count("/") == 1 for r in scan.rels)
     classes = sorted({r.split("/", 1)[0] for r in scan.rels}) if labelled else None
     _check_labels(spec, classes, require_labels, min_classes)

@@ -8,7 +8,8 @@ without a manifest. Local shards are counted from ``shards.json`` (written by :f
 failing that, by scanning the tar headers once.
 
 Shard format (WebDataset convention): each sample is a group of tar members sharing a key,
-``KEY.jpg`` (or .png/.webp/...), optionally ``KEY.cls`` (the class index as text). Images are decoded
+``KEY.jpg`` (or any extension an image folder accepts: .png, .webp, .tif, ...), optionally ``KEY.cls`` (the
+class index as text). Images are decoded
 exactly like image folders (:func:`selfsup.data.folder.decode_native`: EXIF, colour rules, native aspect
 with the shorter side resized to the cache size, at most 10:1) in the data-loader workers, after shuffling;
 a batch of different shapes is replicate-padded with per-sample sizes (:func:`selfsup.data.images.pad_rows`),
@@ -54,11 +55,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from selfsup.data.folder import IMAGE_EXTENSIONS
 from selfsup.errors import ConfigError, DataError
 
 PREFIX = "wds:"
 MANIFEST = "shards.json"
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp")
+#: A sample's image member: any extension an image folder accepts (the shard writer keeps each file's own).
+IMAGE_KEYS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
 
 def _require_webdataset(load: bool = True) -> Any:
@@ -313,8 +316,6 @@ def open_stream(spec: str, size: int, global_batch: int, *, seed: int = 0, rank:
 
 def _folder_items(root: Path) -> tuple[list[tuple[str, int | None]], list[str]]:
     """(path, label) of every image under ``root`` (class sub-folders give labels) and the class names."""
-    from selfsup.data.folder import IMAGE_EXTENSIONS
-
     files = sorted(
         str(p) for p in root.rglob("*")
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(x.startswith(".") for x in p.parts)
