@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+import selfsup.data.decode as decode_mod
 import selfsup.data.folder as folder_mod
 from selfsup.data import (
     ImageDataset,
@@ -194,20 +195,20 @@ def test_16bit_scaled_not_clipped(tmp_path: Path) -> None:
     assert out[0, 0, 0] == 0 and out[0, -1, 0] == 255 and len(np.unique(out[0, :, 0])) == 16
     # mode "I" (32-bit int holding 16-bit data) gets the same scaling
     i32 = Image.fromarray(a16.astype(np.int32), "I")
-    assert folder_mod._to_rgb(i32).getpixel((15, 0)) == (255, 255, 255)
-    assert folder_mod._to_rgb(i32).getpixel((8, 0)) == (int(np.round(a16[0, 8] / 257.0)),) * 3
+    assert decode_mod.to_rgb(i32).getpixel((15, 0)) == (255, 255, 255)
+    assert decode_mod.to_rgb(i32).getpixel((8, 0)) == (int(np.round(a16[0, 8] / 257.0)),) * 3
 
 
 def test_32bit_int_and_float_grayscale_keep_their_brightness() -> None:
     ramp = np.tile(np.linspace(0, 255, 16), (4, 1))
     i8 = Image.fromarray(ramp.astype(np.int32), "I")  # 32-bit int holding 8-bit values: not divided by 257
-    assert folder_mod._to_rgb(i8).getpixel((15, 0)) == (255, 255, 255)
+    assert decode_mod.to_rgb(i8).getpixel((15, 0)) == (255, 255, 255)
     unit = Image.fromarray((ramp / 255).astype(np.float32), "F")  # float in 0..1 -> 0..255, not black
-    assert folder_mod._to_rgb(unit).getpixel((15, 0)) == (255, 255, 255)
-    assert folder_mod._to_rgb(unit).getpixel((8, 0)) == (int(np.rint(ramp[0, 8])),) * 3
+    assert decode_mod.to_rgb(unit).getpixel((15, 0)) == (255, 255, 255)
+    assert decode_mod.to_rgb(unit).getpixel((8, 0)) == (int(np.rint(ramp[0, 8])),) * 3
     wide = np.full((4, 4), 300.0, np.float32)
     wide[0, 0] = np.nan
-    out = folder_mod._to_rgb(Image.fromarray(wide, "F"))  # other ranges are clipped, NaN becomes 0
+    out = decode_mod.to_rgb(Image.fromarray(wide, "F"))  # other ranges are clipped, NaN becomes 0
     assert out.getpixel((1, 1)) == (255, 255, 255) and out.getpixel((0, 0)) == (0, 0, 0)
 
 
@@ -230,6 +231,31 @@ def test_tiff_gif_pnm_jfif_are_read_and_heic_named(tmp_path: Path, capsys: pytes
     np.testing.assert_array_equal(decode_image(str(tmp_path / "c.ppm"), 16), decode_image(str(tmp_path / "a.tif"), 16))
     err = capsys.readouterr().err
     assert "left out 1 .heic file(s)" in err and "convert them" in err
+
+
+def test_pixel_limit_after_jpeg_draft_not_pillows_open_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    big_jpeg = _save(tmp_path / "big.jpg", rng.integers(0, 255, (400, 400, 3), dtype=np.uint8), quality=90)
+    png = _save(tmp_path / "p.png", rng.integers(0, 255, (60, 60, 3), dtype=np.uint8))
+    # Pillow's own guard would refuse both at open (more than 2 x 100 pixels); selfsup's replaces it ...
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr(decode_mod, "MAX_DECODED_PIXELS", 3000)
+    assert decode_image(str(big_jpeg), 16).shape == (16, 16, 3)  # drafted to 50x50 = 2,500 px before the check
+    with pytest.raises(ValueError, match=r"60x60 pixels .*decompression-bomb guard"):
+        decode_image(str(png), 16)  # a PNG decodes whole: 3,600 px is over the limit
+    assert Image.MAX_IMAGE_PIXELS == 100  # ... and leaves Pillow's setting as it found it
+    ds = _open(tmp_path, cache_dir=str(tmp_path / ".cache"))  # in a folder: skipped and counted
+    assert [Path(p).name for p in ds.paths] == ["big.jpg"] and "decompression-bomb" in ds.skipped[0][1]
+
+
+def test_upright_size_reads_exif_orientation_from_the_header(tmp_path: Path) -> None:
+    im = Image.fromarray(np.zeros((10, 30, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90: shown 10 wide, 30 tall
+    im.save(tmp_path / "r.jpg", exif=exif)
+    im.save(tmp_path / "n.jpg")
+    assert decode_mod.upright_size(str(tmp_path / "r.jpg")) == (10, 30)
+    assert decode_mod.upright_size(str(tmp_path / "n.jpg")) == (30, 10)
 
 
 def test_only_undecodable_formats_is_a_data_error(tmp_path: Path) -> None:

@@ -111,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import torch
     from matplotlib.patches import Rectangle
-    from PIL import Image, ImageOps
 
     from selfsup.augment.views import make_views
     from selfsup.checkpoint import atomic_write, atomic_write_text
     from selfsup.data import default_cache_size, open_dataset, spread_rows
+    from selfsup.data.decode import upright_size
 
     recipe = view_recipe(args.method, args.image_size)
     cache_size = args.cache_size or default_cache_size(args.image_size)
@@ -143,8 +143,7 @@ def run(args: argparse.Namespace) -> int:
     for i in range(n):
         path = ds.paths[i]
         if os.path.isfile(path):
-            with Image.open(path) as im:
-                w, h = ImageOps.exif_transpose(im).size
+            w, h = upright_size(path)  # the header's size, EXIF orientation applied; no decode
         else:  # builtin rows: the stored image is the original
             h, w = (int(v) for v in hw[i])
         orig_sizes.append((h, w))

@@ -33,7 +33,11 @@ Decoding (:func:`decode_image`), identical for every source:
 Cost on disk: ``h * w * 3`` bytes per image, i.e. ``3 S^2`` times the aspect ratio (S = ``size``): at
 S = 256 a 4:3 photo takes 262 KB, a 3:2 photo 295 KB.
 
-Corrupt, truncated, zero-byte and zero-area or 1-pixel files are skipped and listed in
+Very large photos (100-200 Mpx) are read: Pillow's open-time limit is replaced by a limit on the pixels
+actually decoded, after a JPEG's DCT-scale reduction (:mod:`selfsup.data.decode`), which stops
+decompression bombs.
+
+Corrupt, truncated, zero-byte and zero-area or 1-pixel files, and files over that limit, are skipped and listed in
 ``ImageDataset.skipped`` with a one-line summary on stderr; ``strict=True`` raises
 :class:`~selfsup.errors.DataError` on the first one instead. See :mod:`selfsup.data.cache` for the cache
 format. :func:`decode_image` (the centre square) is kept for callers that want one square per file.
@@ -51,12 +55,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
 from tqdm.auto import tqdm
 
 from selfsup import console
 from selfsup.data import cache as _cache
 from selfsup.data.builtin import open_builtin
+from selfsup.data.decode import open_rgb
 from selfsup.data.images import ImageDataset, RaggedImages, resize_center_crop, resize_native
 from selfsup.errors import ConfigError, DataError
 
@@ -78,50 +82,11 @@ _POOL_MIN_IMAGES = 1024
 # ----------------------------------------------------------------------------------------------- decode
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB (see the module docstring for the rules)."""
-    mode = im.mode
-    if mode == "RGB" and "transparency" not in im.info:
-        return im
-    if mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        a = np.asarray(im).astype(np.float32)
-        if mode != "I" or a.max(initial=0) > 255:  # 32-bit "I" holding 8-bit values stays as it is
-            a = a / 257.0
-        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return Image.fromarray(g, "L").convert("RGB")
-    if mode == "F":
-        a = np.nan_to_num(np.asarray(im, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
-        if a.max(initial=0) <= 1.0:  # float images in 0..1 (the usual convention) -> 0..255, not black
-            a = a * 255.0
-        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
-        return Image.fromarray(g, "L").convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.uint16)
-        rgb = (rgba[..., :3] * rgba[..., 3:4] + 127) // 255
-        return Image.fromarray(rgb.astype(np.uint8), "RGB")
-    return im.convert("RGB")
-
-
-def _open_rgb(path: str, size: int) -> Image.Image:
-    """Decode a file to upright RGB uint8 [h, w, 3] at (at least) ``size`` on the shorter side."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode half grey
-    with Image.open(path) as im:
-        if im.width * im.height <= 1:
-            raise ValueError(f"image is {im.width}x{im.height} pixels: nothing to crop")
-        if im.format == "JPEG":
-            w, h = im.size
-            k = size / min(w, h)  # DCT-domain downscale, keeps the shorter side >= size
-            im.draft(None, (max(size, int(w * k)), max(size, int(h * k))))
-        im.load()
-        out = ImageOps.exif_transpose(im)
-        return _to_rgb(out)
-
-
 def decode_native(path: str, size: int) -> np.ndarray:
     """Decode one image file at its own aspect ratio: ``uint8 [h, w, 3]`` with ``min(h, w) == size`` (the
     longer side in proportion, at most 10x; see the module docstring). Raises on corrupt or truncated
     files and on zero-area or 1-pixel images."""
-    im = _open_rgb(path, size)
+    im = open_rgb(path, size)
     arr = np.asarray(resize_native(im, size), dtype=np.uint8)
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) != size:  # pragma: no cover - defensive
         raise ValueError(f"decoded to shape {arr.shape}")
@@ -131,7 +96,7 @@ def decode_native(path: str, size: int) -> np.ndarray:
 def decode_image(path: str, size: int) -> np.ndarray:
     """Decode one image file to its centre square ``uint8 [size, size, 3]`` (shorter side resized to
     ``size``, centre crop); raises on corrupt or truncated files."""
-    im = _open_rgb(path, size)
+    im = open_rgb(path, size)
     arr = np.asarray(resize_center_crop(im, size), dtype=np.uint8)
     if arr.shape != (size, size, 3):  # pragma: no cover - defensive
         raise ValueError(f"decoded to shape {arr.shape}")

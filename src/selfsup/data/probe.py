@@ -11,8 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
-
+from selfsup.data.decode import open_image
 from selfsup.data.folder import IMAGE_EXTENSIONS
 
 # The standard sizes a preset exists for (32: CIFAR, 64: ImageNet-64 / Tiny-ImageNet, 96: STL-10) and the GPU
@@ -55,9 +54,9 @@ def probe_folder(path: str | Path, limit: int = PROBE_FILES) -> FolderShape | No
     longs: list[int] = []
     for f in files:
         try:
-            with Image.open(f) as im:  # reads the header only
+            with open_image(f) as im:  # reads the header only
                 w, h = im.size
-        except (OSError, ValueError, Image.DecompressionBombError):
+        except (OSError, ValueError):
             continue  # corrupt files are the cache's business (skipped and counted there)
         if min(w, h) >= 2:
             shorts.append(min(w, h))
