@@ -258,6 +258,18 @@ def test_upright_size_reads_exif_orientation_from_the_header(tmp_path: Path) -> 
     assert decode_mod.upright_size(str(tmp_path / "n.jpg")) == (30, 10)
 
 
+def test_corrupt_exif_decodes_quietly_and_unrotated(tmp_path: Path) -> None:
+    import warnings
+
+    im = Image.fromarray(np.full((10, 30, 3), 200, np.uint8))
+    im.save(tmp_path / "e.jpg", exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f")  # IFD offset past the end
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert decode_mod.open_rgb(str(tmp_path / "e.jpg"), 8).size == (30, 10)
+        assert decode_mod.upright_size(str(tmp_path / "e.jpg")) == (30, 10)
+    assert not caught, [str(w.message) for w in caught]
+
+
 def test_only_undecodable_formats_is_a_data_error(tmp_path: Path) -> None:
     (tmp_path / "IMG_0001.HEIC").write_bytes(b"x")
     (tmp_path / "IMG_0002.dng").write_bytes(b"x")

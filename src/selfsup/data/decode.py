@@ -13,8 +13,11 @@ Colour rules (:func:`to_rgb`) are listed in :mod:`selfsup.data.folder`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -23,6 +26,15 @@ from PIL import Image, ImageFile, ImageOps
 MAX_DECODED_PIXELS = 1 << 28
 _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is a module global: never leave it changed
 _SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 or 270 degrees
+
+
+@contextlib.contextmanager
+def _quiet_pillow() -> Iterator[None]:
+    """Pillow's warnings about a damaged EXIF block ("Corrupt EXIF data") are not the user's to read per file:
+    the pixels decode, and the orientation falls back to none."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        yield
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -38,7 +50,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 
 def upright_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """``(width, height)`` of the image as shown (EXIF orientation applied), from the header alone."""
-    with open_image(path) as im:
+    with _quiet_pillow(), open_image(path) as im:
         w, h = im.size
         orientation = im.getexif().get(0x0112, 1)
     return (h, w) if orientation in _SWAPS_SIDES else (w, h)
@@ -72,7 +84,7 @@ def open_rgb(path: str, size: int) -> Image.Image:
     """Decode a file to upright 8-bit RGB at (at least) ``size`` on the shorter side; raises ``ValueError``
     for a 1-pixel image or one over :data:`MAX_DECODED_PIXELS`, ``OSError`` for a corrupt or truncated file."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must raise, not decode half grey
-    with open_image(path) as im:
+    with _quiet_pillow(), open_image(path) as im:
         if im.width * im.height <= 1:
             raise ValueError(f"image is {im.width}x{im.height} pixels: nothing to crop")
         if im.format == "JPEG":
