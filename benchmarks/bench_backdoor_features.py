@@ -50,7 +50,8 @@ def main() -> None:
     if args.victim and len(rows["results"]) != 1:
         raise SystemExit("--victim needs a table with one attack (or --attack NAME)")
     t0 = time.time()
-    out = {"table": str(work / "table.json"), "k": args.k, "victim": args.victim, "clean": args.clean, "attack": args.attack,
+    out = {"table": str(work / "table.json"), "k": args.k, "victim": args.victim, "clean": args.clean,
+           "attack": args.attack,
            "rows": measure(rows, args.k, victim=args.victim, clean=args.clean)}
     out["minutes"] = (time.time() - t0) / 60
     out["command"] = common.command_line()

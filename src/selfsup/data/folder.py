@@ -18,7 +18,8 @@ Decoding (:func:`decode_image`), identical for every source:
 2. Colour: grayscale ``L``/``1``/palette ``P``/``CMYK``/``YCbCr`` are converted to RGB; 16-bit and 32-bit
    integer grayscale (``I;16*``, ``I``) is scaled from 0..65535 to 0..255 (divide by 257, round), not
    clipped (a 32-bit ``I`` image whose values all fit 0..255 is kept as it is); float grayscale (``F``,
-   e.g. a float TIFF) in 0..1 is scaled by 255, any other range is clipped to 0..255, NaN becomes 0; images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
+   e.g. a float TIFF) in 0..1 is scaled by 255, any other range is clipped to 0..255, NaN becomes 0;
+   images with transparency (``RGBA``, ``LA``, ``PA``, ``P`` or ``L``/``RGB`` with a transparent
    colour) are **composited on black** (colour premultiplied by alpha), so fully transparent pixels
    become black whatever colour they happened to store.
 3. **Native aspect** (:func:`decode_native`): the shorter side is resized to ``size`` with antialiased
@@ -37,8 +38,8 @@ Very large photos (100-200 Mpx) are read: Pillow's open-time limit is replaced b
 actually decoded, after a JPEG's DCT-scale reduction (:mod:`selfsup.data.decode`), which stops
 decompression bombs.
 
-Corrupt, truncated, zero-byte and zero-area or 1-pixel files, and files over that limit, are skipped and listed in
-``ImageDataset.skipped`` with a one-line summary on stderr; ``strict=True`` raises
+Corrupt, truncated, zero-byte and zero-area or 1-pixel files, and files over that limit, are skipped and
+listed in ``ImageDataset.skipped`` with a one-line summary on stderr; ``strict=True`` raises
 :class:`~selfsup.errors.DataError` on the first one instead. See :mod:`selfsup.data.cache` for the cache
 format. :func:`decode_image` (the centre square) is kept for callers that want one square per file.
 """
